@@ -1,0 +1,20 @@
+# The two commands of the README: `make run` (the main job on the embedded phantom) and `make test`.
+# Both install what they need first (scripts/install.sh is a no-op when nothing changed).
+PY := .venv/bin/python
+RUN_ARGS ?=
+
+.PHONY: install run test bench clean
+install:
+	@bash scripts/install.sh
+
+run: install
+	@.venv/bin/ctseg run $(RUN_ARGS)
+
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	@$(PY) -m bench
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,50 @@
+"""The `ctseg` command. Each subcommand lives in `ctseg.commands.<name>` and registers its own parser."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ctseg.errors import CtsegError
+from ctseg.quiet import silence
+
+COMMANDS = ("phantom",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctseg",
+        description="Liver segmentation from CT DICOM with TFX: make data, run the pipeline, inspect, predict.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TensorFlow/Beam logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"ctseg.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    silence("-v" in argv or "--verbose" in argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except CtsegError as e:
+        print(f"ctseg {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the last resort: one readable line unless --verbose asks for the traceback
+        if args.verbose:
+            raise
+        print(f"ctseg {args.command} failed: {type(e).__name__}: {e}\n(run with --verbose for the full traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `ctseg` subcommand; each has `register(subparsers)` and sets `func`."""

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 
 from ctseg.errors import CtsegError
 from ctseg.quiet import silence
 
-COMMANDS = ("phantom",)
+# Each name is `ctseg.commands.<name>`; a command appears once its module exists (nothing placeholder).
+COMMANDS = ("phantom", "run", "stats", "compile", "submit", "runs", "lineage", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show TensorFlow/Beam logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"ctseg.commands.{name}").register(sub)
+        if importlib.util.find_spec(f"ctseg.commands.{name}") is not None:
+            importlib.import_module(f"ctseg.commands.{name}").register(sub)
     return parser
 
 

@@ -1,0 +1,52 @@
+"""`ctseg compile`: the `ctseg run` pipeline as a Kubeflow Pipelines (KFP v2) spec."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compile", help="compile the pipeline into a Kubeflow Pipelines v2 spec",
+                       description="Build the same pipeline as `ctseg run` and compile it with TFX's "
+                                   "KubeflowV2DagRunner into a KFP v2 spec for `ctseg submit`. The Trainer "
+                                   "asks for a GPU, CPU and memory; the other steps for CPU and memory.")
+    p.add_argument("--data", required=True,
+                   help="IRCAD folder or 3Dircadb1.zip as the pods see it, e.g. gs://bucket/3Dircadb1.zip")
+    p.add_argument("--pipeline-root", required=True,
+                   help="where the pods write artifacts: gs://..., s3://... or minio://...")
+    p.add_argument("--image", help="the image built from the Dockerfile, pinned by tag or digest "
+                                   "(default: ghcr.io/ctseg/ctseg:<version>)")
+    p.add_argument("--output", help="spec file to write (default: kubeflow/ctseg_pipeline.yaml)")
+    p.add_argument("--serving-dir", help="where the Pusher exports blessed models (default: <pipeline root>/serving)")
+    p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                   help="a Beam pipeline argument, repeated, e.g. --beam-arg=--runner=DataflowRunner "
+                        "--beam-arg=--project=P --beam-arg=--region=R --beam-arg=--temp_location=gs://... "
+                        "(default: DirectRunner on all of the pod's cores)")
+    p.add_argument("--preset", default="full", help="Trainer's custom_config preset (default: %(default)s, the GPU network)")
+    p.add_argument("--trainer-gpus", type=int, default=1, help="GPUs for the Trainer (default: %(default)s; 0 for none)")
+    p.add_argument("--trainer-accelerator", default="nvidia.com/gpu",
+                   help="accelerator type: the Kubernetes resource name on Kubeflow (default: %(default)s), "
+                        "or e.g. NVIDIA_TESLA_T4 on Vertex AI")
+    p.add_argument("--trainer-cpu", default="8", help="Trainer CPU cores (default: %(default)s)")
+    p.add_argument("--trainer-memory", default="32G", help="Trainer memory (default: %(default)s)")
+    p.add_argument("--step-cpu", default="4", help="CPU cores of every other step (default: %(default)s)")
+    p.add_argument("--step-memory", default="16G", help="memory of every other step (default: %(default)s)")
+    p.add_argument("--schema-file", help="curated schema as the pods see it (default: the copy in the image)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from kubeflow.runner import DEFAULT_IMAGE, DEFAULT_SPEC_FILE, IMAGE_SCHEMA_FILE, StepResources, compile_pipeline
+
+    path = compile_pipeline(
+        image=args.image or DEFAULT_IMAGE,
+        output=args.output or DEFAULT_SPEC_FILE,
+        data_root=args.data,
+        pipeline_root=args.pipeline_root,
+        serving_dir=args.serving_dir,
+        beam_pipeline_args=args.beam_arg,
+        preset=args.preset,
+        schema_file=args.schema_file or IMAGE_SCHEMA_FILE,
+        trainer_resources=StepResources(cpu=args.trainer_cpu, memory=args.trainer_memory,
+                                        accelerator=args.trainer_accelerator, accelerator_count=args.trainer_gpus),
+        step_resources=StepResources(cpu=args.step_cpu, memory=args.step_memory),
+    )
+    print(f"wrote the Kubeflow pipeline spec to {path}")
+    return 0

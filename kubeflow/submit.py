@@ -1,0 +1,127 @@
+"""Submits a compiled spec to Kubeflow Pipelines with `kfp.Client`; every failure is one sentence.
+
+Before the client is built, one plain GET of the API's healthz tells an unreachable host, a login
+page or refused credentials apart, which the client itself would report as a retry loop or a
+deserialisation traceback.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ctseg.errors import CtsegError
+
+HOST_ENV = "KF_PIPELINES_ENDPOINT"  # the variable kfp.Client itself reads
+HEALTHZ_PATH = "/apis/v2beta1/healthz"
+DEFAULT_EXPERIMENT = "ctseg"
+CONNECT_TIMEOUT_S = 10
+AUTH_HINT = "pass a token with --token (or a session cookie with --cookie)"
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmittedRun:
+    run_id: str
+    link: str
+    experiment: str
+
+
+def resolve_host(host: str | None) -> str:
+    host = (host or os.environ.get(HOST_ENV) or "").strip()
+    if not host:
+        raise CtsegError(f"no Kubeflow Pipelines host: pass --host URL (e.g. http://localhost:8080 after "
+                         f"`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`) or set {HOST_ENV}")
+    if not host.startswith(("http://", "https://")):
+        raise CtsegError(f"host {host!r} must be a URL starting with http:// or https://")
+    return host.rstrip("/")
+
+
+def _auth_headers(token: str | None, cookie: str | None) -> dict[str, str]:
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if cookie:
+        headers["Cookie"] = cookie
+    return headers
+
+
+def check_host(host: str, *, token: str | None = None, cookie: str | None = None) -> dict:
+    """GETs the Pipelines API's healthz; returns its JSON or raises a CtsegError saying what is wrong."""
+    request = urllib.request.Request(host + HEALTHZ_PATH, headers=_auth_headers(token, cookie))
+    try:
+        with urllib.request.urlopen(request, timeout=CONNECT_TIMEOUT_S) as response:
+            body, final_url = response.read(), response.geturl()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise CtsegError(f"Kubeflow Pipelines at {host} refused the credentials (HTTP {e.code}): {AUTH_HINT}") from None
+        if e.code == 404:
+            raise CtsegError(f"{host} answers HTTP but has no Kubeflow Pipelines v2 API ({HEALTHZ_PATH} not found)") from None
+        raise CtsegError(f"Kubeflow Pipelines at {host} answered HTTP {e.code} {e.reason} to a health check") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise CtsegError(f"cannot reach Kubeflow Pipelines at {host} ({reason}): check the URL and that the "
+                         f"port-forward or ingress is up") from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        where = "" if final_url.startswith(host + HEALTHZ_PATH) else f" (redirected to {final_url})"
+        raise CtsegError(f"Kubeflow Pipelines at {host} answered with a web page instead of the API{where}, "
+                         f"most likely a login page: {AUTH_HINT}") from None
+
+
+def _api_error(host: str, error) -> CtsegError:
+    status = getattr(error, "status", None)
+    if status in (401, 403):
+        return CtsegError(f"Kubeflow Pipelines at {host} refused the credentials (HTTP {status}): {AUTH_HINT}")
+    try:
+        detail = json.loads(error.body).get("message") or error.reason
+    except (TypeError, ValueError, AttributeError):
+        detail = getattr(error, "reason", None) or str(error).splitlines()[0]
+    return CtsegError(f"Kubeflow Pipelines at {host} rejected the run (HTTP {status}): {detail}")
+
+
+def submit(
+    spec_file: str | Path,
+    *,
+    host: str | None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
+    cookie: str | None = None,
+) -> SubmittedRun:
+    """Creates a run of `spec_file` (written by `ctseg compile`) in `experiment` on the Pipelines at `host`."""
+    spec_file = Path(spec_file)
+    if not spec_file.is_file():
+        raise CtsegError(f"{spec_file}: no compiled spec there; write one with `ctseg compile`")
+    host = resolve_host(host)
+    check_host(host, token=token, cookie=cookie)
+
+    import kfp
+    import kfp_server_api
+    import urllib3
+    import yaml
+    from google.protobuf import json_format
+
+    quiet = io.StringIO()  # kfp prints its own "Experiment details" lines; the CLI prints the run once
+    try:
+        with contextlib.redirect_stdout(quiet):
+            client = kfp.Client(host=host, existing_token=token, cookies=cookie,
+                                namespace=namespace or "kubeflow")
+            result = client.create_run_from_pipeline_package(
+                str(spec_file), arguments={}, run_name=run_name, experiment_name=experiment,
+                namespace=namespace)
+    except kfp_server_api.ApiException as e:
+        raise _api_error(host, e) from None
+    except urllib3.exceptions.HTTPError as e:
+        raise CtsegError(f"lost the connection to Kubeflow Pipelines at {host} ({type(e).__name__})") from None
+    except (ValueError, yaml.YAMLError, json_format.ParseError) as e:  # kfp's loader: not a pipeline spec
+        raise CtsegError(f"{spec_file}: kfp cannot load it as a pipeline spec ({str(e).splitlines()[0]})") from None
+    if not result.run_id:
+        raise CtsegError(f"Kubeflow Pipelines at {host} accepted the request but returned no run id")
+    return SubmittedRun(run_id=result.run_id, link=f"{host}/#/runs/details/{result.run_id}", experiment=experiment)

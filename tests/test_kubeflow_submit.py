@@ -1,0 +1,142 @@
+"""`ctseg submit`: real kfp.Client against local HTTP endpoints standing in for a cluster's Pipelines API.
+
+No cluster can run here, so the endpoints are a small HTTP server speaking the v2beta1 REST calls that
+`create_run_from_pipeline_package` makes; everything on the client side (kfp's loader, kfp_server_api,
+urllib3) runs for real.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ctseg.cli import main
+from ctseg.errors import CtsegError
+from kubeflow.submit import HEALTHZ_PATH, submit
+
+RUN_ID = "5b0c6a4e-run"
+EXPERIMENT_ID = "e7a1-experiment"
+
+
+class FakePipelinesApi(BaseHTTPRequestHandler):
+    """Answers like KFP's API server in `mode`: "ok", "unauthorized" (401) or "login" (302 to a Dex page)."""
+    mode = "ok"
+    requests: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, body, content_type="application/json", headers=()):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, body=None):
+        self.requests.append((self.command, self.path, body))
+        if self.path.startswith("/dex"):
+            return self._send(200, b"<html><form>Log in to Your Account</form></html>", "text/html")
+        if self.mode == "unauthorized":
+            return self._send(401, {"error": "Unauthorized", "code": 16, "message": "Unauthorized"})
+        if self.mode == "login":
+            return self._send(302, b"", "text/html", headers=[("Location", "/dex/auth?client_id=kubeflow")])
+        route = (self.command, self.path.split("?")[0])
+        if route == ("GET", HEALTHZ_PATH):
+            return self._send(200, {"multi_user": False})
+        if route == ("GET", "/apis/v2beta1/experiments"):
+            return self._send(200, {})
+        if route == ("POST", "/apis/v2beta1/experiments"):
+            return self._send(200, {"experiment_id": EXPERIMENT_ID, "display_name": body["display_name"]})
+        if route == ("POST", "/apis/v2beta1/runs"):
+            return self._send(200, {"run_id": RUN_ID, "display_name": body["display_name"],
+                                    "experiment_id": body["experiment_id"]})
+        return self._send(404, {"message": f"no route {route}"})
+
+    def do_GET(self):
+        self._handle()
+
+    def do_POST(self):
+        self._handle(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+
+@pytest.fixture()
+def pipelines_api(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # kfp keeps a context file under ~/.config/kfp
+    FakePipelinesApi.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakePipelinesApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def host_of(server) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.fixture()
+def any_spec(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("pipelineInfo: {name: x}\n")
+    return path
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_no_host_is_one_sentence(monkeypatch, any_spec, capsys):
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
+    assert main(["submit", "--spec", str(any_spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctseg submit: no Kubeflow Pipelines host: pass --host URL")
+    assert len(err.splitlines()) == 1
+
+
+def test_unreachable_host_is_one_sentence(any_spec, capsys):
+    host = f"http://127.0.0.1:{closed_port()}"
+    assert main(["submit", "--host", host, "--spec", str(any_spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ctseg submit: cannot reach Kubeflow Pipelines at {host} (")
+    assert "refused" in err.lower() and len(err.splitlines()) == 1
+
+
+def test_refused_credentials_are_one_sentence(pipelines_api, any_spec, capsys):
+    FakePipelinesApi.mode = "unauthorized"
+    try:
+        assert main(["submit", "--host", host_of(pipelines_api), "--spec", str(any_spec), "--token", "bad"]) == 2
+    finally:
+        FakePipelinesApi.mode = "ok"
+    err = capsys.readouterr().err.strip()
+    assert "refused the credentials (HTTP 401)" in err and "--token" in err and len(err.splitlines()) == 1
+    assert FakePipelinesApi.requests == [("GET", HEALTHZ_PATH, None)], "nothing is submitted after a refusal"
+
+
+def test_a_login_page_is_reported_as_missing_auth(pipelines_api, any_spec):
+    FakePipelinesApi.mode = "login"
+    try:
+        with pytest.raises(CtsegError, match=r"web page instead of the API \(redirected to .*/dex/auth.*login page"):
+            submit(any_spec, host=host_of(pipelines_api))
+    finally:
+        FakePipelinesApi.mode = "ok"
+
+
+def test_a_missing_spec_names_the_file(tmp_path):
+    with pytest.raises(CtsegError, match=r"nothing\.yaml: no compiled spec there; write one with `ctseg compile`"):
+        submit(tmp_path / "nothing.yaml", host="http://127.0.0.1:1")
+
+
+def test_not_a_pipelines_api(pipelines_api, any_spec, monkeypatch):
+    monkeypatch.setattr("kubeflow.submit.HEALTHZ_PATH", "/apis/v1/not-here")
+    with pytest.raises(CtsegError, match="has no Kubeflow Pipelines v2 API"):
+        submit(any_spec, host=host_of(pipelines_api))

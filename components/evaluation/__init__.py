@@ -1,0 +1,54 @@
+"""Evaluation stage: SegmentationEvaluator (ModelEvaluation + ModelBlessing) and readers of its results.
+
+`load_evaluation` and `format_evaluation` import neither TFX nor TensorFlow, so the CLI can show a
+finished evaluation cheaply; the component is imported on first use.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from ctseg.errors import CtsegError
+
+METRICS_FILE = "metrics.json"
+
+
+def load_evaluation(uri: str | os.PathLike) -> dict:
+    """The evaluation written by SegmentationEvaluator at `uri` (a ModelEvaluation artifact's folder);
+    `grid_png` is made an absolute path."""
+    path = os.path.join(os.fspath(uri), METRICS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except FileNotFoundError as e:
+        raise CtsegError(f"no evaluation at {uri}: {METRICS_FILE} is missing") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise CtsegError(f"unreadable evaluation {path}: {e}") from e
+    result["grid_png"] = os.path.join(os.fspath(uri), result["grid_png"])
+    return result
+
+
+def format_evaluation(result: dict) -> str:
+    """The evaluation in a few lines a person reads: decision and reason, per-patient table, picture."""
+    base = result.get("baseline")
+    lines = [
+        f"Model {'BLESSED' if result['blessed'] else 'NOT blessed'}: {result['reason']}",
+        f"  {result['split']} split: mean per-patient Dice {result['mean_patient_dice']:.4f}, "
+        f"IoU {result['mean_patient_iou']:.4f}; mean slice Dice {result['mean_slice_dice']:.4f} "
+        f"over {result['slices']} slices",
+    ]
+    if base:
+        lines.append(f"  blessed baseline (model {base['id']}): mean per-patient Dice {base['mean_patient_dice']:.4f}")
+    lines.append(f"  {'patient':<16}{'slices':>7}{'Dice':>8}{'IoU':>8}{'true ml':>10}{'pred ml':>10}")
+    for p in result["patients"]:
+        lines.append(f"  {p['patient_id']:<16}{p['slices']:>7}{p['dice']:>8.4f}{p['iou']:>8.4f}"
+                     f"{p.get('true_volume_ml', float('nan')):>10.1f}{p.get('predicted_volume_ml', float('nan')):>10.1f}")
+    lines.append(f"  picture (best, median, worst patient): {result['grid_png']}")
+    return "\n".join(lines)
+
+
+def __getattr__(name):
+    if name in ("SegmentationEvaluator", "SegmentationEvaluatorSpec"):
+        from components.evaluation import component
+        return getattr(component, name)
+    raise AttributeError(name)

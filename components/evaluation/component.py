@@ -1,0 +1,69 @@
+"""SegmentationEvaluator: TFX's Evaluator contract (ModelEvaluation + ModelBlessing) for a segmentation model.
+
+TFMA computes per-example metrics; volumetric Dice needs every slice of a patient pooled, so this
+component scores the model itself and writes the blessing exactly as TFX's Evaluator does: Pusher
+and `LatestBlessedModelStrategy` cannot tell the difference.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from tfx import types
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import standard_artifacts
+from tfx.types import standard_component_specs as keys
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.types.system_executions import Evaluate
+
+from components.evaluation import executor
+
+DEFAULT_DICE_THRESHOLD = 0.90
+DEFAULT_DICE_TOLERANCE = 0.01
+DEFAULT_BATCH_SIZE = 32
+
+
+class SegmentationEvaluatorSpec(types.ComponentSpec):
+    PARAMETERS = {
+        executor.SPLIT_KEY: ExecutionParameter(type=str),
+        executor.DICE_THRESHOLD_KEY: ExecutionParameter(type=float),
+        executor.DICE_TOLERANCE_KEY: ExecutionParameter(type=float),
+        executor.BATCH_SIZE_KEY: ExecutionParameter(type=int),
+    }
+    INPUTS = {
+        keys.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        keys.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        keys.BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
+    }
+    OUTPUTS = {
+        keys.EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        keys.BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+    TYPE_ANNOTATION = Evaluate
+
+
+class SegmentationEvaluator(base_component.BaseComponent):
+    """Scores `model` (and `baseline_model`, the latest blessed one, when given) on one split.
+
+    Blessed when the mean per-patient volumetric Dice >= `dice_threshold` and, with a baseline,
+    not below the baseline's by more than `dice_tolerance`.
+    """
+
+    SPEC_CLASS = SegmentationEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
+
+    def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
+                 baseline_model: Optional[types.BaseChannel] = None, *,
+                 dice_threshold: float = DEFAULT_DICE_THRESHOLD,
+                 dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
+                 split: str = "eval", batch_size: int = DEFAULT_BATCH_SIZE):
+        if not 0.0 <= dice_threshold <= 1.0:
+            raise ValueError(f"dice_threshold must be in [0, 1], got {dice_threshold}")
+        if dice_tolerance < 0.0:
+            raise ValueError(f"dice_tolerance must be >= 0, got {dice_tolerance}")
+        spec = SegmentationEvaluatorSpec(
+            examples=examples, model=model, baseline_model=baseline_model,
+            split=split, dice_threshold=float(dice_threshold), dice_tolerance=float(dice_tolerance),
+            batch_size=int(batch_size),
+            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing))
+        super().__init__(spec=spec)

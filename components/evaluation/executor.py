@@ -1,0 +1,235 @@
+"""Executor of SegmentationEvaluator: scores the model per patient, decides the blessing, writes both artifacts."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from absl import logging
+from tfx import types
+from tfx.components.evaluator import constants
+from tfx.dsl.components.base import base_executor
+from tfx.dsl.io import fileio
+from tfx.types import artifact_utils
+from tfx.types import standard_component_specs as keys
+from tfx.utils import io_utils, path_utils
+
+from components.evaluation import METRICS_FILE, figures, metrics
+from ctseg import features
+from ctseg.errors import CtsegError
+
+SPLIT_KEY = "split"
+DICE_THRESHOLD_KEY = "dice_threshold"
+DICE_TOLERANCE_KEY = "dice_tolerance"
+BATCH_SIZE_KEY = "batch_size"
+
+GRID_FILE = "eval_grid.png"
+SIGNATURE = "segment_hu"
+SIGNATURE_INPUT = "hu"
+SIGNATURE_OUTPUT = "probabilities"
+
+
+class Segmenter:
+    """A SavedModel's `segment_hu` signature, fed in batches; adapts to the trained size when the
+    examples differ (e.g. a baseline trained at another `image_size`)."""
+
+    def __init__(self, model: types.Artifact):
+        import tensorflow as tf
+
+        self.path = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+        try:
+            self._loaded = tf.saved_model.load(self.path)
+        except (OSError, ValueError, tf.errors.OpError) as e:
+            raise CtsegError(f"cannot load the model at {self.path}: {e}") from e
+        if SIGNATURE not in self._loaded.signatures:
+            raise CtsegError(f"the model at {self.path} has no '{SIGNATURE}' signature "
+                             f"(it has {sorted(self._loaded.signatures)}); see docs/DESIGN.md")
+        self._fn = self._loaded.signatures[SIGNATURE]
+        shape = self._fn.structured_input_signature[1][SIGNATURE_INPUT].shape
+        self.size = (shape[1], shape[2]) if shape.rank == 3 and None not in (shape[1], shape[2]) else None
+
+    def probabilities(self, hu: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        x = tf.constant(hu, tf.float32)
+        if self.size and self.size != hu.shape[1:]:
+            x = tf.image.resize(x[..., None], self.size)[..., 0]
+        p = self._fn(**{SIGNATURE_INPUT: x})[SIGNATURE_OUTPUT]
+        if tuple(p.shape[1:]) != hu.shape[1:]:
+            p = tf.image.resize(p[..., None], hu.shape[1:])[..., 0]
+        return p.numpy()
+
+
+def split_files(examples: types.Artifact, split: str) -> list[str]:
+    if split not in artifact_utils.decode_split_names(examples.split_names):
+        raise CtsegError(f"the examples at {examples.uri} have no '{split}' split "
+                         f"(they have {examples.split_names})")
+    split_uri = artifact_utils.get_split_uri([examples], split)
+    files = sorted(fileio.glob(os.path.join(split_uri, "*")))
+    if not files:
+        raise CtsegError(f"no example files in {split_uri}")
+    return files
+
+
+def read_slices(files: list[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of decoded slices: HU (N, H, W) float32, mask (N, H, W) uint8, patient ids, voxel volumes."""
+    import tensorflow as tf
+
+    spec = {
+        features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        features.MASK_KEY: tf.io.FixedLenFeature([], tf.string),
+        features.HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
+        features.WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
+        features.PATIENT_KEY: tf.io.FixedLenFeature([], tf.string),
+        features.SLICE_KEY: tf.io.FixedLenFeature([], tf.int64),
+        features.SPACING_KEY: tf.io.FixedLenFeature([], tf.float32),
+        features.THICKNESS_KEY: tf.io.FixedLenFeature([], tf.float32),
+        features.SOURCE_ROWS_KEY: tf.io.FixedLenFeature([], tf.int64),
+        features.SOURCE_COLUMNS_KEY: tf.io.FixedLenFeature([], tf.int64),
+    }
+    compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
+    ds = (tf.data.TFRecordDataset(files, compression_type=compression).batch(batch_size)
+          .map(lambda s: tf.io.parse_example(s, spec)))
+    where = os.path.dirname(files[0])
+    try:
+        for b in ds.as_numpy_iterator():
+            yield decode_batch(b, where)
+    except tf.errors.OpError as e:
+        raise CtsegError(f"unreadable examples in {where}: {e.message.splitlines()[0]}") from e
+
+
+def decode_batch(b: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    h, w = b[features.HEIGHT_KEY], b[features.WIDTH_KEY]
+    if len(set(h.tolist())) != 1 or len(set(w.tolist())) != 1:
+        raise CtsegError(f"examples in {where} have mixed slice sizes {sorted(set(zip(h.tolist(), w.tolist())))}")
+    shape = (len(h), int(h[0]), int(w[0]))
+    try:
+        hu = np.frombuffer(b"".join(b[features.IMAGE_KEY]), features.IMAGE_DTYPE).reshape(shape)
+        mask = np.frombuffer(b"".join(b[features.MASK_KEY]), features.MASK_DTYPE).reshape(shape)
+    except ValueError as e:
+        raise CtsegError(f"examples in {where}: image or mask bytes do not match height x width {shape[1:]}") from e
+    spacing = b[features.SPACING_KEY].astype(np.float64)
+    pixel_mm2 = (spacing * b[features.SOURCE_ROWS_KEY] / h) * (spacing * b[features.SOURCE_COLUMNS_KEY] / w)
+    return {"hu": hu.astype(np.float32), "mask": mask,
+            "patient_id": np.array([p.decode() for p in b[features.PATIENT_KEY]]),
+            "slice_index": b[features.SLICE_KEY],
+            "voxel_ml": pixel_mm2 * b[features.THICKNESS_KEY] / 1000.0}
+
+
+@dataclasses.dataclass
+class _Scores:
+    """Per-slice overlap counts of one model, gathered batch by batch."""
+    counts: list = dataclasses.field(default_factory=list)
+
+    def add(self, probabilities: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        self.counts.append(metrics.slice_overlap(probabilities, mask))
+        return probabilities
+
+    def overlap(self) -> metrics.SliceOverlap:
+        return metrics.SliceOverlap(*(np.concatenate([getattr(c, f.name) for c in self.counts])
+                                      for f in dataclasses.fields(metrics.SliceOverlap)))
+
+
+def evaluate(batches, model: Segmenter, baseline: Optional[Segmenter]):
+    """One pass over the examples scoring both models; keeps, per patient, the slice with the most
+    organ (and the model's prediction of it) for the picture."""
+    current, base = _Scores(), _Scores()
+    ids, voxel_ml, shown = [], [], {}
+    for b in batches:
+        prob = current.add(model.probabilities(b["hu"]), b["mask"])
+        if baseline is not None:
+            base.add(baseline.probabilities(b["hu"]), b["mask"])
+        ids.append(b["patient_id"])
+        voxel_ml.append(b["voxel_ml"])
+        area = b["mask"].reshape(len(prob), -1).sum(axis=1)
+        for k, pid in enumerate(b["patient_id"]):
+            if pid not in shown or area[k] > shown[pid][0]:
+                shown[pid] = (area[k], b["hu"][k], b["mask"][k], prob[k])
+    if not ids:
+        return None, None, shown
+    ids, voxel_ml = np.concatenate(ids), np.concatenate(voxel_ml)
+    summary = metrics.summarize(ids, current.overlap(), voxel_ml)
+    base_summary = metrics.summarize(ids, base.overlap(), voxel_ml) if baseline is not None else None
+    return summary, base_summary, shown
+
+
+def grid_rows(summary: dict, shown: dict) -> list[figures.GridRow]:
+    rows = []
+    for label, row in metrics.best_median_worst(summary["patients"]):
+        _, hu, truth, prob = shown[row["patient_id"]]
+        rows.append(figures.GridRow(f"{label}: {row['patient_id']}\nDice {row['dice']:.3f}", hu, truth, prob))
+    return rows
+
+
+class Executor(base_executor.BaseExecutor):
+    """Writes metrics.json and eval_grid.png into `evaluation`, BLESSED/NOT_BLESSED into `blessing`."""
+
+    def Do(self, input_dict: dict[str, list[types.Artifact]], output_dict: dict[str, list[types.Artifact]],
+           exec_properties: dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        examples = artifact_utils.get_single_instance(input_dict[keys.EXAMPLES_KEY])
+        model = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
+        baseline_model = (input_dict.get(keys.BASELINE_MODEL_KEY) or [None])[0]
+        evaluation = artifact_utils.get_single_instance(output_dict[keys.EVALUATION_KEY])
+        blessing = artifact_utils.get_single_instance(output_dict[keys.BLESSING_KEY])
+        split = exec_properties.get(SPLIT_KEY) or "eval"
+        threshold = float(exec_properties[DICE_THRESHOLD_KEY])
+        tolerance = float(exec_properties[DICE_TOLERANCE_KEY])
+
+        files = split_files(examples, split)
+        summary, base_summary, shown = evaluate(
+            read_slices(files, int(exec_properties.get(BATCH_SIZE_KEY) or 32)),
+            Segmenter(model), Segmenter(baseline_model) if baseline_model is not None else None)
+        if summary is None:
+            raise CtsegError(f"the '{split}' split of {examples.uri} holds no slices to evaluate")
+        blessed, reason = metrics.blessing_decision(
+            summary["mean_patient_dice"], threshold, tolerance,
+            base_summary["mean_patient_dice"] if base_summary else None)
+
+        grid_path = os.path.join(evaluation.uri, GRID_FILE)
+        figures.write_grid(grid_rows(summary, shown), grid_path,
+                           title=f"{split} split: mean per-patient Dice {summary['mean_patient_dice']:.3f}")
+        result = {
+            **summary,
+            "split": split, "dice_threshold": threshold, "dice_tolerance": tolerance,
+            "blessed": blessed, "reason": reason, "grid_png": GRID_FILE,
+            "model": {"uri": model.uri, "id": model.id},
+            "baseline": (None if baseline_model is None else
+                         {"uri": baseline_model.uri, "id": baseline_model.id, **base_summary}),
+        }
+        io_utils.write_string_file(os.path.join(evaluation.uri, METRICS_FILE), json.dumps(result, indent=2))
+        self._annotate(evaluation, result)
+        evaluation.set_string_custom_property("grid_png", grid_path)
+        self._annotate(blessing, result)
+        write_blessing(blessing, model, baseline_model, blessed, exec_properties)
+        logging.info("Evaluation of model %s: %s", model.uri, reason)
+        logging.info("Evaluation picture: %s", grid_path)
+
+    @staticmethod
+    def _annotate(artifact: types.Artifact, result: dict) -> None:
+        """The figures ML Metadata (and `ctseg runs`) shows without opening metrics.json."""
+        for key in ("mean_patient_dice", "mean_patient_iou", "mean_slice_dice", "mean_slice_iou"):
+            artifact.set_float_custom_property(key, result[key])
+        if result["baseline"]:
+            artifact.set_float_custom_property("baseline_mean_patient_dice", result["baseline"]["mean_patient_dice"])
+        artifact.set_string_custom_property("reason", result["reason"])
+        artifact.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, int(result["blessed"]))
+        artifact.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, result["reason"])
+
+
+def write_blessing(blessing: types.Artifact, model: types.Artifact, baseline_model: Optional[types.Artifact],
+                   blessed: bool, exec_properties: dict[str, Any]) -> None:
+    """As tfx.components.evaluator.executor does, so Pusher and LatestBlessedModelStrategy accept it."""
+    blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+    if baseline_model is not None:
+        blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline_model.uri)
+        blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline_model.id)
+    if "current_component_id" in exec_properties:
+        blessing.set_string_custom_property("component_id", exec_properties["current_component_id"])
+    name = constants.BLESSED_FILE_NAME if blessed else constants.NOT_BLESSED_FILE_NAME
+    io_utils.write_string_file(os.path.join(blessing.uri, name), "")
+    blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY,
+                                     constants.BLESSED_VALUE if blessed else constants.NOT_BLESSED_VALUE)

@@ -1,0 +1,309 @@
+"""SegmentationEvaluator: metrics in numpy, the picture, and real LocalDagRunner pipelines with Pusher.
+
+The pipelines import fixed-rule SavedModels (the two signatures of docs/DESIGN.md): a "good" rule
+(liver HU window on the patient's right side, volumetric Dice about 0.76 on the phantom) and a
+"worse" one (the HU window alone, about 0.62, fooled by spleen and kidneys).
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.evaluation import format_evaluation, load_evaluation, metrics
+from components.evaluation.figures import GridRow, write_grid
+from ctseg.errors import CtsegError
+
+SIZE = 64
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_dice_and_iou_of_known_masks():
+    pred = np.zeros((4, 4), bool)
+    true = np.zeros((4, 4), bool)
+    pred[:2, :2] = True          # 4 voxels
+    true[:2, :] = True           # 8 voxels, 4 shared
+    assert metrics.dice(pred, true) == pytest.approx(2 * 4 / 12)
+    assert metrics.iou(pred, true) == pytest.approx(4 / 8)
+    assert metrics.dice(pred, pred) == 1.0
+    assert metrics.dice(pred, ~pred) == 0.0
+
+
+def test_both_empty_counts_as_perfect_and_is_reported():
+    prob = np.zeros((2, 3, 3), np.float32)
+    truth = np.zeros((2, 3, 3), np.uint8)
+    prob[0, 0, 0] = 0.9
+    truth[0, 0, 0] = 1
+    overlap = metrics.slice_overlap(prob, truth)
+    summary = metrics.summarize(["a", "a"], overlap)
+    assert summary["mean_slice_dice"] == 1.0
+    assert summary["empty_slices"] == 1
+    assert metrics.dice(np.zeros(3), np.zeros(3)) == 1.0
+
+
+def test_probability_threshold_is_half():
+    overlap = metrics.slice_overlap(np.array([[0.5, 0.49]]), np.array([[1, 1]]))
+    assert overlap.predicted.tolist() == [1]
+    assert overlap.intersection.tolist() == [1]
+
+
+def test_volumetric_dice_pools_slices_unlike_slice_mean():
+    """Patient p: a big slice predicted perfectly and a one-voxel slice missed."""
+    truth = np.zeros((2, 10, 10), np.uint8)
+    truth[0, :5] = 1             # 50 voxels
+    truth[1, 0, 0] = 1           # 1 voxel
+    prob = np.zeros((2, 10, 10), np.float32)
+    prob[0, :5] = 1.0
+    summary = metrics.summarize(["p", "p"], metrics.slice_overlap(prob, truth), voxel_ml=[0.5, 0.5])
+    (patient,) = summary["patients"]
+    assert patient["dice"] == pytest.approx(2 * 50 / 101)
+    assert summary["mean_slice_dice"] == pytest.approx(0.5)
+    assert patient["true_volume_ml"] == pytest.approx(25.5)
+    assert patient["predicted_volume_ml"] == pytest.approx(25.0)
+
+
+def test_summary_means_over_patients_not_slices():
+    truth = np.ones((3, 2, 2), np.uint8)
+    prob = np.stack([np.ones((2, 2)), np.ones((2, 2)), np.zeros((2, 2))])
+    summary = metrics.summarize(["a", "a", "b"], metrics.slice_overlap(prob, truth))
+    assert [p["dice"] for p in summary["patients"]] == [1.0, 0.0]
+    assert summary["mean_patient_dice"] == 0.5
+    assert summary["mean_slice_dice"] == pytest.approx(2 / 3)
+
+
+def test_best_median_worst():
+    rows = [{"patient_id": f"p{k}", "dice": d} for k, d in enumerate([0.7, 0.9, 0.8, 0.6, 0.95])]
+    picks = metrics.best_median_worst(rows)
+    assert [(label, r["patient_id"]) for label, r in picks] == [("best", "p4"), ("median", "p2"), ("worst", "p3")]
+    assert [label for label, _ in metrics.best_median_worst(rows[:1])] == ["best"]
+
+
+@pytest.mark.parametrize("mean, baseline, blessed, words", [
+    (0.95, None, True, "threshold alone"),
+    (0.85, None, False, "below the threshold"),
+    (0.85, 0.80, False, "below the threshold"),
+    (0.95, 0.955, True, "within the tolerance"),
+    (0.94, 0.95, True, "within the tolerance"),       # exactly at the tolerance
+    (0.93, 0.95, False, "blessed baseline model's 0.9500"),
+])
+def test_blessing_rule(mean, baseline, blessed, words):
+    ok, reason = metrics.blessing_decision(mean, threshold=0.90, tolerance=0.01, baseline_mean_dice=baseline)
+    assert ok is blessed
+    assert reason.startswith("blessed" if blessed else "not blessed")
+    assert words in reason
+
+
+def test_grid_png(tmp_path):
+    hu = np.full((SIZE, SIZE), -100.0, np.float32)
+    truth = np.zeros((SIZE, SIZE), np.uint8)
+    truth[10:30, 10:30] = 1
+    rows = [GridRow(f"row {k}", hu, truth, truth * 0.9) for k in range(3)]
+    path = write_grid(rows, tmp_path / "g.png", title="t")
+    from matplotlib.image import imread
+    img = imread(path)
+    assert img.shape[0] > img.shape[1] * 0.8 and img.shape[2] in (3, 4)
+    with pytest.raises(ValueError):
+        write_grid([], tmp_path / "empty.png")
+
+
+def test_load_evaluation_errors_name_the_folder(tmp_path):
+    with pytest.raises(CtsegError, match=str(tmp_path)):
+        load_evaluation(tmp_path)
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.raises(CtsegError, match="metrics.json"):
+        load_evaluation(tmp_path)
+
+
+def test_component_rejects_bad_parameters():
+    from tfx.types import channel_utils, standard_artifacts
+
+    from components.evaluation import SegmentationEvaluator
+    examples = channel_utils.as_channel([standard_artifacts.Examples()])
+    model = channel_utils.as_channel([standard_artifacts.Model()])
+    with pytest.raises(ValueError, match="dice_threshold"):
+        SegmentationEvaluator(examples=examples, model=model, dice_threshold=1.5)
+    with pytest.raises(ValueError, match="dice_tolerance"):
+        SegmentationEvaluator(examples=examples, model=model, dice_tolerance=-0.1)
+
+
+# ---------------------------------------------------------------- real pipelines
+
+def window_rule_model(path, *, right_side_only: bool):
+    """Exports a fixed-rule SavedModel with `segment_hu` and `serving_default` (docs/DESIGN.md)."""
+    import tensorflow as tf
+
+    from ctseg import features
+
+    columns = (np.arange(SIZE) + 0.5) / SIZE * 2 - 1
+    side = (columns < 0.0) if right_side_only else np.ones(SIZE, bool)
+
+    class WindowRule(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE], tf.float32, name="hu")])
+        def segment_hu(self, hu):
+            smooth = tf.nn.avg_pool2d(hu[..., None], 3, 1, "SAME")[..., 0]
+            inside = tf.sigmoid(smooth - 40.0) * tf.sigmoid(130.0 - smooth)
+            return {"probabilities": inside * tf.constant(side, tf.float32)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serving_default(self, examples):
+            parsed = tf.io.parse_example(examples, {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})
+            hu = tf.io.decode_raw(parsed[features.IMAGE_KEY], tf.int16, little_endian=True)
+            return self.segment_hu(tf.cast(tf.reshape(hu, [-1, SIZE, SIZE]), tf.float32))
+
+    module = WindowRule()
+    tf.saved_model.save(module, os.path.join(path, "Format-Serving"),
+                        signatures={"segment_hu": module.segment_hu, "serving_default": module.serving_default})
+    return str(path)
+
+
+def write_eval_examples(phantom_root: Path, out_file: Path):
+    """The per-slice examples of ingest (ctseg.features), written straight from the phantom's DICOM."""
+    import tensorflow as tf
+
+    from ctseg import dicom, features
+    out_file.parent.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(out_file)) as writer:
+        for patient in sorted(p for p in phantom_root.iterdir() if p.is_dir()):
+            for image in sorted((patient / "PATIENT_DICOM").iterdir()):
+                ds = dicom.read_dataset(str(image))
+                mask_ds = dicom.read_dataset(str(patient / "MASKS_DICOM" / "liver" / image.name))
+                hu, mask = dicom.hu_from_dataset(ds), dicom.mask_from_dataset(mask_ds)
+                writer.write(features.slice_example(
+                    hu=hu, mask=mask, patient_id=patient.name, slice_index=int(image.name.split("_")[-1]),
+                    spacing_mm=dicom.spacing_mm(ds)[0], thickness_mm=dicom.thickness_mm(ds),
+                    source_shape=hu.shape, mask_distinct_values=len(np.unique(mask))).SerializeToString())
+
+
+def eval_pipeline(name: str, root: Path, examples_dir: Path, model_dir: str, serving_dir: Path,
+                  dice_threshold: float):
+    from tfx import v1 as tfx
+
+    from components.evaluation import SegmentationEvaluator
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=str(examples_dir),
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="eval", pattern="eval/*")]),
+        output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(
+            splits=[tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1)])))
+    model = tfx.dsl.Importer(source_uri=model_dir, artifact_type=tfx.types.standard_artifacts.Model).with_id("model")
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = SegmentationEvaluator(
+        examples=example_gen.outputs["examples"], model=model.outputs["result"],
+        baseline_model=baseline.outputs["model"], dice_threshold=dice_threshold, dice_tolerance=0.01)
+    pusher = tfx.components.Pusher(
+        model=model.outputs["result"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(serving_dir))))
+    return tfx.dsl.Pipeline(
+        pipeline_name=name, pipeline_root=str(root / "pipeline"),
+        components=[example_gen, model, baseline, evaluator, pusher],
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(root / "metadata.sqlite")))
+
+
+def run_and_collect(pipeline, root: Path) -> dict:
+    """Runs the pipeline; returns the newest ModelBlessing, ModelEvaluation and PushedModel from MLMD."""
+    from ml_metadata import metadata_store
+    from tfx import v1 as tfx
+    from tfx.orchestration import metadata
+
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(str(root / "metadata.sqlite")))
+    return {t: max(store.get_artifacts_by_type(t), key=lambda a: a.id)
+            for t in ("ModelBlessing", "ModelEvaluation", "PushedModel", "Model")}
+
+
+def custom(artifact, key):
+    value = artifact.custom_properties[key]
+    return getattr(value, value.WhichOneof("value"))
+
+
+def versions(serving_dir: Path) -> list[str]:
+    return sorted(os.listdir(serving_dir)) if serving_dir.exists() else []
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from ctseg.phantom import write_phantom
+    base = tmp_path_factory.mktemp("evaluation")
+    phantom = write_phantom(base / "ircad", patients=4, slices=10, size=SIZE, seed=3)
+    write_eval_examples(phantom, base / "examples" / "eval" / "slices.tfrecord")
+    return {"base": base, "examples": base / "examples",
+            "good": window_rule_model(base / "good_model", right_side_only=True),
+            "worse": window_rule_model(base / "worse_model", right_side_only=False)}
+
+
+@pytest.fixture(scope="module")
+def history(workspace):
+    """One pipeline, two runs: a good model (blessed, pushed), then a worse one against it as baseline."""
+    root, serving = workspace["base"] / "history", workspace["base"] / "serving"
+    first = run_and_collect(eval_pipeline("ctseg-eval-history", root, workspace["examples"], workspace["good"],
+                                          serving, dice_threshold=0.5), root)
+    pushed_after_first = versions(serving)
+    second = run_and_collect(eval_pipeline("ctseg-eval-history", root, workspace["examples"], workspace["worse"],
+                                           serving, dice_threshold=0.5), root)
+    return {"first": first, "second": second, "serving": serving, "pushed_after_first": pushed_after_first}
+
+
+def test_good_model_is_blessed_and_pushed(history):
+    blessing, evaluation, pushed = (history["first"][k] for k in ("ModelBlessing", "ModelEvaluation", "PushedModel"))
+    assert custom(blessing, "blessed") == 1
+    assert os.path.exists(os.path.join(blessing.uri, "BLESSED"))
+    assert custom(blessing, "current_model_id") == history["first"]["Model"].id
+    assert "baseline_model_id" not in blessing.custom_properties
+    assert custom(pushed, "pushed") == 1
+    (version,) = history["pushed_after_first"]
+    assert (history["serving"] / version / "saved_model.pb").exists()
+
+    result = load_evaluation(evaluation.uri)
+    assert result["blessed"] is True and "threshold alone" in result["reason"]
+    assert result["mean_patient_dice"] == pytest.approx(custom(evaluation, "mean_patient_dice"))
+    assert 0.70 < result["mean_patient_dice"] < 0.85
+    assert len(result["patients"]) == 4
+    assert all(0.6 < p["dice"] < 0.9 and p["true_volume_ml"] > 0 for p in result["patients"])
+    assert result["slices"] == sum(p["slices"] for p in result["patients"])
+    assert result["baseline"] is None
+
+
+def test_evaluation_picture_and_summary(history):
+    result = load_evaluation(history["first"]["ModelEvaluation"].uri)
+    from matplotlib.image import imread
+    assert imread(result["grid_png"]).shape[0] > 300   # three rows of slices
+    text = format_evaluation(result)
+    assert "BLESSED" in text and result["grid_png"] in text
+    assert all(p["patient_id"] in text for p in result["patients"])
+
+
+def test_worse_model_than_blessed_baseline_is_not_pushed(history):
+    first, second = history["first"], history["second"]
+    blessing, evaluation, pushed = (second[k] for k in ("ModelBlessing", "ModelEvaluation", "PushedModel"))
+    assert custom(blessing, "blessed") == 0
+    assert os.path.exists(os.path.join(blessing.uri, "NOT_BLESSED"))
+    assert custom(blessing, "baseline_model_id") == first["Model"].id
+    assert custom(blessing, "current_model_id") == second["Model"].id != first["Model"].id
+    assert custom(pushed, "pushed") == 0
+    assert versions(history["serving"]) == history["pushed_after_first"]
+
+    result = load_evaluation(evaluation.uri)
+    assert "baseline" in result["reason"] and result["blessed"] is False
+    assert result["mean_patient_dice"] >= 0.5      # passed the threshold: the baseline decided
+    assert result["baseline"]["mean_patient_dice"] == pytest.approx(
+        load_evaluation(first["ModelEvaluation"].uri)["mean_patient_dice"])
+    assert result["baseline"]["id"] == first["Model"].id
+
+
+def test_threshold_too_high_blocks_the_first_model(workspace):
+    root, serving = workspace["base"] / "strict", workspace["base"] / "serving_strict"
+    out = run_and_collect(eval_pipeline("ctseg-eval-strict", root, workspace["examples"], workspace["good"],
+                                        serving, dice_threshold=0.99), root)
+    assert custom(out["ModelBlessing"], "blessed") == 0
+    assert custom(out["PushedModel"], "pushed") == 0
+    assert versions(serving) == []
+    result = json.loads(Path(out["ModelEvaluation"].uri, "metrics.json").read_text())
+    assert "below the threshold 0.9900" in result["reason"]
+    assert "not blessed" in custom(out["ModelEvaluation"], "reason")

@@ -1,0 +1,32 @@
+"""`ctseg predict SERIES --model SERVING_DIR_OR_VERSION --out OUT`: segment the liver of one CT series."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="segment the liver of one patient's CT series with a pushed model",
+        description="Run the pushed model on one patient's CT series (a folder or zip of DICOM slices, or an "
+                    "IRCAD patient folder) and write the liver as a DICOM Segmentation (seg.dcm), as "
+                    "IRCAD-style masks (MASKS_DICOM/liver/image_N), its volume (summary.json) and an "
+                    "overlay montage (overlay.png).")
+    p.add_argument("series", help="folder or .zip of one patient's CT DICOM slices, or an IRCAD patient folder")
+    p.add_argument("--model", required=True,
+                   help="the Pusher's serving dir (highest numeric version is used) or one version dir in it")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per model call (default 16)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import sys
+
+    from ctseg.errors import CtsegError
+    from ctseg.predict import predict
+
+    if args.batch_size < 1:
+        raise CtsegError("--batch-size must be at least 1")
+    result = predict(args.series, args.model, args.out, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    print(f"liver volume {result['volume_ml']:.1f} ml in {result['slices_with_liver']} of {result['slices']} "
+          f"slices (model version {result['model_version']}); wrote seg.dcm, MASKS_DICOM/liver, "
+          f"summary.json, overlay.png to {args.out}")
+    return 0

@@ -1,0 +1,80 @@
+"""Trains the default UNET on a phantom through the Trainer's `run_fn` and reports volumetric Dice
+per eval patient: 2|P∩T| / (|P| + |T|) over all of the patient's eval slices.
+
+    .venv/bin/python bench/quality.py [--patients 8] [--slices 40] [--image-size 128] [--eval-patients 2]
+                                      [--config '{"epochs": 20}'] [--workdir /tmp/ctseg-quality]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ctseg.quiet import silence  # noqa: E402
+
+silence(False)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+
+from bench.phantom_examples import write_split_examples  # noqa: E402
+from ctseg import features  # noqa: E402
+from ctseg.phantom import write_phantom  # noqa: E402
+from models.unet import trainer  # noqa: E402
+
+
+def per_patient_dice(serving_dir: str, eval_pattern: str) -> dict[str, float]:
+    """Volumetric Dice per patient from the exported model's `serving_default` signature."""
+    serve = tf.saved_model.load(serving_dir).signatures[trainer.SERVING_SIGNATURE]
+    counts = defaultdict(lambda: np.zeros(3))  # intersection, |P|, |T|
+    records = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(eval_pattern), "GZIP")]
+    for start in range(0, len(records), 64):
+        batch = records[start:start + 64]
+        predicted = serve(examples=tf.constant(batch))["probabilities"].numpy() > 0.5
+        for serialized, p in zip(batch, predicted):
+            ex = features.decode_example(serialized)
+            t = ex[features.MASK_KEY] > 0
+            counts[ex[features.PATIENT_KEY]] += (np.sum(p & t), p.sum(), t.sum())
+    return {pid: float(2 * i / max(ps + ts, 1)) for pid, (i, ps, ts) in sorted(counts.items())}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", type=int, default=8)
+    ap.add_argument("--slices", type=int, default=40)
+    ap.add_argument("--phantom-size", type=int, default=512)
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--eval-patients", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", default="{}", help="custom_config as JSON")
+    ap.add_argument("--train-steps", type=int, default=None)
+    ap.add_argument("--workdir", default="/tmp/ctseg-quality")
+    args = ap.parse_args(argv)
+    work = Path(args.workdir)
+    phantom = work / f"phantom-{args.patients}x{args.slices}-{args.phantom_size}-s{args.seed}"
+    if not phantom.exists():
+        write_phantom(phantom, patients=args.patients, slices=args.slices, size=args.phantom_size, seed=args.seed)
+    examples = work / f"examples-{phantom.name}-{args.image_size}-e{args.eval_patients}"
+    split = write_split_examples(phantom, examples, args.image_size, args.eval_patients)
+    custom = {"image_size": args.image_size, **json.loads(args.config)}
+    run = work / f"run-{int(time.time())}"
+    fn_args = tfx.components.FnArgs(
+        train_files=[str(examples / "train" / "*.gz")], eval_files=[str(examples / "eval" / "*.gz")],
+        serving_model_dir=str(run / "serving"), model_run_dir=str(run / "logs"),
+        train_steps=args.train_steps, eval_steps=None, custom_config=custom)
+    start = time.perf_counter()
+    trainer.run_fn(fn_args)
+    seconds = time.perf_counter() - start
+    dice = per_patient_dice(str(run / "serving"), str(examples / "eval" / "*.gz"))
+    print(json.dumps({"train_patients": split["train"], "custom_config": custom, "train_seconds": round(seconds, 1),
+                      "dice_per_eval_patient": {k: round(v, 4) for k, v in dice.items()},
+                      "mean_dice": round(float(np.mean(list(dice.values()))), 4)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

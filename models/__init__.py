@@ -1,0 +1,1 @@
+"""Models trained by the pipeline's Trainer (module files for `tfx.v1.components.Trainer`)."""

@@ -1,0 +1,143 @@
+"""The UNET (Ronneberger et al.) with the CT window inside it, the Dice loss, and Dice/IoU metrics.
+
+The network takes Hounsfield units of shape (batch, H, W) and returns liver probabilities of the
+same shape: windowing and scaling are its first layer, so the exported model cannot be fed
+differently pre-processed data than it was trained on.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from models.unet.config import UnetConfig
+
+SMOOTH = 1.0  # the blog post's Dice smoothing term: keeps empty-vs-empty at Dice 1 and the gradient finite
+
+
+class HuWindow(tf.keras.layers.Layer):
+    """HU → [0, 1]: `clip((hu - (center - width/2)) / width, 0, 1)`, the same mapping as `ctseg.dicom.window`.
+
+    Always computed in float32 (HU do not fit float16's precision), whatever the mixed-precision policy.
+    """
+
+    def __init__(self, center: float, width: float, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.center, self.width = float(center), float(width)
+
+    def call(self, hu):
+        low = self.center - self.width / 2.0
+        return tf.clip_by_value((tf.cast(hu, tf.float32) - low) / self.width, 0.0, 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "center": self.center, "width": self.width}
+
+
+def _double_conv(x, filters: int, name: str):
+    for i in (1, 2):
+        x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
+                                   kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
+    return x
+
+
+def build_unet(config: UnetConfig) -> tf.keras.Model:
+    """Per level down: two 3x3 ReLU convs, 2x2 max-pool, dropout; a bottleneck; per level up:
+    a strided Conv2DTranspose, concatenation with the skip, dropout, two 3x3 convs; a 1x1 sigmoid."""
+    size = config.image_size
+    hu = tf.keras.Input((size, size), name="hu", dtype=tf.float32)
+    x = HuWindow(config.window_center, config.window_width, name="hu_window")(hu)
+    x = tf.keras.layers.Reshape((size, size, 1), name="channel")(x)
+    skips = []
+    for level in range(config.depth):
+        x = _double_conv(x, config.base_filters * 2 ** level, f"down{level}")
+        skips.append(x)
+        x = tf.keras.layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+        x = tf.keras.layers.Dropout(config.dropout, name=f"down{level}_dropout")(x)
+    x = _double_conv(x, config.base_filters * 2 ** config.depth, "bottleneck")
+    for level in reversed(range(config.depth)):
+        filters = config.base_filters * 2 ** level
+        x = tf.keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", name=f"up{level}_transpose")(x)
+        x = tf.keras.layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
+        x = tf.keras.layers.Dropout(config.dropout, name=f"up{level}_dropout")(x)
+        x = _double_conv(x, filters, f"up{level}")
+    x = tf.keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="probability")(x)
+    probabilities = tf.keras.layers.Reshape((size, size), dtype="float32", name="probabilities")(x)
+    return tf.keras.Model(hu, probabilities, name="unet")
+
+
+def _flat(y_true, y_pred):
+    return tf.reshape(tf.cast(y_true, tf.float32), [-1]), tf.reshape(tf.cast(y_pred, tf.float32), [-1])
+
+
+def dice_coefficient(y_true, y_pred, smooth: float = SMOOTH):
+    """Soft Dice over the whole batch, as in the blog post: (2|T·P| + s) / (|T| + |P| + s)."""
+    t, p = _flat(y_true, y_pred)
+    return (2.0 * tf.reduce_sum(t * p) + smooth) / (tf.reduce_sum(t) + tf.reduce_sum(p) + smooth)
+
+
+def dice_loss(y_true, y_pred):
+    return 1.0 - dice_coefficient(y_true, y_pred)
+
+
+def make_loss(bce_weight: float):
+    """Dice loss, plus `bce_weight` times binary cross-entropy when it is positive (steadier early gradients)."""
+    if bce_weight <= 0:
+        return dice_loss
+
+    def dice_bce_loss(y_true, y_pred):
+        t, p = _flat(y_true, y_pred)
+        return dice_loss(y_true, y_pred) + bce_weight * tf.keras.losses.binary_crossentropy(t, p)
+
+    return dice_bce_loss
+
+
+class OverlapMetric(tf.keras.metrics.Metric):
+    """Dice or IoU of the thresholded prediction, pooled over every pixel seen in the epoch.
+
+    Pooling (rather than averaging per batch) makes it the volumetric score of the evaluated slices;
+    when neither prediction nor truth has a foreground pixel, the overlap is perfect (1).
+    """
+
+    def __init__(self, kind: str = "dice", threshold: float = 0.5, name: str | None = None, **kwargs):
+        if kind not in ("dice", "iou"):
+            raise ValueError(f"kind must be 'dice' or 'iou', not {kind!r}")
+        super().__init__(name=name or kind, **kwargs)
+        self.kind, self.threshold = kind, threshold
+        self.intersection = self.add_weight(name="intersection", initializer="zeros")
+        self.total = self.add_weight(name="total", initializer="zeros")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        t, p = _flat(y_true, y_pred)
+        t = tf.cast(t > 0.5, tf.float32)
+        p = tf.cast(p > self.threshold, tf.float32)
+        self.intersection.assign_add(tf.reduce_sum(t * p))
+        self.total.assign_add(tf.reduce_sum(t) + tf.reduce_sum(p))
+
+    def result(self):
+        denominator = self.total if self.kind == "dice" else self.total - self.intersection
+        numerator = 2.0 * self.intersection if self.kind == "dice" else self.intersection
+        return tf.where(denominator > 0, numerator / tf.maximum(denominator, 1e-9), 1.0)
+
+    def reset_state(self):
+        self.intersection.assign(0.0)
+        self.total.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "threshold": self.threshold}
+
+
+def compile_model(model: tf.keras.Model, config: UnetConfig) -> tf.keras.Model:
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate),
+                  loss=make_loss(config.bce_weight),
+                  metrics=[OverlapMetric("dice"), OverlapMetric("iou")])
+    return model
+
+
+def flops_per_slice(model: tf.keras.Model) -> int:
+    """Forward-pass floating-point operations for one slice (multiply and add counted separately)."""
+    from tensorflow.python.profiler.model_analyzer import profile
+    from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
+
+    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
+    graph = tf.function(model).get_concrete_function(spec).graph
+    options = ProfileOptionBuilder(ProfileOptionBuilder.float_operation()).with_empty_output().build()
+    return int(profile(graph, options=options).total_float_ops)

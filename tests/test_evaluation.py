@@ -180,18 +180,14 @@ def eval_pipeline(name: str, root: Path, examples_dir: Path, model_dir: str, ser
                   dice_threshold: float):
     from tfx import v1 as tfx
 
-    from components.evaluation import SegmentationEvaluator
+    from components.evaluation import SegmentationEvaluator, latest_blessed_model_resolver
     example_gen = tfx.components.ImportExampleGen(
         input_base=str(examples_dir),
         input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="eval", pattern="eval/*")]),
         output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(
             splits=[tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1)])))
     model = tfx.dsl.Importer(source_uri=model_dir, artifact_type=tfx.types.standard_artifacts.Model).with_id("model")
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    baseline = latest_blessed_model_resolver()
     evaluator = SegmentationEvaluator(
         examples=example_gen.outputs["examples"], model=model.outputs["result"],
         baseline_model=baseline.outputs["model"], dice_threshold=dice_threshold, dice_tolerance=0.01)
@@ -275,7 +271,7 @@ def test_evaluation_picture_and_summary(history):
     from matplotlib.image import imread
     assert imread(result["grid_png"]).shape[0] > 300   # three rows of slices
     text = format_evaluation(result)
-    assert "BLESSED" in text and result["grid_png"] in text
+    assert text.startswith("Model blessed: ") and result["grid_png"] in text
     assert all(p["patient_id"] in text for p in result["patients"])
 
 
@@ -295,6 +291,47 @@ def test_worse_model_than_blessed_baseline_is_not_pushed(history):
     assert result["baseline"]["mean_patient_dice"] == pytest.approx(
         load_evaluation(first["ModelEvaluation"].uri)["mean_patient_dice"])
     assert result["baseline"]["id"] == first["Model"].id
+
+
+def model_artifact(uri):
+    from tfx.types import standard_artifacts
+    model = standard_artifacts.Model()
+    model.uri = str(uri)
+    return model
+
+
+def test_segmenter_adapts_to_the_trained_size(workspace):
+    from components.evaluation.executor import Segmenter
+    segmenter = Segmenter(model_artifact(workspace["good"]))
+    assert segmenter.size == (SIZE, SIZE)
+    hu = np.full((2, SIZE // 2, SIZE // 2), 80.0, np.float32)
+    prob = segmenter.probabilities(hu)
+    assert prob.shape == hu.shape
+    assert prob[:, :, : SIZE // 4 - 1].min() > 0.9 and prob[:, :, SIZE // 4 + 1:].max() < 0.1
+
+
+def test_bad_inputs_raise_errors_naming_the_path(workspace, tmp_path):
+    import tensorflow as tf
+    from tfx.types import standard_artifacts
+
+    from components.evaluation.executor import Segmenter, read_slices, split_files
+    with pytest.raises(CtsegError, match=str(tmp_path)):
+        Segmenter(model_artifact(tmp_path))
+    no_signature = tf.Module()
+    no_signature.f = tf.function(lambda x: x, input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(no_signature, str(tmp_path / "other" / "Format-Serving"), signatures={"f": no_signature.f})
+    with pytest.raises(CtsegError, match="no 'segment_hu' signature"):
+        Segmenter(model_artifact(tmp_path / "other"))
+
+    examples = standard_artifacts.Examples()
+    examples.uri, examples.split_names = str(tmp_path / "ex"), '["train"]'
+    with pytest.raises(CtsegError, match="no 'eval' split"):
+        split_files(examples, "eval")
+    broken = tmp_path / "Split-eval" / "data.gz"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a gzipped tfrecord")
+    with pytest.raises(CtsegError, match="unreadable examples in .*Split-eval"):
+        list(read_slices([str(broken)], 8))
 
 
 def test_threshold_too_high_blocks_the_first_model(workspace):

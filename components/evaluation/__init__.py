@@ -32,7 +32,7 @@ def format_evaluation(result: dict) -> str:
     """The evaluation in a few lines a person reads: decision and reason, per-patient table, picture."""
     base = result.get("baseline")
     lines = [
-        f"Model {'BLESSED' if result['blessed'] else 'NOT blessed'}: {result['reason']}",
+        f"Model {result['reason']}",
         f"  {result['split']} split: mean per-patient Dice {result['mean_patient_dice']:.4f}, "
         f"IoU {result['mean_patient_iou']:.4f}; mean slice Dice {result['mean_slice_dice']:.4f} "
         f"over {result['slices']} slices",
@@ -48,7 +48,7 @@ def format_evaluation(result: dict) -> str:
 
 
 def __getattr__(name):
-    if name in ("SegmentationEvaluator", "SegmentationEvaluatorSpec"):
+    if name in ("SegmentationEvaluator", "SegmentationEvaluatorSpec", "latest_blessed_model_resolver"):
         from components.evaluation import component
         return getattr(component, name)
     raise AttributeError(name)

@@ -10,6 +10,8 @@ from typing import Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
+from tfx.dsl.components.common import resolver
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.types import standard_artifacts
 from tfx.types import standard_component_specs as keys
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
@@ -67,3 +69,12 @@ class SegmentationEvaluator(base_component.BaseComponent):
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         super().__init__(spec=spec)
+
+
+def latest_blessed_model_resolver(node_id: str = "latest_blessed_model_resolver") -> resolver.Resolver:
+    """The baseline for SegmentationEvaluator: the newest Model whose ModelBlessing says blessed."""
+    return resolver.Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=types.Channel(type=standard_artifacts.Model),
+        model_blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+    ).with_id(node_id)

@@ -2,8 +2,9 @@
 
 The pipeline object is the one `ctseg run` builds (`pipeline.pipeline.create_pipeline`); on a cluster
 only the paths, the Beam runner, the Trainer's preset and each step's container resources differ.
-The spec is written as the YAML `kfp.Client.create_run_from_pipeline_package` accepts: the
-`pipelineSpec` of TFX's PipelineJob, with the pipeline root as its `defaultPipelineRoot`.
+The spec uses schema 2.1.0, the one KFP 2's SDK and backend speak, and is written as the YAML that
+`kfp.Client.create_run_from_pipeline_package` accepts: the `pipelineSpec` of TFX's PipelineJob,
+with the pipeline root as its `defaultPipelineRoot`.
 """
 from __future__ import annotations
 
@@ -116,6 +117,7 @@ def build_cluster_pipeline(
     if preset not in PRESETS:
         raise CtsegError(f"Trainer preset {preset!r} is not one of {sorted(PRESETS)}")
     pipeline_root = check_pipeline_root(pipeline_root)
+    trainer_spec, step_spec = trainer_resources.resource_spec(), step_resources.resource_spec()
     knobs.setdefault("image_size", PRESETS[preset]["image_size"])
     pipeline = create_pipeline(
         pipeline_name=pipeline_name,
@@ -127,7 +129,6 @@ def build_cluster_pipeline(
         beam_pipeline_args=list(beam_pipeline_args or DEFAULT_BEAM_ARGS),
         **knobs,
     )
-    trainer_spec, step_spec = trainer_resources.resource_spec(), step_resources.resource_spec()
     for component in pipeline.components:
         if isinstance(component, BaseComponent):
             component.with_platform_config(trainer_spec if component.id == TRAINER_ID else step_spec)
@@ -145,12 +146,12 @@ def compile_pipeline(*, image: str = DEFAULT_IMAGE, output: str | Path = DEFAULT
     check_image(image)
     pipeline = build_cluster_pipeline(**pipeline_args)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
-        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image))
+        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image, use_pipeline_spec_2_1=True))
     job = runner.run(pipeline, write_out=False)
     spec = job["pipelineSpec"]
     spec["defaultPipelineRoot"] = pipeline.pipeline_info.pipeline_root
     output.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# KFP v2 pipeline spec of the ctseg pipeline, compiled by `ctseg compile` with TFX's KubeflowV2DagRunner.\n"
               f"# Submit with `ctseg submit --host URL --spec {output.name}`.\n")
-    output.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+    output.write_text(header + yaml.safe_dump(spec, sort_keys=True))
     return output

@@ -12,9 +12,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import yaml
 
 from ctseg.cli import main
 from ctseg.errors import CtsegError
+from kubeflow.runner import compile_pipeline
 from kubeflow.submit import HEALTHZ_PATH, submit
 
 RUN_ID = "5b0c6a4e-run"
@@ -89,6 +91,12 @@ def any_spec(tmp_path):
     return path
 
 
+@pytest.fixture(scope="module")
+def compiled_spec(tmp_path_factory):
+    return compile_pipeline(image="ghcr.io/example/ctseg:0.1.0", output=tmp_path_factory.mktemp("kfp") / "ctseg.yaml",
+                            data_root="gs://bucket/3Dircadb1.zip", pipeline_root="gs://bucket/root")
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,3 +148,21 @@ def test_not_a_pipelines_api(pipelines_api, any_spec, monkeypatch):
     monkeypatch.setattr("kubeflow.submit.HEALTHZ_PATH", "/apis/v1/not-here")
     with pytest.raises(CtsegError, match="has no Kubeflow Pipelines v2 API"):
         submit(any_spec, host=host_of(pipelines_api))
+
+
+def test_submit_creates_experiment_and_run_and_prints_id_and_link(pipelines_api, compiled_spec, capsys):
+    host = host_of(pipelines_api)
+    assert main(["submit", "--host", host, "--spec", str(compiled_spec), "--experiment", "liver-gpu",
+                 "--run-name", "nightly"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"run id: {RUN_ID}", f"link:   {host}/#/runs/details/{RUN_ID}"]
+    posts = {path.split("?")[0]: body for method, path, body in FakePipelinesApi.requests if method == "POST"}
+    assert posts["/apis/v2beta1/experiments"]["display_name"] == "liver-gpu"
+    run = posts["/apis/v2beta1/runs"]
+    assert run["display_name"] == "nightly" and run["experiment_id"] == EXPERIMENT_ID
+    sent = run["pipeline_spec"]
+    sent = sent.get("pipeline_spec", sent)
+    on_disk = yaml.safe_load(compiled_spec.read_text())
+    assert sent["pipelineInfo"] == on_disk["pipelineInfo"]
+    assert sent["deploymentSpec"] == on_disk["deploymentSpec"]
+    assert sent["defaultPipelineRoot"] == on_disk["defaultPipelineRoot"]

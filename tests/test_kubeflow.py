@@ -1,0 +1,207 @@
+"""`ctseg compile`: the KFP v2 spec, loaded back with KFP's own loader, and its ingest step run the way a
+cluster's pod runs it (TFX's v2 container entrypoint, executor input built from the spec).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctseg.cli import main
+from ctseg.errors import CtsegError
+from kubeflow.runner import IMAGE_SCHEMA_FILE, StepResources, compile_pipeline, memory_gb
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = "ghcr.io/example/ctseg:0.1.0-test"
+PIPELINE_ROOT = "gs://ctseg-test/pipeline-root"
+ENTRYPOINT = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+LOCAL_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+INGEST = "IrcadExampleGen"
+
+
+@pytest.fixture(scope="module")
+def spec_file(small_phantom, tmp_path_factory):
+    """Compiled once for the module: GPU Trainer, DirectRunner in the pod, the 64 px phantom as data."""
+    return compile_pipeline(
+        image=IMAGE, output=tmp_path_factory.mktemp("kfp") / "ctseg.yaml",
+        data_root=str(small_phantom), pipeline_root=PIPELINE_ROOT, image_size=64,
+        beam_pipeline_args=LOCAL_BEAM_ARGS,
+        trainer_resources=StepResources(cpu="6", memory="30Gi", accelerator="nvidia.com/gpu", accelerator_count=2),
+        step_resources=StepResources(cpu="1500m", memory="6G"))
+
+
+@pytest.fixture(scope="module")
+def spec(spec_file):
+    """The spec as KFP's client loads it before a submission, as a PipelineSpec proto."""
+    from kfp.client import client
+
+    return client._extract_pipeline_yaml(str(spec_file)).pipeline_spec
+
+
+def container(spec, task: str):
+    label = spec.components[spec.root.dag.tasks[task].component_ref.name].executor_label
+    return spec.deployment_spec.fields["executors"].struct_value.fields[label].struct_value.fields["container"].struct_value
+
+
+def as_dict(struct):
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(struct)
+
+
+def container_tasks(spec) -> list[str]:
+    executors = as_dict(spec.deployment_spec)["executors"]
+    return [t for t in spec.root.dag.tasks
+            if "container" in executors[spec.components[spec.root.dag.tasks[t].component_ref.name].executor_label]]
+
+
+def test_spec_is_a_strict_kfp_v2_pipeline_spec(spec_file, spec):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    strict = json_format.ParseDict(yaml.safe_load(spec_file.read_text()), pipeline_spec_pb2.PipelineSpec())
+    assert strict == spec
+    assert spec.schema_version == "2.1.0" and spec.pipeline_info.name == "ctseg"
+    assert spec.default_pipeline_root == PIPELINE_ROOT
+    assert set(spec.root.dag.tasks) >= {INGEST, "StatisticsGen", "ExampleValidator", "ValidationGate", "Trainer",
+                                        "SegmentationEvaluator", "Pusher", "ImportSchemaGen", "SchemaGen"}
+    trainer_deps = set(spec.root.dag.tasks["Trainer"].dependent_tasks)
+    assert {"ValidationGate", INGEST, "ImportSchemaGen"} <= trainer_deps, "the Trainer waits for the gate"
+
+
+def test_trainer_asks_for_gpus_cpu_and_memory(spec):
+    resources = as_dict(container(spec, "Trainer"))["resources"]
+    assert resources["accelerator"] == {"type": "nvidia.com/gpu", "count": "2"}
+    assert resources["cpuLimit"] == resources["cpuRequest"] == 6.0
+    assert resources["memoryLimit"] == pytest.approx(30 * 2 ** 30 / 1e9)
+
+
+def test_other_steps_ask_only_for_cpu_and_memory(spec):
+    tasks = [t for t in container_tasks(spec) if t != "Trainer"]
+    assert len(tasks) >= 7
+    for task in tasks:
+        resources = as_dict(container(spec, task))["resources"]
+        assert resources == {"cpuLimit": 1.5, "cpuRequest": 1.5, "memoryLimit": 6.0, "memoryRequest": 6.0}, task
+
+
+def test_every_step_runs_the_image_through_tfx_entrypoint_with_importable_executors(spec):
+    for task in container_tasks(spec):
+        c = as_dict(container(spec, task))
+        assert c["image"] == IMAGE and c["command"] == ENTRYPOINT, task
+        args = c["args"]
+        executor_path = args[args.index("--executor_class_path") + 1]
+        module, _, name = executor_path.rpartition(".")
+        assert hasattr(importlib.import_module(module), name), executor_path
+        assert args[args.index("--json_serialized_invocation_args") + 1] == "{{$}}"
+        assert args[-len(LOCAL_BEAM_ARGS):] == LOCAL_BEAM_ARGS, task
+        top = module.split(".")[0]
+        assert top == "tfx" or (REPO / top / "__init__.py").exists(), f"{executor_path} is not in the image"
+
+
+def constants(spec, task: str) -> dict:
+    return {k: json_format_value(v.runtime_value.constant) for k, v in spec.root.dag.tasks[task].inputs.parameters.items()}
+
+
+def json_format_value(value):
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(value)
+
+
+def test_trainer_runs_the_full_preset_from_the_installed_module(spec):
+    params = constants(spec, "Trainer")
+    assert params["run_fn"] == "models.unet.trainer.run_fn"
+    config = json.loads(params["custom_config"])
+    assert config["preset"] == "full" and config["image_size"] == 64
+    assert constants(spec, "ImportSchemaGen")["schema_file"] == IMAGE_SCHEMA_FILE
+    assert PIPELINE_ROOT + "/serving" in json.dumps(constants(spec, "Pusher"))
+
+
+def executor_input(spec, task: str, pipeline_root: Path) -> dict:
+    """What KFP's driver hands the container as `{{$}}`: constant parameters from the task, one output
+    artifact per output definition under `<root>/<task>/<salt>/<name>`, and the metadata file to write."""
+    component = spec.components[spec.root.dag.tasks[task].component_ref.name]
+    task_root = pipeline_root / task / "salt-1"
+    outputs = {
+        name: {"artifacts": [{"name": name, "uri": str(task_root / name),
+                              "type": json_format_value(definition.artifact_type)}]}
+        for name, definition in component.output_definitions.artifacts.items()}
+    return {"inputs": {"parameterValues": constants(spec, task)},
+            "outputs": {"artifacts": outputs, "outputFile": str(task_root / "executor_output.json")}}
+
+
+def test_ingest_runs_through_the_v2_container_entrypoint(spec, small_phantom, tmp_path):
+    from ctseg.features import decode_example
+    import tensorflow as tf
+
+    c = as_dict(container(spec, INGEST))
+    invocation = json.dumps(executor_input(spec, INGEST, tmp_path))
+    argv = [sys.executable if word == "python" else word for word in c["command"]]
+    argv += [invocation if arg == "{{$}}" else arg for arg in c["args"]]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    written = json.loads((tmp_path / INGEST / "salt-1" / "executor_output.json").read_text())
+    artifact = written["artifacts"]["examples"]["artifacts"][0]
+    assert json.loads(artifact["metadata"]["split_names"]) == ["train", "eval"]
+    uri = Path(artifact["uri"])
+    patients_by_split, slices = {}, 0
+    for split in ("train", "eval"):
+        files = sorted((uri / f"Split-{split}").glob("*.gz"))
+        assert files, f"no TFRecords in {uri / f'Split-{split}'}"
+        for record in tf.data.TFRecordDataset([str(f) for f in files], compression_type="GZIP"):
+            example = decode_example(record.numpy())
+            assert example["image_hu"].shape == (64, 64) and example["mask"].shape == (64, 64)
+            patients_by_split.setdefault(split, set()).add(example["patient_id"])
+            slices += 1
+    assert not patients_by_split["train"] & patients_by_split["eval"], "patients never straddle splits"
+    phantom_slices = sum(len(list(p.glob("PATIENT_DICOM/*"))) for p in Path(small_phantom).iterdir())
+    assert slices == phantom_slices
+
+
+def test_cli_compiles_with_beam_runner_args_and_cpu_only_trainer(small_phantom, tmp_path, capsys):
+    out = tmp_path / "dataflow.yaml"
+    assert main(["compile", "--data", "gs://bucket/3Dircadb1.zip", "--pipeline-root", "s3://bucket/root/",
+                 "--image", IMAGE, "--output", str(out), "--trainer-gpus", "0",
+                 "--beam-arg=--runner=DataflowRunner", "--beam-arg=--project=liver",
+                 "--beam-arg=--temp_location=gs://bucket/tmp"]) == 0
+    assert str(out) in capsys.readouterr().out
+    from kfp.client import client
+
+    spec = client._extract_pipeline_yaml(str(out)).pipeline_spec
+    assert spec.default_pipeline_root == "s3://bucket/root"
+    for task in container_tasks(spec):
+        args = as_dict(container(spec, task))["args"]
+        assert args[-3:] == ["--runner=DataflowRunner", "--project=liver", "--temp_location=gs://bucket/tmp"]
+    trainer = as_dict(container(spec, "Trainer"))["resources"]
+    assert "accelerator" not in trainer and trainer["cpuLimit"] == 8.0 and trainer["memoryLimit"] == 32.0
+    assert constants(spec, INGEST)["image_size"] == 256, "the full preset's size by default"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pipeline-root", "/tmp/root"], "must be an object-store path every pod can write"),
+    (["--image", "ghcr.io/example/ctseg:latest"], "must name a tag other than latest"),
+    (["--trainer-memory", "lots"], "is not a quantity like 32G"),
+    (["--trainer-cpu", "0"], "is not a positive number of cores"),
+    (["--trainer-accelerator", ""], "an accelerator count needs an accelerator type"),
+    (["--output", "spec.json"], "must end in .yaml or .yml"),
+])
+def test_bad_compile_arguments_are_one_sentence(flags, message, capsys):
+    args = {"--data": "gs://b/d.zip", "--pipeline-root": "gs://b/root", "--image": IMAGE, "--output": "/tmp/x.yaml"}
+    args.update(dict(zip(flags[::2], flags[1::2])))
+    assert main(["compile", *[w for kv in args.items() for w in kv]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctseg compile: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_memory_quantities():
+    assert memory_gb("32G") == 32.0 and memory_gb("512M") == 0.512 and memory_gb("16") == 16.0
+    assert memory_gb("1Gi") == pytest.approx(1.073741824)
+    with pytest.raises(CtsegError):
+        memory_gb("32GB")

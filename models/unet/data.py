@@ -96,6 +96,17 @@ def example_files(patterns) -> list[str]:
     return files
 
 
+def check_image_size(patterns, image_size: int) -> None:
+    """Reads the first example of each file: a size other than the model's is a CtsegError naming the file."""
+    for path in example_files(patterns):
+        for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
+            parsed = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
+            shape = (int(parsed[features.HEIGHT_KEY]), int(parsed[features.WIDTH_KEY]))
+            if shape != (image_size, image_size):
+                raise CtsegError(f"{path}: examples are {shape[0]}x{shape[1]} but the model's image_size is "
+                                 f"{image_size}; set custom_config image_size to ingest's image_size")
+
+
 def parsed_dataset(patterns, image_size: int) -> tf.data.Dataset:
     """(HU int16, mask uint8) per slice, cached in memory after the first pass."""
     files = example_files(patterns)

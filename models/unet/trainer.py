@@ -28,7 +28,6 @@ import os
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from ctseg.errors import CtsegError
 from models.unet import data
 from models.unet.config import UnetConfig
 from models.unet.model import build_unet, compile_model
@@ -94,6 +93,9 @@ def run_fn(fn_args: tfx.components.FnArgs):
     """Trains the UNET on the train split, validates on eval, and exports to `serving_model_dir`."""
     config = UnetConfig.from_custom_config(fn_args.custom_config)
     log.warning("UNET config: %s", config)
+    for split_files in (fn_args.train_files, fn_args.eval_files):
+        if split_files:
+            data.check_image_size(split_files, config.image_size)
     strategy = distribution_strategy()
     batch_size = config.batch_size * strategy.num_replicas_in_sync
     epochs = min(config.epochs, fn_args.train_steps) if fn_args.train_steps else config.epochs
@@ -109,9 +111,6 @@ def run_fn(fn_args: tfx.components.FnArgs):
 
     with strategy.scope():
         model = _build_model(config)
-    try:
-        model.fit(train_ds, epochs=epochs, steps_per_epoch=train_steps, validation_data=eval_ds,
-                  validation_steps=eval_steps, callbacks=_callbacks(fn_args, config, has_eval), verbose=2)
-    except tf.errors.InvalidArgumentError as e:
-        raise CtsegError(f"training examples in {fn_args.train_files} do not fit the model: {e.message.splitlines()[0]}") from e
+    model.fit(train_ds, epochs=epochs, steps_per_epoch=train_steps, validation_data=eval_ds,
+              validation_steps=eval_steps, callbacks=_callbacks(fn_args, config, has_eval), verbose=2)
     export_model(model, config, fn_args.serving_model_dir)

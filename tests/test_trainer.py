@@ -1,0 +1,100 @@
+"""The UNET module file as a real TFX Trainer in a LocalDagRunner pipeline, and its exported model
+loaded in a fresh process through both signatures of docs/DESIGN.md."""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from tfx import v1 as tfx
+
+from bench.phantom_examples import write_split_examples
+from ctseg.errors import CtsegError
+from models.unet import trainer
+
+SIZE = 64
+MODULE_FILE = str(Path(trainer.__file__).resolve())
+CUSTOM = {"image_size": SIZE, "depth": 2, "base_filters": 4, "epochs": 2, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def examples(small_phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("examples")
+    write_split_examples(small_phantom, out, SIZE, eval_patients=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(examples, tmp_path_factory):
+    """ImportExampleGen → Trainer(module_file) under LocalDagRunner with ML Metadata in SQLite."""
+    root = tmp_path_factory.mktemp("pipeline")
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=str(examples),
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="train", pattern="train/*"),
+                                             tfx.proto.Input.Split(name="eval", pattern="eval/*")]))
+    train = tfx.components.Trainer(
+        module_file=MODULE_FILE, examples=example_gen.outputs["examples"],
+        train_args=tfx.proto.TrainArgs(num_steps=4), eval_args=tfx.proto.EvalArgs(num_steps=2),
+        custom_config=CUSTOM)
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name="trainer-test", pipeline_root=str(root / "root"), components=[example_gen, train],
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(str(root / "mlmd.sqlite")))
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    return root / "root" / "Trainer"
+
+
+def _one(pattern_dir: Path, glob: str) -> Path:
+    found = list(pattern_dir.glob(glob))
+    assert len(found) == 1, f"expected one {glob} under {pattern_dir}, found {found}"
+    return found[0]
+
+
+def test_trainer_writes_model_and_tensorboard_logs(pipeline_run):
+    serving = _one(pipeline_run / "model", "*/Format-Serving")
+    assert (serving / "saved_model.pb").exists()
+    run_dir = _one(pipeline_run / "model_run", "*")
+    assert list(run_dir.rglob("events.out.tfevents.*")), "no TensorBoard logs in the ModelRun artifact"
+    assert list((run_dir / "checkpoints").glob("best*")), "no checkpoint written"
+
+
+def test_exported_model_serves_both_signatures_in_a_fresh_process(pipeline_run, examples):
+    serving = _one(pipeline_run / "model", "*/Format-Serving")
+    script = textwrap.dedent(f"""
+        import json, numpy as np, tensorflow as tf
+        model = tf.saved_model.load({str(serving)!r})
+        records = [r.numpy() for r in tf.data.TFRecordDataset({str(examples / "eval" / "data.gz")!r}, "GZIP")]
+        serve, hu_fn = model.signatures["serving_default"], model.signatures["segment_hu"]
+        from ctseg.features import decode_example
+        hu = np.stack([decode_example(r)["image_hu"] for r in records]).astype(np.float32)
+        by_example = serve(examples=tf.constant(records))["probabilities"].numpy()
+        by_hu = hu_fn(hu=tf.constant(hu))["probabilities"].numpy()
+        print(json.dumps({{
+            "signatures": sorted(model.signatures.keys()),
+            "inputs": {{k: [str(s.dtype.name), s.shape.as_list()] for k, s in hu_fn.structured_input_signature[1].items()}},
+            "example_inputs": {{k: [s.dtype.name, s.shape.as_list()] for k, s in serve.structured_input_signature[1].items()}},
+            "outputs": sorted(serve.structured_outputs), "shape": list(by_example.shape), "dtype": str(by_example.dtype),
+            "range": [float(by_example.min()), float(by_example.max())],
+            "max_difference": float(np.abs(by_example - by_hu).max()), "slices": len(records)}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["signatures"] == ["segment_hu", "serving_default"]
+    assert got["inputs"] == {"hu": ["float32", [None, SIZE, SIZE]]}
+    assert got["example_inputs"] == {"examples": ["string", [None]]}
+    assert got["outputs"] == ["probabilities"]
+    assert got["shape"] == [got["slices"], SIZE, SIZE] and got["dtype"] == "float32"
+    assert 0.0 <= got["range"][0] <= got["range"][1] <= 1.0
+    assert got["max_difference"] < 1e-5, "the two signatures disagree on the same slices"
+
+
+def test_run_fn_rejects_examples_of_another_size(examples, tmp_path):
+    fn_args = tfx.components.FnArgs(
+        train_files=[str(examples / "train" / "*")], eval_files=[str(examples / "eval" / "*")],
+        serving_model_dir=str(tmp_path / "serving"), model_run_dir=str(tmp_path / "logs"),
+        train_steps=1, eval_steps=1, custom_config={**CUSTOM, "image_size": 32})
+    with pytest.raises(CtsegError, match="64x64 but the model's image_size is 32"):
+        trainer.run_fn(fn_args)
+    assert not tf.io.gfile.exists(fn_args.serving_model_dir)

@@ -22,6 +22,7 @@ Which reader decodes which file (decided from the header by `choose_reader`, rec
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import json
@@ -365,6 +366,11 @@ def volume_ml(mask: np.ndarray, series: Series) -> float:
 
 # ---- outputs --------------------------------------------------------------------------------------
 
+def _copy_header(header: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy whose elements can change without changing the source (Dataset(ds) shares them)."""
+    return pydicom.Dataset({tag: copy.deepcopy(element) for tag, element in header.items()})
+
+
 # Type 2 attributes highdicom copies from the source; IRCAD files lack some, so they go in empty
 STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
                "StudyDate", "StudyTime", "ReferringPhysicianName")
@@ -374,7 +380,7 @@ def _with_type2_study_attributes(header: pydicom.Dataset) -> pydicom.Dataset:
     missing = [k for k in STUDY_TYPE2 if k not in header]
     if not missing:
         return header
-    ds = pydicom.Dataset(header)
+    ds = _copy_header(header)
     ds.file_meta = header.file_meta
     for keyword in missing:
         setattr(ds, keyword, None)
@@ -427,8 +433,7 @@ def mask_names(series: Series) -> list[str]:
 
 def mask_dataset(source: pydicom.Dataset, mask: np.ndarray, series_uid: str) -> pydicom.Dataset:
     """An IRCAD-style mask slice: the source slice's header and geometry, 8-bit pixels 0/255."""
-    ds = pydicom.Dataset()
-    ds.update(source)
+    ds = _copy_header(source)
     for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",
                     "SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue"):
         if keyword in ds:

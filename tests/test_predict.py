@@ -1,0 +1,415 @@
+"""`ctseg predict`: series reading, the tfio/pydicom reader split, the model call and every output.
+
+A tiny real Keras model is trained here (module fixture, ~15 s) on two phantom patients and exported
+with the `segment_hu` signature into `<tmp>/serving/<version>/`; the third patient is predicted.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from ctseg import predict as P
+from ctseg.cli import main as cli_main
+from ctseg.dicom import hu_from_dataset, mask_from_dataset, read_dataset
+from ctseg.errors import CtsegError
+from ctseg.phantom import patient_geometries, write_phantom
+
+PATIENTS, SLICES, SIZE, SEED = 3, 14, 96, 5
+MODEL_SIZE = 48
+VERSION = "1700000001"
+TEST_PATIENT = f"3Dircadb1.{PATIENTS}"
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    return write_phantom(tmp_path_factory.mktemp("predict") / "ircad", patients=PATIENTS, slices=SLICES,
+                         size=SIZE, seed=SEED)
+
+
+def _ircad_slices(patient: Path, folder: str) -> list[Path]:
+    return sorted((patient / folder).iterdir(), key=lambda p: int(p.name.split("_")[1]))
+
+
+def _train_tiny_unet(phantom: Path, serving: Path) -> Path:
+    """A two-level UNET with coordinate channels on the liver window, trained for a few seconds."""
+    import tensorflow as tf
+
+    hu, mask = [], []
+    for k in range(1, PATIENTS):
+        patient = phantom / f"3Dircadb1.{k}"
+        hu += [hu_from_dataset(read_dataset(f)) for f in _ircad_slices(patient, "PATIENT_DICOM")]
+        mask += [mask_from_dataset(read_dataset(f)) for f in _ircad_slices(patient, "MASKS_DICOM/liver")]
+    x = tf.image.resize(np.stack(hu)[..., None], (MODEL_SIZE, MODEL_SIZE))[..., 0]
+    y = tf.image.resize(np.stack(mask).astype(np.float32)[..., None], (MODEL_SIZE, MODEL_SIZE))[..., 0]
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    axis = np.linspace(-1, 1, MODEL_SIZE, dtype=np.float32)
+    grid = tf.constant(np.stack(np.meshgrid(axis, axis, indexing="ij"), -1)[None])
+    inputs = tf.keras.Input((MODEL_SIZE, MODEL_SIZE), name="hu")
+    windowed = layers.Lambda(lambda h: tf.clip_by_value((h + 140.0) / 400.0, 0.0, 1.0)[..., None])(inputs)
+    net = layers.Lambda(lambda t: tf.concat([t, tf.tile(grid, [tf.shape(t)[0], 1, 1, 1])], -1))(windowed)
+
+    def conv(t, filters):
+        return layers.Conv2D(filters, 3, padding="same", activation="relu")(t)
+
+    skip1 = conv(conv(net, 16), 16)
+    skip2 = conv(conv(layers.MaxPooling2D()(skip1), 32), 32)
+    bottom = conv(layers.MaxPooling2D()(skip2), 32)
+    up2 = conv(layers.Concatenate()([layers.UpSampling2D()(bottom), skip2]), 32)
+    up1 = conv(layers.Concatenate()([layers.UpSampling2D()(up2), skip1]), 16)
+    probabilities = layers.Reshape((MODEL_SIZE, MODEL_SIZE))(layers.Conv2D(1, 1, activation="sigmoid")(up1))
+    model = tf.keras.Model(inputs, probabilities)
+
+    def dice_bce(t, p):
+        dice = (2 * tf.reduce_sum(t * p) + 1) / (tf.reduce_sum(t) + tf.reduce_sum(p) + 1)
+        return 1 - dice + tf.reduce_mean(tf.keras.losses.binary_crossentropy(t[..., None], p[..., None]))
+
+    model.compile(tf.keras.optimizers.Adam(3e-3), dice_bce)
+    model.fit(x, y, batch_size=8, epochs=40, verbose=0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, MODEL_SIZE, MODEL_SIZE], tf.float32, name="hu")])
+    def segment_hu(hu):
+        return {"probabilities": model(hu)}
+
+    version_dir = serving / VERSION
+    tf.saved_model.save(model, str(version_dir), signatures={P.SIGNATURE: segment_hu})
+    return serving
+
+
+@pytest.fixture(scope="module")
+def tiny_model(phantom, tmp_path_factory) -> Path:
+    """The serving dir of a tiny model trained here; the real pipeline's model is `pushed_model`."""
+    return _train_tiny_unet(phantom, tmp_path_factory.mktemp("predict") / "serving")
+
+
+@pytest.fixture(scope="module")
+def predicted(phantom, tiny_model, tmp_path_factory) -> Path:
+    """`ctseg predict` run through the CLI on the held-out patient."""
+    out = tmp_path_factory.mktemp("predict") / "out"
+    assert cli_main(["predict", str(phantom / TEST_PATIENT), "--model", str(tiny_model), "--out", str(out),
+                     "--batch-size", "5"]) == 0
+    return out
+
+
+def true_volume_ml(phantom: Path) -> float:
+    """Computed from the phantom's own geometry and raw mask pixels, not through ctseg.predict."""
+    g = patient_geometries(PATIENTS, SLICES, SEED)[PATIENTS - 1]
+    voxels = sum(np.count_nonzero(pydicom.dcmread(f).pixel_array)
+                 for f in _ircad_slices(phantom / TEST_PATIENT, "MASKS_DICOM/liver"))
+    return voxels * g.spacing_mm ** 2 * g.thickness_mm / 1000.0
+
+
+def _predict_volume(phantom: Path, model: Path, out: Path) -> tuple[float, float]:
+    return P.predict(phantom / TEST_PATIENT, model, out)["volume_ml"], true_volume_ml(phantom)
+
+
+def test_predicted_volume_within_10_percent_of_truth(phantom, tiny_model, tmp_path):
+    # switch `tiny_model` to the real pipeline's `pushed_model` fixture once conftest provides it
+    predicted_ml, true_ml = _predict_volume(phantom, tiny_model, tmp_path)
+    assert true_ml > 1.0
+    assert abs(predicted_ml - true_ml) / true_ml < 0.10, (predicted_ml, true_ml)
+
+
+def test_volume_math_matches_an_independent_count(phantom):
+    series = P.load_series(phantom / TEST_PATIENT)
+    truth = np.stack([mask_from_dataset(read_dataset(f))
+                      for f in _ircad_slices(phantom / TEST_PATIENT, "MASKS_DICOM/liver")])
+    g = patient_geometries(PATIENTS, SLICES, SEED)[PATIENTS - 1]
+    assert P.slice_spacing_mm(series) == pytest.approx(g.thickness_mm)
+    assert P.volume_ml(truth, series) == pytest.approx(true_volume_ml(phantom), rel=1e-9)
+
+
+def test_slice_spacing_falls_back_to_thickness_without_positions(phantom):
+    series = P.load_series(phantom / TEST_PATIENT)
+    stripped = []
+    for s in series.slices:
+        header = copy.deepcopy(s.header)
+        del header.ImagePositionPatient
+        stripped.append(P.SliceFile(s.name, s.data, header))
+    g = patient_geometries(PATIENTS, SLICES, SEED)[PATIENTS - 1]
+    assert P.slice_spacing_mm(P.Series("x", tuple(stripped))) == pytest.approx(g.thickness_mm)
+    for header in (s.header for s in stripped):
+        del header.SliceThickness
+    with pytest.raises(CtsegError, match="slice spacing"):
+        P.slice_spacing_mm(P.Series("x", tuple(stripped)))
+
+
+def _read_ircad_masks(out: Path, names: list[str]) -> np.ndarray:
+    return np.stack([mask_from_dataset(read_dataset(out / "MASKS_DICOM" / "liver" / n)) for n in names])
+
+
+def test_seg_reads_back_and_references_the_source_series(phantom, predicted):
+    import highdicom as hd
+
+    source = [pydicom.dcmread(f, stop_before_pixels=True)
+              for f in _ircad_slices(phantom / TEST_PATIENT, "PATIENT_DICOM")]
+    seg = hd.seg.segread(predicted / "seg.dcm")
+    assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
+    assert seg.StudyInstanceUID == source[0].StudyInstanceUID
+    referenced = {uid for _, _, uid in seg.get_source_image_uids()}
+    assert referenced == {ds.SOPInstanceUID for ds in source}
+    segment = seg.SegmentSequence[0]
+    assert segment.SegmentLabel == "Liver"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # SCT Liver
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
+    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == VERSION
+    pixels = seg.get_pixels_by_source_instance([ds.SOPInstanceUID for ds in source], segment_numbers=[1])[..., 0]
+    ircad = _read_ircad_masks(predicted, [f"image_{i}" for i in range(len(source))])
+    assert pixels.any()
+    np.testing.assert_array_equal(pixels.astype(np.uint8), ircad)
+    assert pydicom.dcmread(predicted / "seg.dcm").SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def test_ircad_masks_share_the_source_geometry_and_names(phantom, predicted):
+    sources = _ircad_slices(phantom / TEST_PATIENT, "PATIENT_DICOM")
+    masks_dir = predicted / "MASKS_DICOM" / "liver"
+    assert sorted(p.name for p in masks_dir.iterdir()) == sorted(p.name for p in sources)
+    for src in sources:
+        ct, mask = pydicom.dcmread(src), pydicom.dcmread(masks_dir / src.name)
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
+                        "InstanceNumber", "StudyInstanceUID", "FrameOfReferenceUID"):
+            assert mask.get(keyword) == ct.get(keyword), (src.name, keyword)
+        assert mask.SeriesInstanceUID != ct.SeriesInstanceUID
+        assert set(np.unique(mask.pixel_array)) <= {0, 255}
+
+
+def test_ircad_masks_ingest_again(phantom, predicted, tmp_path):
+    """The source CT plus the predicted masks form an IRCAD patient that the ingest decoding reads back."""
+    patient = tmp_path / TEST_PATIENT
+    shutil.copytree(phantom / TEST_PATIENT / "PATIENT_DICOM", patient / "PATIENT_DICOM")
+    shutil.copytree(predicted / "MASKS_DICOM", patient / "MASKS_DICOM")
+    summary = json.loads((predicted / "summary.json").read_text())
+    pairs = [(read_dataset(f), read_dataset(patient / "MASKS_DICOM" / "liver" / f.name))
+             for f in _ircad_slices(patient, "PATIENT_DICOM")]
+    masks = np.stack([mask_from_dataset(m) for _, m in pairs])
+    assert all(hu_from_dataset(ct).shape == m.shape for ct, m in zip((c for c, _ in pairs), masks))
+    assert int(masks.reshape(len(masks), -1).any(axis=1).sum()) == summary["slices_with_liver"]
+    series = P.load_series(patient)
+    assert P.volume_ml(masks, series) == pytest.approx(summary["volume_ml"], abs=1e-3)
+
+
+def test_summary_and_overlay(phantom, predicted):
+    from PIL import Image
+
+    summary = json.loads((predicted / "summary.json").read_text())
+    source = _ircad_slices(phantom / TEST_PATIENT, "PATIENT_DICOM")
+    assert summary["slices"] == len(source)
+    assert 0 < summary["slices_with_liver"] < len(source)
+    assert summary["model_version"] == VERSION
+    assert Path(summary["model_path"]).name == VERSION
+    assert summary["model_input_size"] == [MODEL_SIZE, MODEL_SIZE]
+    assert summary["series_instance_uid"] == pydicom.dcmread(source[0]).SeriesInstanceUID
+    assert summary["readers"] == {"tfio": len(source)}
+    assert summary["volume_ml"] > 0
+    overlay = np.asarray(Image.open(predicted / "overlay.png").convert("RGB")).astype(int)
+    assert overlay.shape[0] % SIZE == 0 and overlay.shape[1] % SIZE == 0
+    red = (overlay[..., 0] - overlay[..., 1] > 60).sum()
+    assert red > 0
+
+
+# ---- the reader split -----------------------------------------------------------------------------
+
+def _single(name: str, data: bytes) -> P.Series:
+    return P.Series(name, (P.SliceFile(name, data, pydicom.dcmread(io.BytesIO(data), force=True,
+                                                                  stop_before_pixels=True)),))
+
+
+def _read_one(series: P.Series) -> tuple[np.ndarray, str]:
+    (hu, code), = list(P.read_hu(series).as_numpy_iterator())
+    return hu, P.READERS[code]
+
+
+def test_tfio_reader_matches_pydicom_on_the_phantom(phantom):
+    series = P.load_series(phantom / TEST_PATIENT)
+    results = list(P.read_hu(series).as_numpy_iterator())
+    assert [P.READERS[code] for _, code in results] == ["tfio"] * len(series.slices)
+    for (hu, _), s in zip(results, series.slices):
+        np.testing.assert_array_equal(hu, hu_from_dataset(read_dataset(s.data, s.name)))
+
+
+def test_tfio_preserve_is_not_stored_values():
+    """Why the reader asks tfio for [0, 1] and inverts it: 'preserve' returns DCMTK's rendering."""
+    import tensorflow as tf
+    import tensorflow_io as tfio
+
+    data = (PYDICOM_FILES / "CT_small.dcm").read_bytes()
+    preserved = tfio.image.decode_dicom_image(data, dtype=tf.uint16, scale="preserve", on_error="lossy")
+    stored = pydicom.dcmread(io.BytesIO(data)).pixel_array
+    assert not np.array_equal(preserved.numpy()[0, ..., 0].astype(np.int64), stored.astype(np.int64))
+
+
+def _recoded(phantom: Path, change) -> bytes:
+    ds = pydicom.dcmread(_ircad_slices(phantom / TEST_PATIENT, "PATIENT_DICOM")[SLICES // 2])
+    change(ds)
+    buf = io.BytesIO()
+    ds.save_as(buf, write_like_original=False)
+    return buf.getvalue()
+
+
+def _rle(ds):
+    from pydicom.uid import RLELossless
+    ds.compress(RLELossless)
+
+
+def _big_endian(ds):
+    stored = ds.pixel_array
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+    ds.is_little_endian = False
+    ds.PixelData = stored.astype(">u2").tobytes()
+
+
+def _slope_2(ds):
+    ds.PixelData = (ds.pixel_array // 2).astype("<u2").tobytes()
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -2048
+
+
+def _slope_half(ds):
+    ds.RescaleSlope = 0.5
+
+
+def _signed_hu(ds):
+    ds.PixelData = (ds.pixel_array.astype(np.int32) - 1024).astype("<i2").tobytes()
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit, ds.RescaleIntercept = 1, 16, 15, 0
+
+
+def _bits_stored_17(ds):
+    ds.BitsStored = 17  # more than BitsAllocated: DCMTK refuses the file, pydicom decodes it
+
+
+@pytest.mark.parametrize("change, reader", [
+    (_rle, "tfio"), (_big_endian, "tfio"), (_slope_2, "tfio"), (_signed_hu, "tfio"),
+    (_slope_half, "pydicom"), (_bits_stored_17, "pydicom-fallback"),
+])
+def test_reader_agrees_with_pydicom_on_recoded_slices(phantom, change, reader):
+    data = _recoded(phantom, change)
+    hu, used = _read_one(_single(change.__name__, data))
+    assert used == reader
+    np.testing.assert_array_equal(hu, hu_from_dataset(read_dataset(data)))
+
+
+@pytest.mark.parametrize("name, reader", [
+    ("CT_small.dcm", "tfio"),               # signed 16-bit CT with intercept: saturates under 'preserve'
+    ("MR_small_bigendian.dcm", "tfio"),     # big-endian
+    ("MR_small_RLE.dcm", "tfio"),           # RLE
+    ("MR_small_jpeg_ls_lossless.dcm", "tfio"),
+    ("693_J2KI.dcm", "tfio"),               # JPEG 2000 CT
+    ("JPGExtended.dcm", "pydicom"),         # lossy JPEG: DCMTK and libjpeg differ by 1 in places
+])
+def test_reader_agrees_with_pydicom_on_pydicom_test_files(name, reader):
+    data = (PYDICOM_FILES / name).read_bytes()
+    hu, used = _read_one(_single(name, data))
+    assert used == reader
+    np.testing.assert_array_equal(hu, hu_from_dataset(read_dataset(data, name), name))
+
+
+# ---- inputs: folders, zips, models, bad input -----------------------------------------------------
+
+def test_ircad_patient_folder_its_series_folder_and_a_zip_give_the_same_series(phantom, tmp_path):
+    patient = phantom / TEST_PATIENT
+    zipped = tmp_path / "patient.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for f in patient.rglob("*"):
+            if f.is_file():
+                zf.write(f, f"{TEST_PATIENT}/{f.relative_to(patient)}")
+    expected = [s.header.SOPInstanceUID for s in P.load_series(patient).slices]
+    assert len(expected) == len(list((patient / "PATIENT_DICOM").iterdir()))
+    for src in (patient / "PATIENT_DICOM", zipped):
+        assert [s.header.SOPInstanceUID for s in P.load_series(src).slices] == expected
+    positions = [float(s.header.ImagePositionPatient[2]) for s in P.load_series(zipped).slices]
+    assert positions == sorted(positions)
+
+
+def test_published_nested_zip_of_one_patient(phantom, tmp_path):
+    patient = phantom / TEST_PATIENT
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        for f in (patient / "PATIENT_DICOM").iterdir():
+            zf.write(f, f"PATIENT_DICOM/{f.name}")
+    outer = tmp_path / "one.zip"
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.writestr(f"{TEST_PATIENT}/PATIENT_DICOM.zip", inner.getvalue())
+    assert len(P.load_series(outer).slices) == len(list((patient / "PATIENT_DICOM").iterdir()))
+
+
+def test_a_whole_dataset_zip_is_refused(small_phantom_zip):
+    with pytest.raises(CtsegError, match="holds 3 patients"):
+        P.load_series(small_phantom_zip)
+
+
+def _copy_series(phantom: Path, dest: Path, patient: str = TEST_PATIENT) -> Path:
+    shutil.copytree(phantom / patient / "PATIENT_DICOM", dest, dirs_exist_ok=True)
+    return dest
+
+
+def test_bad_inputs_name_the_file(phantom, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CtsegError, match="no files found"):
+        P.load_series(empty)
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not a scan")
+    with pytest.raises(CtsegError, match=r"no CT DICOM slices.*readme\.txt"):
+        P.load_series(notes)
+
+    mixed = _copy_series(phantom, tmp_path / "mixed")
+    shutil.copy(phantom / "3Dircadb1.1" / "PATIENT_DICOM" / "image_0", mixed / "other_patient_0")
+    with pytest.raises(CtsegError, match=r"mixes 2 series.*other_patient_0"):
+        P.load_series(mixed)
+
+    mr = _copy_series(phantom, tmp_path / "mr")
+    shutil.copy(PYDICOM_FILES / "MR_small.dcm", mr / "mr.dcm")
+    with pytest.raises(CtsegError, match=r"mr\.dcm: modality MR is not CT"):
+        P.load_series(mr)
+
+    multi = _copy_series(phantom, tmp_path / "multi")
+    ds = pydicom.dcmread(multi / "image_0")
+    ds.NumberOfFrames = 2
+    ds.save_as(multi / "image_0")
+    with pytest.raises(CtsegError, match=r"image_0: multi-frame"):
+        P.load_series(multi)
+
+
+def test_model_dir_resolution(tmp_path):
+    for version in ("9", "10", "not_a_version"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "saved_model.pb").write_bytes(b"")
+    assert P.resolve_model_dir(tmp_path).name == "10"
+    assert P.resolve_model_dir(tmp_path / "9").name == "9"
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(CtsegError, match="neither a SavedModel nor a serving dir"):
+        P.resolve_model_dir(tmp_path / "bare")
+
+
+def test_cli_reports_bad_input_in_one_line(phantom, tiny_model, tmp_path, capsys):
+    assert cli_main(["predict", str(tmp_path / "missing"), "--model", str(tiny_model),
+                     "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctseg predict:") and "missing: no such file or folder" in err
+    assert len(err.splitlines()) == 1
+    assert cli_main(["predict", str(phantom / TEST_PATIENT), "--model", str(tmp_path),
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "neither a SavedModel" in capsys.readouterr().err
+
+
+def test_writing_outputs_leaves_the_source_headers_alone(phantom, tmp_path):
+    series = P.load_series(phantom / TEST_PATIENT)
+    before = [(s.header.SOPInstanceUID, s.header.SeriesInstanceUID) for s in series.slices]
+    mask = np.zeros((len(series.slices), *series.shape), np.uint8)
+    for s, m in zip(series.slices, mask):
+        P.mask_dataset(s.header, m, "1.2.3")
+    P._with_type2_study_attributes(series.slices[0].header)
+    assert [(s.header.SOPInstanceUID, s.header.SeriesInstanceUID) for s in series.slices] == before
+    assert "PatientBirthDate" not in series.slices[0].header

@@ -28,7 +28,6 @@ import io
 import json
 import os
 import re
-import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -47,7 +46,6 @@ THRESHOLD = 0.5
 ORGAN = "liver"
 READERS = ("tfio", "pydicom", "pydicom-fallback")  # index = the reader code `read_hu` yields per slice
 MASK_FOREGROUND = 255  # IRCAD stores mask foreground as 255
-SERIES_FOLDER = "PATIENT_DICOM"
 TFIO_TRANSFER_SYNTAXES = frozenset({
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",  # raw, deflated
     "1.2.840.10008.1.2.5",                                                                        # RLE
@@ -86,51 +84,28 @@ class Series:
 
 # ---- reading the series ---------------------------------------------------------------------------
 
-def _is_skippable(name: str) -> bool:
-    """Names that are never slices: hidden files, DICOMDIR indexes, directories in zips."""
-    base = name.rstrip("/").rsplit("/", 1)[-1]
-    return name.endswith("/") or base.startswith(".") or base.upper() == "DICOMDIR" or "__MACOSX" in name
-
-
-def _zip_members(zf: zipfile.ZipFile, label: str) -> list[tuple[str, bytes]]:
-    """The series in a zip: its PATIENT_DICOM part if it has one (folder or nested zip), else every file."""
-    names = [n for n in zf.namelist() if not _is_skippable(n)]
-    nested = [n for n in names if n.rsplit("/", 1)[-1] == f"{SERIES_FOLDER}.zip"]
-    if len(nested) > 1:
-        raise CtsegError(f"{label} holds {len(nested)} patients ({', '.join(nested[:3])}...); "
-                         "predict takes one patient's series")
-    if nested:
-        with zipfile.ZipFile(io.BytesIO(zf.read(nested[0]))) as inner:
-            return _zip_members(inner, f"{label}!{nested[0]}")
-    in_series = [n for n in names if f"{SERIES_FOLDER}/" in f"/{n}"]
-    if in_series:
-        roots = {n.split(f"{SERIES_FOLDER}/")[0] for n in in_series}
-        if len(roots) > 1:
-            raise CtsegError(f"{label} holds {len(roots)} patients ({', '.join(sorted(roots)[:3])}...); "
-                             "predict takes one patient's series")
-        names = in_series
-    elif any("MASKS_DICOM/" in f"/{n}" for n in names):
-        names = [n for n in names if "MASKS_DICOM/" not in f"/{n}"]
-    return [(f"{label}!{n}", zf.read(n)) for n in sorted(names)]
-
-
 def series_files(src: str | os.PathLike) -> list[tuple[str, bytes]]:
-    """(name, bytes) of every candidate slice of one patient: a folder of DICOM files, an IRCAD patient
-    folder (its PATIENT_DICOM folder or PATIENT_DICOM.zip), or a zip of either."""
-    path = Path(src)
-    if not path.exists():
-        raise CtsegError(f"{path}: no such file or folder")
-    if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise CtsegError(f"{path}: not a folder or a zip of DICOM files")
-        with zipfile.ZipFile(path) as zf:
-            return _zip_members(zf, str(path))
-    if (path / SERIES_FOLDER).is_dir():
-        path = path / SERIES_FOLDER
-    elif (path / f"{SERIES_FOLDER}.zip").is_file():
-        return series_files(path / f"{SERIES_FOLDER}.zip")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not _is_skippable(str(p.relative_to(path))))
-    return [(str(p), p.read_bytes()) for p in files]
+    """(name, bytes) of every candidate slice of one patient, through `ctseg.ircad`: a folder of DICOM
+    files, an IRCAD patient folder (its PATIENT_DICOM folder or .zip), or a zip of either, also when
+    the zip wraps the patient in one folder. DICOMDIR index files are left out."""
+    from ctseg import ircad
+
+    try:
+        files = ircad.read_series(str(src))
+    except CtsegError as first:
+        try:
+            patients = ircad.find_patients(str(src))
+        except CtsegError:
+            raise first from None
+        if len(patients) > 1:
+            names = ", ".join(p.patient_id for p in patients[:3])
+            raise CtsegError(f"{src} holds {len(patients)} patients ({names}...); "
+                             "predict takes one patient's series") from None
+        with ircad.open_patient(patients[0], ORGAN) as patient:
+            if patient.images is None:
+                raise first from None
+            files = {name: patient.images.read(name) for name in patient.image_files}
+    return [(name, data) for name, data in sorted(files.items()) if name.upper() != "DICOMDIR"]
 
 
 def read_header(name: str, data: bytes) -> pydicom.Dataset:
@@ -170,8 +145,6 @@ def _check_one_series(slices: Sequence[SliceFile], source: str) -> None:
 def load_series(src: str | os.PathLike) -> Series:
     """One patient's CT series, header-checked and in position order; CtsegError naming the bad file(s)."""
     files = series_files(src)
-    if not files:
-        raise CtsegError(f"{src}: no files found; expected one patient's CT DICOM slices")
     slices, bad = [], []
     for name, data in files:
         try:
@@ -324,7 +297,7 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
 
     @tf.function
     def segment(hu):
-        small = tf.image.resize(hu[..., None], model.size)[..., 0]
+        small = tf.image.resize(hu[..., None], model.size, antialias=True)[..., 0]  # ingest's kernel
         probabilities = model(small)
         back = tf.image.resize(probabilities[..., None], (rows, cols))[..., 0]
         return tf.cast(back > THRESHOLD, tf.uint8)
@@ -425,10 +398,10 @@ def segmentation_dataset(prediction: Prediction):
 def mask_names(series: Series) -> list[str]:
     """IRCAD file names for the masks: the source's own `image_N` names when it has them, so ingest
     pairs each mask with its slice; else `image_<position index>`."""
-    bases = [re.split(r"[/\\!]", s.name)[-1] for s in series.slices]
-    if all(re.fullmatch(r"image_\d+", b) for b in bases) and len(set(bases)) == len(bases):
-        return bases
-    return [f"image_{i}" for i in range(len(bases))]
+    names = [s.name for s in series.slices]
+    if all(re.fullmatch(r"image_\d+", n) for n in names):
+        return names
+    return [f"image_{i}" for i in range(len(names))]
 
 
 def mask_dataset(source: pydicom.Dataset, mask: np.ndarray, series_uid: str) -> pydicom.Dataset:

@@ -185,18 +185,25 @@ def test_ircad_masks_share_the_source_geometry_and_names(phantom, predicted):
 
 
 def test_ircad_masks_ingest_again(phantom, predicted, tmp_path):
-    """The source CT plus the predicted masks form an IRCAD patient that the ingest decoding reads back."""
-    patient = tmp_path / TEST_PATIENT
+    """The source CT plus the predicted masks, as an IRCAD patient, through ingest's per-patient step."""
+    from components.ingest.executor import ingest_patient
+    from ctseg import ircad
+    from ctseg.dicom import resize_mask
+    from ctseg.features import MASK_KEY, SLICE_KEY, decode_example
+
+    patient = tmp_path / "ircad" / TEST_PATIENT
     shutil.copytree(phantom / TEST_PATIENT / "PATIENT_DICOM", patient / "PATIENT_DICOM")
     shutil.copytree(predicted / "MASKS_DICOM", patient / "MASKS_DICOM")
-    summary = json.loads((predicted / "summary.json").read_text())
-    pairs = [(read_dataset(f), read_dataset(patient / "MASKS_DICOM" / "liver" / f.name))
-             for f in _ircad_slices(patient, "PATIENT_DICOM")]
-    masks = np.stack([mask_from_dataset(m) for _, m in pairs])
-    assert all(hu_from_dataset(ct).shape == m.shape for ct, m in zip((c for c, _ in pairs), masks))
-    assert int(masks.reshape(len(masks), -1).any(axis=1).sum()) == summary["slices_with_liver"]
-    series = P.load_series(patient)
-    assert P.volume_ml(masks, series) == pytest.approx(summary["volume_ml"], abs=1e-3)
+    (ref,) = ircad.find_patients(str(tmp_path / "ircad"))
+    outputs = list(ingest_patient(ref, "train", "liver", MODEL_SIZE))
+    examples = [decode_example(o[1]) for o in outputs if isinstance(o, tuple)]
+    tagged = [o for o in outputs if not isinstance(o, tuple)]
+    assert [o.tag for o in tagged] == ["summary"], [o.value for o in tagged]  # nothing quarantined
+    in_position_order = [s.name for s in P.load_series(patient).slices]  # slice_index ranks by position
+    predicted_masks = _read_ircad_masks(predicted, in_position_order)
+    assert len(examples) == len(predicted_masks) and predicted_masks.any()
+    for ex in examples:
+        np.testing.assert_array_equal(ex[MASK_KEY], resize_mask(predicted_masks[ex[SLICE_KEY]], MODEL_SIZE))
 
 
 def test_summary_and_overlay(phantom, predicted):
@@ -355,7 +362,7 @@ def _copy_series(phantom: Path, dest: Path, patient: str = TEST_PATIENT) -> Path
 def test_bad_inputs_name_the_file(phantom, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(CtsegError, match="no files found"):
+    with pytest.raises(CtsegError, match="no DICOM files found"):
         P.load_series(empty)
 
     notes = tmp_path / "notes"
@@ -397,7 +404,7 @@ def test_cli_reports_bad_input_in_one_line(phantom, tiny_model, tmp_path, capsys
     assert cli_main(["predict", str(tmp_path / "missing"), "--model", str(tiny_model),
                      "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ctseg predict:") and "missing: no such file or folder" in err
+    assert err.startswith("ctseg predict:") and "missing does not exist" in err
     assert len(err.splitlines()) == 1
     assert cli_main(["predict", str(phantom / TEST_PATIENT), "--model", str(tmp_path),
                      "--out", str(tmp_path / "out")]) == 2

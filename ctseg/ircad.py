@@ -94,7 +94,7 @@ def open_tree(root: str):
     with tf.io.gfile.GFile(root, "rb") as f:
         try:
             archive = zipfile.ZipFile(f)
-        except zipfile.BadZipFile as e:
+        except (zipfile.BadZipFile, tf.errors.OpError, OSError) as e:  # tf.io.gfile raises OpError seeking a tiny file
             raise CtsegError(f"{root} is neither a folder nor a readable zip archive ({e})") from e
         with archive:
             yield _ZipTree(archive, root)
@@ -178,6 +178,14 @@ class PatientSeries:
     location: str
     images: Optional[Series]
     masks: Optional[Series]
+
+    @property
+    def image_files(self) -> dict[str, str]:
+        return self.images.files if self.images else {}
+
+    @property
+    def mask_files(self) -> dict[str, str]:
+        return self.masks.files if self.masks else {}
 
 
 @contextlib.contextmanager

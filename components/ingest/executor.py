@@ -98,6 +98,32 @@ def _quarantine(patient_id: str, location: str, reason: str) -> beam.pvalue.Tagg
     return beam.pvalue.TaggedOutput(_QUARANTINE, {"patient_id": patient_id, "file": location, "reason": reason})
 
 
+def _decode_pair(patient: ircad.PatientSeries, name: str, organ: str, size: int):
+    """(CtSlice or None, Mask or None, [(file, reason)...]) for the slice file `name` and its mask."""
+    images, masks = patient.image_files, patient.mask_files
+    ct = mask = None
+    problems = []
+    if name not in images:
+        return None, None, [(masks[name], f"mask without its slice: no {ircad.IMAGES_DIR}/{name}")]
+    try:
+        ct = ircad.decode_slice(patient.images.read(name), images[name], size)
+    except DicomError as e:
+        problems.append((e.source, e.reason))
+    if name not in masks:
+        problems.append((images[name], f"slice without its mask: no {ircad.MASKS_DIR}/{organ}/{name}" if patient.masks
+                         else f"slice without its mask: the patient has no {ircad.MASKS_DIR}/{organ} folder"))
+    elif ct is not None:
+        try:
+            mask = ircad.decode_mask(patient.masks.read(name), masks[name], size)
+        except DicomError as e:
+            problems.append((e.source, e.reason))
+        if mask is not None and mask.source_shape != ct.source_shape:
+            problems.append((masks[name], f"mask is {mask.source_shape[0]}x{mask.source_shape[1]} "
+                                          f"but its slice is {ct.source_shape[0]}x{ct.source_shape[1]}"))
+            mask = None
+    return ct, mask, problems
+
+
 def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> Iterator[Any]:
     """Yields (split, serialized example) per good slice, and tagged quarantine records and one summary.
 
@@ -107,48 +133,26 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
     """
     pid = ref.patient_id
     with ircad.open_patient(ref, organ) as patient:
-        images = patient.images.files if patient.images else {}
-        masks = patient.masks.files if patient.masks else {}
-        names = sorted(set(images) | set(masks))
+        names = sorted(set(patient.image_files) | set(patient.mask_files))
         bad: set[str] = set()
         if not names:
             bad.add("")
             yield _quarantine(pid, patient.location, f"empty patient folder: no {ircad.IMAGES_DIR} images "
                                                      f"and no {ircad.MASKS_DIR}/{organ} masks")
-        decoded = {}
+        ordered = {}  # name -> (CtSlice, Mask or None): every readable image takes part in the ordering
         for name in names:
-            if name not in images:
+            ct, mask, problems = _decode_pair(patient, name, organ, size)
+            for location, reason in problems:
+                yield _quarantine(pid, location, reason)
+            if problems:
                 bad.add(name)
-                yield _quarantine(pid, masks[name], f"mask without its slice: no {ircad.IMAGES_DIR}/{name}")
-                continue
-            if name not in masks:
-                bad.add(name)
-                missing = (f"slice without its mask: no {ircad.MASKS_DIR}/{organ}/{name}" if patient.masks else
-                           f"slice without its mask: the patient has no {ircad.MASKS_DIR}/{organ} folder")
-                yield _quarantine(pid, images[name], missing)
-                continue
-            try:
-                ct = ircad.decode_slice(patient.images.read(name), images[name], size)
-            except DicomError as e:
-                bad.add(name)
-                yield _quarantine(pid, e.source, e.reason)
-                continue
-            try:
-                mask = ircad.decode_mask(patient.masks.read(name), masks[name], size)
-            except DicomError as e:
-                bad.add(name)
-                yield _quarantine(pid, e.source, e.reason)
-                continue
-            if mask.source_shape != ct.source_shape:
-                bad.add(name)
-                yield _quarantine(pid, masks[name], f"mask is {mask.source_shape[0]}x{mask.source_shape[1]} but its "
-                                                    f"slice is {ct.source_shape[0]}x{ct.source_shape[1]}")
-                continue
-            decoded[name] = (ct, mask)
-    # Order by position among every readable image, including those whose mask turned out bad.
+            if ct is not None:
+                ordered[name] = (ct, mask)
     written = with_organ = 0
-    for index, name in enumerate(sorted(decoded, key=lambda n: decoded[n][0].sort_key)):
-        ct, mask = decoded[name]
+    for index, name in enumerate(sorted(ordered, key=lambda n: ordered[n][0].sort_key)):
+        ct, mask = ordered[name]
+        if mask is None:
+            continue
         example = slice_example(hu=ct.hu, mask=mask.mask, patient_id=pid, slice_index=index,
                                 spacing_mm=ct.spacing_mm, thickness_mm=ct.thickness_mm,
                                 source_shape=ct.source_shape, mask_distinct_values=mask.distinct_values)
@@ -202,7 +206,8 @@ def check_bad_fraction(summaries: list[dict], quarantine: list[dict], max_bad_fr
     raise CtsegError(
         f"too many bad slices (more than max_bad_fraction={max_bad_fraction:g} of a patient's): {per_patient}; "
         f"worst files: " + "; ".join(f"{q['file']} ({q['reason']})" for q in files)
-        + f" (all {len(quarantine)} in the quarantine report)")
+        + f"; the log lists all {len(quarantine)} quarantined files. Fix or remove them, or raise max_bad_fraction "
+        f"to keep the good slices (the report is then in {QUARANTINE_FILE} of the Examples artifact)")
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):

@@ -471,7 +471,7 @@ def summary(prediction: Prediction) -> dict:
         "series_instance_uid": series.uid,
         "source": series.source,
         "spacing_mm": [row_mm, col_mm],
-        "slice_spacing_mm": slice_spacing_mm(series),
+        "slice_spacing_mm": round(slice_spacing_mm(series), 6),
         "readers": reader_counts(prediction.readers),
     }
 

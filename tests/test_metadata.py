@@ -275,7 +275,7 @@ def test_cli_runs_show_and_lineage(runs, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["RUN", "PIPELINE", "STARTED", "STATE"]
     assert [line.split()[0] for line in table[1:]] == [ids[k] for k in ("failed", "not_blessed", "cached", "complete")]
-    assert table[1].split()[3] == "failed"
+    assert table[1].split()[4] == "failed"  # after the date and the time
 
     assert cli.main(["runs", *store_args, "--json"]) == 0
     assert [r["run_id"] for r in json.loads(capsys.readouterr().out)][-1] == ids["complete"]

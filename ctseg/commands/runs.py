@@ -59,7 +59,8 @@ def format_runs(runs) -> str:
     rows = [("RUN", "PIPELINE", "STARTED", "STATE", "CACHED", "DURATION", "DICE", "BLESSED", "PUSHED")]
     for r in runs:
         total = sum(r.executions.values())
-        rows.append((r.run_id, _or_dash(r.pipeline), _or_dash(r.started), r.state,
+        started = r.started[:19].replace("T", " ") if r.started else "-"
+        rows.append((r.run_id, _or_dash(r.pipeline), started, r.state,
                      f"{r.executions.get('cached', 0)}/{total}", _seconds(r.duration_s),
                      _or_dash(r.dice, "{:.4f}"), _blessed(r.blessed), _or_dash(r.pushed_version)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -75,6 +76,8 @@ def format_properties(properties: dict[str, Any], indent: str) -> list[str]:
     """Key properties one per line; Dice per patient as a small table."""
     lines = []
     for key, value in properties.items():
+        if value in ("", None, {}, []):
+            continue
         if key == "dice_per_patient" and isinstance(value, dict):
             lines.append(f"{indent}Dice per patient:")
             lines += [f"{indent}  {patient:<20}{dice:.4f}" for patient, dice in value.items()]
@@ -98,7 +101,8 @@ def format_run(d: dict[str, Any]) -> str:
     for e in d["executions"]:
         lines.append(f"  {e['id']:>5}  {e['node_id']:<{width}}  {e['state']:<9} {_seconds(e['duration_s']):>8}")
         if e["state"] == "failed":
-            lines.append(f"         error: {e['error'] or '(no message recorded in ML Metadata; see the run log)'}")
+            error = e["error"] or "(no message recorded in ML Metadata; see the run log)"
+            lines.append("         error: " + error.strip().replace("\n", "\n                "))
     lines += ["", "Artifacts:"]
     for a in d["artifacts"]:
         origin = f"from {a['producer']}" if a["producer"] else "from an earlier run"

@@ -43,6 +43,7 @@ class UnetConfig:
     early_stopping_patience: int = 5
     shuffle_buffer: int = 1024
     seed: int = 0
+    code_version: str = ""  # digest of models/unet set by the pipeline, so TFX's cache notices code changes
 
     @classmethod
     def from_custom_config(cls, custom: Mapping[str, Any] | None) -> "UnetConfig":

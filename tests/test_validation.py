@@ -1,11 +1,10 @@
 """The validation stage in real LocalDagRunner runs on phantoms: clean data passes, corrupted data stops at the gate.
 
-Each run is example gen -> StatisticsGen/SchemaGen/ImportSchemaGen/ExampleValidator -> ValidationGate ->
+Each run is IrcadExampleGen -> StatisticsGen/SchemaGen/ImportSchemaGen/ExampleValidator -> ValidationGate ->
 a stand-in for the Trainer that depends on the gate through `add_upstream_node` and only writes a
 marker file; when the gate fails, the marker must not exist.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from tfx.dsl.component.experimental.annotations import OutputArtifact
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Model
 
+from components.ingest.component import IrcadExampleGen
 from components.validation import validation_stage
 from components.validation.executor import REPORT_FILE, SKEW_FILE
 from ctseg.errors import CtsegError
@@ -25,8 +25,6 @@ from ctseg.phantom import write_phantom
 
 SIZE, PATIENTS, SLICES, SEED = 64, 3, 8, 3
 BAD_PATIENT = "3Dircadb1.2"
-HAS_INGEST = importlib.util.find_spec("components.ingest") is not None \
-    and importlib.util.find_spec("components.ingest.component") is not None
 
 
 # --- phantoms corrupted on disk ------------------------------------------------------------------
@@ -62,45 +60,6 @@ def patient_at_other_size(root: Path) -> None:
     shutil.copytree(other / BAD_PATIENT, root / BAD_PATIENT)
 
 
-# --- example gen: the real ingest once it exists, else ImportExampleGen over the same slices -------
-
-def _examples_via_import(root: Path, work: Path):
-    """Builds slice examples with ctseg's own decoding (first patients train, last eval) for ImportExampleGen."""
-    import tensorflow as tf
-    from tfx.components import ImportExampleGen
-    from tfx.proto import example_gen_pb2
-
-    from ctseg import dicom, features
-
-    patients = sorted(p.name for p in root.iterdir())
-    for split, names in (("train", patients[:-1]), ("eval", patients[-1:])):
-        (work / split).mkdir(parents=True)
-        with tf.io.TFRecordWriter(str(work / split / "data.gz"), options="GZIP") as writer:
-            for patient in names:
-                for index, path in enumerate(sorted((root / patient / "PATIENT_DICOM").iterdir(),
-                                                    key=lambda p: int(p.name.split("_")[-1]))):
-                    ds = dicom.read_dataset(path)
-                    mask_ds = dicom.read_dataset(root / patient / "MASKS_DICOM" / "liver" / path.name)
-                    hu, mask = dicom.hu_from_dataset(ds), dicom.mask_from_dataset(mask_ds)
-                    rows = np.linspace(0, hu.shape[0] - 1, SIZE).round().astype(int)
-                    cols = np.linspace(0, hu.shape[1] - 1, SIZE).round().astype(int)
-                    writer.write(features.slice_example(
-                        hu=hu[np.ix_(rows, cols)], mask=mask[np.ix_(rows, cols)], patient_id=patient,
-                        slice_index=index, spacing_mm=dicom.spacing_mm(ds)[0], thickness_mm=dicom.thickness_mm(ds),
-                        source_shape=hu.shape,
-                        mask_distinct_values=len(np.unique(mask_ds.pixel_array))).SerializeToString())
-    return ImportExampleGen(input_base=str(work), input_config=example_gen_pb2.Input(splits=[
-        example_gen_pb2.Input.Split(name=s, pattern=f"{s}/*") for s in ("train", "eval")]))
-
-
-def _example_gen(root: Path, work: Path):
-    if HAS_INGEST:
-        from components.ingest.component import IrcadExampleGen
-        return IrcadExampleGen(data_root=str(root), organ="liver", image_size=SIZE,
-                               split_ratios={"train": 0.75, "eval": 0.25}, max_bad_fraction=0.0)
-    return _examples_via_import(root, work)
-
-
 @component
 def TrainerStandIn(model: OutputArtifact[Model]):
     """A cheap component in the Trainer's place: it leaves a marker file when it runs."""
@@ -116,7 +75,8 @@ def run_validation(tmp: Path, corrupt=None) -> dict:
     root = write_phantom(tmp / "ircad", patients=PATIENTS, slices=SLICES, size=SIZE, seed=SEED)
     if corrupt:
         corrupt(root)
-    example_gen = _example_gen(root, tmp / "records")
+    example_gen = IrcadExampleGen(data_root=str(root), organ="liver", image_size=SIZE,
+                                  split_ratios={"train": 0.75, "eval": 0.25}, max_bad_fraction=0.0)
     stage = validation_stage(example_gen.outputs["examples"])
     trainer = TrainerStandIn()
     trainer.add_upstream_node(stage.gate)

@@ -1,0 +1,82 @@
+"""What `ctseg run` tells a user while it runs and when it ends, read back from ML Metadata."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+from ctseg import metadata
+
+STATE_WORDS = {"complete": "done", "cached": "cached", "failed": "FAILED", "running": "running"}
+
+
+def execution_lines(store, after_id: int) -> Iterator[tuple[int, str, str]]:
+    """(execution id, state, one progress line) for executions newer than `after_id`."""
+    try:
+        run = metadata.describe_run(store, "latest")
+    except Exception:  # no run recorded yet
+        return
+    for e in run["executions"]:
+        if e["id"] <= after_id:
+            continue
+        took = f" in {e['duration_s']:.0f} s" if e["duration_s"] is not None and e["state"] != "running" else ""
+        yield e["id"], e["state"], f"  {e['node_id']:<32}{STATE_WORDS.get(e['state'], e['state'])}{took}"
+
+
+def _artifacts(run: dict, type_name: str) -> list[dict]:
+    return [a for a in run["artifacts"] if a["type"] == type_name and a.get("producer")]
+
+
+def _lines_for_run(run: dict, paths) -> list[str]:
+    lines = [f"run {run['run_id']}: {run['state']}"
+             + (f" in {run['duration_s']:.0f} s" if run.get("duration_s") else "")]
+    lines.append("  steps:")
+    for e in run["executions"]:
+        took = f"{e['duration_s']:7.1f} s" if e["duration_s"] is not None else " " * 9
+        lines.append(f"    {e['node_id']:<32}{e['state']:<10}{took}")
+        if e.get("error"):
+            lines.append(f"      error: {e['error']}")
+    for ex in _artifacts(run, "Examples")[:1]:
+        p = ex["properties"]
+        splits = ", ".join(f"{k[len('slices_'):]} {v}" for k, v in sorted(p.items()) if k.startswith("slices_")
+                           and k != "slices_with_liver")
+        lines.append(f"  data: {p.get('patients', '?')} patients; slices {splits}; "
+                     f"{p.get('slices_with_liver', '?')} with liver; {p.get('quarantined', 0)} files quarantined")
+        if p.get("quarantined"):
+            lines.append(f"    quarantine report: {ex['uri']}/quarantine.jsonl")
+    for an in _artifacts(run, "ExampleAnomalies")[:1]:
+        count = an["properties"].get("anomalies")
+        if count is not None:
+            lines.append(f"  validation: {count} anomalies ({an['uri']})")
+    for ev in _artifacts(run, "ModelEvaluation")[:1]:
+        from components.evaluation import format_evaluation, load_evaluation
+        try:
+            lines.extend("  " + line for line in format_evaluation(load_evaluation(ev["uri"])).splitlines())
+        except Exception as e:  # an evaluation that did not finish writing
+            lines.append(f"  evaluation: unreadable ({e})")
+    for pm in _artifacts(run, "PushedModel")[:1]:
+        p = pm["properties"]
+        if p.get("pushed"):
+            lines.append(f"  pushed model: {p.get('pushed_destination')}")
+        else:
+            lines.append(f"  not pushed: the model was not blessed; {paths.serving_dir} keeps its previous versions")
+    for mr in _artifacts(run, "ModelRun")[:1]:
+        lines.append(f"  TensorBoard: tensorboard --logdir {mr['uri']}")
+    lines.append(f"  metadata: {paths.metadata_path}  (ctseg runs show {run['run_id']} --metadata {paths.metadata_path})")
+    return lines
+
+
+def print_run_summary(paths, *, started_at: float, failure: BaseException | None) -> None:
+    """Per-stage time, splits, Dice per patient, blessing and why, where the model, logs and metadata are."""
+    print()
+    try:
+        store = metadata.connect(sqlite_path=str(paths.metadata_path))
+        run = metadata.describe_run(store, "latest")
+        lines = _lines_for_run(run, paths)
+    except Exception as e:
+        lines = [f"(no run summary: {e})"]
+    print("\n".join(lines))
+    if failure is not None:
+        print(f"\nThe run stopped: {failure}")
+    print(f"total {time.time() - started_at:.0f} s")
+

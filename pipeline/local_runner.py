@@ -1,0 +1,64 @@
+"""Runs the pipeline on this machine: TFX LocalDagRunner, Beam DirectRunner, ML Metadata in SQLite."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from tfx import v1 as tfx
+
+from pipeline.pipeline import create_pipeline
+
+PIPELINE_NAME = "ctseg"
+LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalPaths:
+    """Where a local run keeps things, all under one work dir."""
+    workdir: Path
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.workdir / "pipeline"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.workdir / "metadata.sqlite"
+
+    @property
+    def serving_dir(self) -> Path:
+        return self.workdir / "serving"
+
+
+def run_local(*, data_root: str, workdir: str | Path, pipeline_name: str = PIPELINE_NAME, **knobs: Any) -> LocalPaths:
+    """Builds the pipeline with `knobs` (see `create_pipeline`) and runs it to the end or the first failure."""
+    paths = LocalPaths(Path(workdir).resolve())
+    paths.workdir.mkdir(parents=True, exist_ok=True)
+    knobs.setdefault("beam_pipeline_args", list(LOCAL_BEAM_ARGS))
+    pipeline = create_pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=str(paths.pipeline_root),
+        data_root=str(data_root),
+        serving_dir=str(paths.serving_dir),
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(paths.metadata_path)),
+        **knobs,
+    )
+    try:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    except Exception as e:
+        _record_failure(paths, e)
+        raise
+    return paths
+
+
+def _record_failure(paths: LocalPaths, error: Exception) -> None:
+    """TFX keeps no message for an executor that raised; store it so `ctseg runs show` can say why."""
+    from ctseg import metadata
+
+    try:
+        metadata.record_failure(metadata.connect(sqlite_path=str(paths.metadata_path), writable=True),
+                                "latest", f"{type(error).__name__}: {error}")
+    except Exception:  # the run's own error matters more than its record
+        pass

@@ -75,9 +75,13 @@ def pixel_array(ds: pydicom.Dataset, name: str) -> np.ndarray:
 def hu_from_dataset(ds: pydicom.Dataset, name: str = "<dataset>") -> np.ndarray:
     """Hounsfield units of a CT slice: stored values through RescaleSlope and RescaleIntercept."""
     arr = pixel_array(ds, name)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = rescale(ds)
     return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept): stored value x slope + intercept = Hounsfield units."""
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
 def mask_from_dataset(ds: pydicom.Dataset, name: str = "<dataset>") -> np.ndarray:

@@ -52,6 +52,9 @@ class _FolderTree:
                 sorted(f for f in files if not _skipped(f)))
 
     def read(self, path: str) -> bytes:
+        if "://" not in self.root:  # local files: the builtin open is a few times faster than GFile
+            with open(self.location(path), "rb") as f:
+                return f.read()
         with self._gfile.GFile(self.location(path), "rb") as f:
             return f.read()
 
@@ -222,13 +225,16 @@ class CtSlice:
 def decode_slice(data: bytes, location: str, size: int) -> CtSlice:
     """DICOM bytes → HU resized to (size, size); a DicomError naming `location` when the file is unusable."""
     ds = dicom.read_dataset(data, location)
-    hu = dicom.hu_from_dataset(ds, location)
-    lo, hi = float(hu.min()), float(hu.max())
+    stored = dicom.pixel_array(ds, location)
+    slope, intercept = dicom.rescale(ds)
+    lo, hi = sorted((float(stored.min()) * slope + intercept, float(stored.max()) * slope + intercept))
     if lo < HU_RANGE[0] or hi > HU_RANGE[1]:
         raise dicom.DicomError(location, f"values {lo:.0f}..{hi:.0f} after RescaleSlope/Intercept are outside "
                                          f"the int16 range of Hounsfield units; not a CT slice")
-    return CtSlice(dicom.resize_hu(hu, size), dicom.slice_sort_key(ds, location), dicom.spacing_mm(ds)[0],
-                   dicom.thickness_mm(ds), hu.shape)
+    # Resampling commutes with the rescale (its weights sum to 1), so it runs on the smaller slice.
+    hu = dicom.resize_hu(stored, size) * np.float32(slope) + np.float32(intercept)
+    return CtSlice(hu, dicom.slice_sort_key(ds, location), dicom.spacing_mm(ds)[0], dicom.thickness_mm(ds),
+                   stored.shape)
 
 
 @dataclasses.dataclass

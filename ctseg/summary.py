@@ -3,25 +3,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
 
 from ctseg import metadata
-
-STATE_WORDS = {"complete": "done", "cached": "cached", "failed": "FAILED", "running": "running"}
-
-
-def execution_lines(store, after_id: int) -> Iterator[tuple[int, str, str]]:
-    """(execution id, state, one progress line) for executions newer than `after_id`."""
-    try:
-        run = metadata.describe_run(store, "latest")
-    except Exception:  # no run recorded yet
-        return
-    for e in run["executions"]:
-        if e["id"] <= after_id:
-            continue
-        took = f" in {e['duration_s']:.0f} s" if e["duration_s"] is not None and e["state"] != "running" else ""
-        yield e["id"], e["state"], f"  {e['node_id']:<32}{STATE_WORDS.get(e['state'], e['state'])}{took}"
-
 
 def _artifacts(run: dict, type_name: str) -> list[dict]:
     return [a for a in run["artifacts"] if a["type"] == type_name and a.get("producer")]

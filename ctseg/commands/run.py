@@ -66,8 +66,7 @@ class StageProgress(threading.Thread):
         return max((e.id for e in connect(sqlite_path=str(self.metadata_path)).get_executions()), default=0)
 
     def poll(self) -> None:
-        from ctseg.metadata import connect
-        from ctseg.summary import execution_lines
+        from ctseg.metadata import connect, execution_lines
 
         if not self.metadata_path.exists():
             return

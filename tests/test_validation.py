@@ -159,3 +159,28 @@ def test_corrupted_run_names_only_real_problems(corrupted_run):
                "patient_at_other_size": {"source_rows", "source_columns"}}[name]
     assert flagged and flagged <= allowed, findings
     assert outcome["reports"] == []  # the gate published no report, so nothing downstream can consume one
+
+
+def test_ctseg_stats_summarises_the_newest_statistics_and_writes_tfdv_html(clean_run, tmp_path, capsys):
+    from ctseg.cli import main
+
+    html = tmp_path / "stats.html"
+    assert main(["stats", str(clean_run["root"]), "--html", str(html)]) == 0
+    out = capsys.readouterr().out
+    artifact = Path(out.splitlines()[0].split("statistics: ")[1])
+    assert artifact.parent == clean_run["root"] / "StatisticsGen" / "statistics"
+    counts = {line.split()[1].rstrip(":"): int(line.split()[2]) for line in out.splitlines() if line.startswith("split ")}
+    assert set(counts) == {"train", "eval"} and sum(counts.values()) >= PATIENTS * 8
+    assert "liver fraction:" in out and "slices per patient (" in out and "hu_mean" in out
+    page = html.read_text()
+    assert "facets-overview" in page and "proto-input=" in page
+
+
+@pytest.mark.parametrize("path", ["missing", "empty"])
+def test_ctseg_stats_says_what_is_wrong_with_the_path(path, tmp_path, capsys):
+    from ctseg.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["stats", str(tmp_path / path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / path) in err

@@ -143,6 +143,7 @@ def test_corrupted_phantom_is_stopped_at_the_gate(corrupted_run):
     name, outcome = corrupted_run
     message = str(gate_error(outcome))
     assert outcome["trained"] == [], "the Trainer ran although the gate failed"
+    assert f"in patient {BAD_PATIENT}" in message
     for words in EXPECTED_WORDS[name]:
         assert words in message, f"{words!r} missing from the gate's message:\n{message}"
     anomalies_uri = message.split("full anomalies artifact: ")[1].split()[0]

@@ -87,3 +87,14 @@ def test_gate_message_lists_findings_and_artifacts_and_only_exceeded_skew():
     assert "- [train] hu_min: expected values in [-3100, -500]; found max 24" in message
     assert "hu_mean: divergence 0.900 (SKEWED" in message and "hu_std" not in message
     assert "full anomalies artifact: /a/anomalies/4" in message and "ctseg stats /a/statistics/3" in message
+
+
+def test_findings_name_the_patients_outside_the_bounds_or_off_the_common_size():
+    rows = [{"patient_id": p, "mask_distinct_values": v, "source_rows": size}
+            for p, v, size in (("p1", 2, 512), ("p1", 1, 512), ("p2", 3, 1024), ("p3", 2, 512))]
+    findings = [report.Finding("train", "mask_distinct_values", "values in [1, 2]", "max 3"),
+                report.Finding("all", "source_rows", "one value", "512 to 1024"),
+                report.Finding("train", "(dataset)", "examples", "none")]
+    named = report.with_patients(findings, report.patient_ranges(rows), _schema())
+    assert [f.patients for f in named] == [("p2",), ("p2",), ()]
+    assert str(named[0]).endswith("; in patient p2")

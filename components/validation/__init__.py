@@ -40,6 +40,6 @@ def validation_stage(examples: types.BaseChannel, schema_file: str = SCHEMA_FILE
     schema_gen = SchemaGen(statistics=statistics, infer_feature_shape=True)
     example_validator = ExampleValidator(statistics=statistics, schema=curated)
     gate = ValidationGate(statistics=statistics, anomalies=example_validator.outputs["anomalies"], schema=curated,
-                          skew_threshold=skew_threshold, fail_on_skew=fail_on_skew,
+                          examples=examples, skew_threshold=skew_threshold, fail_on_skew=fail_on_skew,
                           require_uniform_source_size=require_uniform_source_size)
     return ValidationStage(statistics_gen, schema_gen, import_schema_gen, example_validator, gate)

@@ -13,6 +13,7 @@ from components.validation import executor
 STATISTICS_KEY = "statistics"
 ANOMALIES_KEY = "anomalies"
 SCHEMA_KEY = "schema"
+EXAMPLES_KEY = "examples"
 REPORT_KEY = "report"
 SKEW_THRESHOLD_KEY = "skew_threshold"
 FAIL_ON_SKEW_KEY = "fail_on_skew"
@@ -34,6 +35,8 @@ class ValidationGateSpec(types.ComponentSpec):
         STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics),
         ANOMALIES_KEY: ChannelParameter(type=standard_artifacts.ExampleAnomalies),
         SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema),
+        # Read only when there are anomalies, to name the patients behind them.
+        EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {REPORT_KEY: ChannelParameter(type=ValidationReport)}
 
@@ -49,11 +52,11 @@ class ValidationGate(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, statistics: types.BaseChannel, anomalies: types.BaseChannel, schema: types.BaseChannel,
-                 skew_threshold: Optional[float] = None, fail_on_skew: bool = False,
+                 examples: Optional[types.BaseChannel] = None, skew_threshold: Optional[float] = None, fail_on_skew: bool = False,
                  require_uniform_source_size: bool = True):
         """`skew_threshold` overrides the schema's Jensen-Shannon thresholds; skew fails the run only with `fail_on_skew`."""
         super().__init__(spec=ValidationGateSpec(
-            statistics=statistics, anomalies=anomalies, schema=schema,
+            statistics=statistics, anomalies=anomalies, schema=schema, examples=examples,
             skew_threshold=skew_threshold, fail_on_skew=fail_on_skew,
             require_uniform_source_size=require_uniform_source_size,
             report=types.Channel(type=ValidationReport)))

@@ -37,6 +37,24 @@ def load_split_anomalies(artifact: types.Artifact) -> dict[str, Any]:
             for split in artifact_utils.decode_split_names(artifact.split_names)}
 
 
+def scalar_rows(examples: types.Artifact):
+    """The numeric features and patient of every slice in every split (pixels are skipped), for naming patients."""
+    import tensorflow as tf
+
+    from ctseg import features as F
+
+    for split in artifact_utils.decode_split_names(examples.split_names):
+        files = tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri([examples], split), "*"))
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
+            feats = tf.train.Example.FromString(record).features.feature
+            row = {F.PATIENT_KEY: feats[F.PATIENT_KEY].bytes_list.value[0].decode()}
+            for name, feat in feats.items():
+                values = feat.float_list.value or feat.int64_list.value
+                if len(values) == 1:
+                    row[name] = float(values[0])
+            yield row
+
+
 def compute_skews(stats_by_split, schema, threshold):
     """TFDV's skew comparators between train and every other split (train plays 'training', the other 'serving')."""
     train = stats_by_split.get(TRAIN_SPLIT)
@@ -71,6 +89,9 @@ class Executor(base_executor.BaseExecutor):
                     for f in report.anomaly_findings(split, anomalies, schema, stats_by_split.get(split))]
         findings += report.consistency_findings(
             stats_by_split, require_uniform_source_size=bool(exec_properties.get("require_uniform_source_size", True)))
+        if findings and input_dict.get("examples"):
+            rows = scalar_rows(artifact_utils.get_single_instance(input_dict["examples"]))
+            findings = report.with_patients(findings, report.patient_ranges(rows), schema)
         skews = compute_skews(stats_by_split, schema, exec_properties.get("skew_threshold"))
 
         text = report.report_text(findings, skews, report.statistics_summary(stats_by_split), anomalies_artifact.uri)

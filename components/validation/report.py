@@ -24,9 +24,11 @@ class Finding:
     feature: str
     expected: str
     found: str
+    patients: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return f"[{self.split}] {self.feature}: expected {self.expected}; found {self.found}"
+        who = f"; in patient {', '.join(self.patients)}" if self.patients else ""
+        return f"[{self.split}] {self.feature}: expected {self.expected}; found {self.found}{who}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +226,57 @@ def consistency_findings(stats_by_split: Mapping[str, Stats], *,
         if span is not None and span[1] <= 0:
             out.append(Finding(split, F.LIVER_FRACTION_KEY, "some slices with liver (else the masks are empty "
                                "or of another organ)", "no liver in any slice"))
+    return out
+
+
+# --- which patients ---------------------------------------------------------------------------
+
+PatientRanges = Mapping[str, Mapping[str, tuple[float, float]]]  # feature -> patient -> (min, max)
+
+
+def patient_ranges(rows: Iterable[Mapping[str, float | str]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per feature and patient, the range of a scalar over the patient's slices (rows from the examples)."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for row in rows:
+        patient = str(row[F.PATIENT_KEY])
+        for name, value in row.items():
+            if name == F.PATIENT_KEY:
+                continue
+            lo, hi = out.setdefault(name, {}).get(patient, (value, value))
+            out[name][patient] = (min(lo, value), max(hi, value))
+    return out
+
+
+def _outside_domain(feature: schema_pb2.Feature, ranges: Mapping[str, tuple[float, float]]) -> list[str]:
+    domain = feature.WhichOneof("domain_info")
+    if domain not in ("int_domain", "float_domain"):
+        return []
+    d = getattr(feature, domain)
+    return [p for p, (lo, hi) in ranges.items()
+            if (d.HasField("min") and lo < d.min) or (d.HasField("max") and hi > d.max)]
+
+
+def _off_majority(ranges: Mapping[str, tuple[float, float]]) -> list[str]:
+    """Patients whose value differs from the one most patients share."""
+    values = [r for r in ranges.values() if r[0] == r[1]]
+    if not values:
+        return sorted(ranges)
+    common = max(set(values), key=values.count)
+    return [p for p, r in ranges.items() if r != common]
+
+
+def with_patients(findings: Iterable[Finding], ranges: PatientRanges, schema: schema_pb2.Schema) -> list[Finding]:
+    """Names the patients behind each finding on a scalar feature; other findings are returned as they are."""
+    out = []
+    for f in findings:
+        per_patient = ranges.get(f.feature)
+        feature = _schema_feature(schema, f.feature)
+        if per_patient and f.split == "all":
+            out.append(dataclasses.replace(f, patients=tuple(sorted(_off_majority(per_patient)))))
+        elif per_patient and feature is not None:
+            out.append(dataclasses.replace(f, patients=tuple(sorted(_outside_domain(feature, per_patient)))))
+        else:
+            out.append(f)
     return out
 
 

@@ -133,6 +133,7 @@ def test_odd_mask_values_are_binarised_and_counted():
 
 def test_distinct_values_matches_unique():
     rng = np.random.default_rng(2)
-    for arr in (rng.integers(0, 3, (64, 64)).astype(np.uint8), rng.integers(0, 4000, (32, 32)).astype(np.uint16),
+    for arr in (rng.integers(0, 2, (64, 64)).astype(np.uint8) * 255, np.zeros((8, 8), np.uint8),
+                rng.integers(0, 3, (64, 64)).astype(np.uint8), rng.integers(0, 4000, (32, 32)).astype(np.uint16),
                 rng.integers(-5, 5, (16, 16)).astype(np.int16)):
         assert dicom.distinct_values(arr) == np.unique(arr).size

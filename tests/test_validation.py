@@ -185,3 +185,40 @@ def test_ctseg_stats_says_what_is_wrong_with_the_path(path, tmp_path, capsys):
     assert main(["stats", str(tmp_path / path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(tmp_path / path) in err
+
+
+def _artifact(artifact_type, uri: Path, splits=None):
+    from tfx.types import artifact_utils
+
+    artifact = artifact_type()
+    artifact.uri = str(uri)
+    if splits:
+        artifact.split_names = artifact_utils.encode_split_names(splits)
+    return artifact
+
+
+def test_skew_fails_the_gate_only_when_asked(clean_run, tmp_path):
+    """The gate's executor on the clean run's artifacts: skew above a zero threshold is fatal only with fail_on_skew."""
+    from tfx.types import standard_artifacts
+
+    from components.validation.component import ValidationReport
+    from components.validation.executor import Executor
+
+    root = clean_run["root"]
+    inputs = {
+        "statistics": [_artifact(standard_artifacts.ExampleStatistics, next(root.glob("StatisticsGen/statistics/*")),
+                                 ["train", "eval"])],
+        "anomalies": [_artifact(standard_artifacts.ExampleAnomalies, next(root.glob("ExampleValidator/anomalies/*")),
+                                ["train", "eval"])],
+        "schema": [_artifact(standard_artifacts.Schema, next(root.glob("ImportSchemaGen/schema/*")))]}
+    for fail_on_skew in (False, True):
+        out = tmp_path / f"report_{fail_on_skew}"
+        out.mkdir()
+        outputs = {"report": [_artifact(ValidationReport, out)]}
+        props = {"skew_threshold": 0.0, "fail_on_skew": fail_on_skew}
+        if not fail_on_skew:
+            Executor().Do(inputs, outputs, props)
+            assert "SKEWED, above 0" in (out / REPORT_FILE).read_text()
+            continue
+        with pytest.raises(CtsegError, match=r"0 anomalies and \d skewed features"):
+            Executor().Do(inputs, outputs, props)

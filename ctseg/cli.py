@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except CtsegError as e:
         print(f"ctseg {args.command}: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `ctseg stats ... | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,8 +1,11 @@
-"""Trains the default UNET on a phantom through the Trainer's `run_fn` and reports volumetric Dice
-per eval patient: 2|P∩T| / (|P| + |T|) over all of the patient's eval slices.
+"""Trains the default UNET on a phantom through ingest and the Trainer's `run_fn`, and reports
+volumetric Dice per eval patient: 2|P∩T| / (|P| + |T|) over all of the patient's eval slices.
 
-    .venv/bin/python bench/quality.py [--patients 8] [--slices 40] [--image-size 128] [--eval-patients 2]
-                                      [--config '{"epochs": 20}'] [--workdir /tmp/ctseg-quality]
+The defaults are those recommended for `ctseg run`: 10 patients of 40 slices written at 512 px, ingested at 128 px,
+split 75/25 by patient hash.
+
+    .venv/bin/python bench/quality.py [--patients 10] [--slices 40] [--image-size 128]
+                                      [--config '{"epochs": 30}'] [--workdir /tmp/ctseg-quality]
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
-from bench.phantom_examples import write_split_examples  # noqa: E402
+from bench.phantom_examples import ingest_phantom  # noqa: E402
 from ctseg import features  # noqa: E402
 from ctseg.phantom import write_phantom  # noqa: E402
 from models.unet import trainer  # noqa: E402
@@ -45,11 +48,10 @@ def per_patient_dice(serving_dir: str, eval_pattern: str) -> dict[str, float]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--patients", type=int, default=8)
+    ap.add_argument("--patients", type=int, default=10)
     ap.add_argument("--slices", type=int, default=40)
     ap.add_argument("--phantom-size", type=int, default=512)
     ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--eval-patients", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="{}", help="custom_config as JSON")
     ap.add_argument("--train-steps", type=int, default=None)
@@ -59,19 +61,18 @@ def main(argv=None):
     phantom = work / f"phantom-{args.patients}x{args.slices}-{args.phantom_size}-s{args.seed}"
     if not phantom.exists():
         write_phantom(phantom, patients=args.patients, slices=args.slices, size=args.phantom_size, seed=args.seed)
-    examples = work / f"examples-{phantom.name}-{args.image_size}-e{args.eval_patients}"
-    split = write_split_examples(phantom, examples, args.image_size, args.eval_patients)
+    split = ingest_phantom(phantom, work / f"ingest-{phantom.name}-{args.image_size}", args.image_size)
     custom = {"image_size": args.image_size, **json.loads(args.config)}
     run = work / f"run-{int(time.time())}"
     fn_args = tfx.components.FnArgs(
-        train_files=[str(examples / "train" / "*.gz")], eval_files=[str(examples / "eval" / "*.gz")],
+        train_files=[split["train"]], eval_files=[split["eval"]],
         serving_model_dir=str(run / "serving"), model_run_dir=str(run / "logs"),
         train_steps=args.train_steps, eval_steps=None, custom_config=custom)
     start = time.perf_counter()
     trainer.run_fn(fn_args)
     seconds = time.perf_counter() - start
-    dice = per_patient_dice(str(run / "serving"), str(examples / "eval" / "*.gz"))
-    print(json.dumps({"train_patients": split["train"], "custom_config": custom, "train_seconds": round(seconds, 1),
+    dice = per_patient_dice(str(run / "serving"), split["eval"])
+    print(json.dumps({"custom_config": custom, "train_seconds": round(seconds, 1),
                       "dice_per_eval_patient": {k: round(v, 4) for k, v in dice.items()},
                       "mean_dice": round(float(np.mean(list(dice.values()))), 4)}, indent=1))
 

@@ -29,7 +29,7 @@ class UnetConfig:
     dropout: float = 0.1
     window_center: float = LIVER_WINDOW[0]
     window_width: float = LIVER_WINDOW[1]
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 16
     learning_rate: float = 1e-3
     bce_weight: float = 1.0
@@ -40,7 +40,7 @@ class UnetConfig:
     median_probability: float = 0.2
     noise_probability: float = 0.2
     noise_std_hu: float = 20.0
-    early_stopping_patience: int = 5
+    early_stopping_patience: int = 10
     shuffle_buffer: int = 1024
     seed: int = 0
     code_version: str = ""  # digest of models/unet set by the pipeline, so TFX's cache notices code changes

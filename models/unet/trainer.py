@@ -42,8 +42,8 @@ def _input_fn(file_pattern, config: UnetConfig, batch_size: int, training: bool,
     return data._input_fn(file_pattern, config, batch_size, training, repeat=training or bool(steps))
 
 
-def _build_model(config: UnetConfig) -> tf.keras.Model:
-    return compile_model(build_unet(config), config)
+def _build_model(config: UnetConfig, total_steps: int | None = None) -> tf.keras.Model:
+    return compile_model(build_unet(config), config, decay_steps=total_steps)
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
@@ -110,7 +110,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
     eval_ds = _input_fn(fn_args.eval_files, config, batch_size, training=False, steps=eval_steps) if has_eval else None
 
     with strategy.scope():
-        model = _build_model(config)
+        model = _build_model(config, total_steps=epochs * train_steps)
     model.fit(train_ds, epochs=epochs, steps_per_epoch=train_steps, validation_data=eval_ds,
               validation_steps=eval_steps, callbacks=_callbacks(fn_args, config, has_eval), verbose=2)
     export_model(model, config, fn_args.serving_model_dir)

@@ -36,7 +36,7 @@ EXAMPLES_KEY = "examples"
 QUARANTINE_FILE = "quarantine.jsonl"
 SPLITS = ("train", "eval", "test")
 WORST_FILES_SHOWN = 5
-_REPORT = "report"  # side output: {"quarantine": {...}} per bad file, {"summary": {...}} per patient
+_QUARANTINE, _SUMMARY = "quarantine", "summary"  # side outputs: one record per bad file, one per patient
 _GZIP_LEVEL = 1  # a third of the CPU of Beam's default level 6, and files under 5% larger on CT slices
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def assign_splits(patient_ids: Iterable[str], ratios: dict[str, float]) -> dict[
 
 def _quarantine(patient_id: str, location: str, reason: str) -> beam.pvalue.TaggedOutput:
     log.warning("quarantined %s: %s", location, reason)
-    return beam.pvalue.TaggedOutput(_REPORT, {"quarantine": {"patient_id": patient_id, "file": location, "reason": reason}})
+    return beam.pvalue.TaggedOutput(_QUARANTINE, {"patient_id": patient_id, "file": location, "reason": reason})
 
 
 def _decode_pair(patient: ircad.PatientSeries, name: str, organ: str, size: int):
@@ -162,8 +162,8 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
         yield split, example.SerializeToString()
     log.info("ingest %s (%s): %d slices written, %d with %s, %d bad of %d", pid, split, written, with_organ,
              organ, len(bad), max(len(names), 1))
-    yield beam.pvalue.TaggedOutput(_REPORT, {"summary": {"patient_id": pid, "split": split, "slices": max(len(names), 1),
-                                                         "written": written, "with_organ": with_organ, "bad": len(bad)}})
+    yield beam.pvalue.TaggedOutput(_SUMMARY, {"patient_id": pid, "split": split, "slices": max(len(names), 1),
+                                              "written": written, "with_organ": with_organ, "bad": len(bad)})
 
 
 class _ClosingGzipFile(gzip.GzipFile):
@@ -245,7 +245,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                        | "Patients" >> beam.Create([(p, split_of[p.patient_id]) for p in patients])
                        | "SpreadPatients" >> beam.Reshuffle()
                        | "Ingest" >> beam.FlatMap(lambda ref_split: ingest_patient(*ref_split, organ, size))
-                       .with_outputs(_REPORT, main=EXAMPLES_KEY))
+                       .with_outputs(_QUARANTINE, _SUMMARY, main=EXAMPLES_KEY))
             by_split = results[EXAMPLES_KEY] | "BySplit" >> beam.Partition(
                 lambda kv, _: splits.index(kv[0]), len(splits))
             for split, part in zip(splits, by_split):
@@ -253,14 +253,15 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  | f"Serialized[{split}]" >> beam.Values()
                  | f"Write[{split}]" >> beam.io.Write(_GzipTFRecordSink(
                      os.path.join(artifact_utils.get_split_uri([examples], split), "data_tfrecord"))))
-            (results[_REPORT]
-             | "ReportJson" >> beam.Map(json.dumps, sort_keys=True)
-             | "WriteReport" >> beam.io.WriteToText(os.path.join(tmp, _REPORT), file_name_suffix=".jsonl"))
+            ([results[tag] | f"Keyed[{tag}]" >> beam.Map(lambda record, tag=tag: json.dumps({tag: record}))
+              for tag in (_QUARANTINE, _SUMMARY)]
+             | "Reports" >> beam.Flatten()  # one sink for both: each sink costs Beam stages of start-up
+             | "WriteReports" >> beam.io.WriteToText(os.path.join(tmp, "report"), file_name_suffix=".jsonl"))
 
-        report = _read_json_lines(os.path.join(tmp, f"{_REPORT}*"))
-        quarantine = sorted((r["quarantine"] for r in report if "quarantine" in r),
+        report = _read_json_lines(os.path.join(tmp, "report*"))
+        quarantine = sorted((r[_QUARANTINE] for r in report if _QUARANTINE in r),
                             key=lambda q: (q["patient_id"], q["file"]))
-        summaries = [r["summary"] for r in report if "summary" in r]
+        summaries = [r[_SUMMARY] for r in report if _SUMMARY in r]
         with tf.io.gfile.GFile(os.path.join(examples.uri, QUARANTINE_FILE), "w") as f:
             f.write("".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine))
         _record_counts(examples, data_root, splits, summaries, quarantine)

@@ -20,6 +20,7 @@ COPY ctseg ./ctseg
 COPY components ./components
 COPY pipeline ./pipeline
 COPY models ./models
+COPY kubeflow ./kubeflow
 RUN /opt/uv/bin/uv pip install --no-cache --no-deps --python /opt/venv/bin/python . \
  && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -13,8 +13,11 @@ run: install
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks (minutes each; results go in docs/BENCHMARKS.md): ingest speed, input pipeline, model quality.
 bench: install
-	@$(PY) -m bench
+	$(PY) -m bench.ingest
+	$(PY) -m bench.train
+	$(PY) -m bench.quality
 
 clean:
 	rm -rf out .pytest_cache

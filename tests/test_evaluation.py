@@ -95,6 +95,13 @@ def test_blessing_rule(mean, baseline, blessed, words):
     assert words in reason
 
 
+def test_the_blessed_baseline_itself_is_not_blessed_again():
+    ok, reason = metrics.blessing_decision(0.95, threshold=0.90, tolerance=0.01, already_blessed=True)
+    assert ok is False and "already the latest blessed model" in reason
+    ok, reason = metrics.blessing_decision(0.85, threshold=0.90, tolerance=0.01, already_blessed=True)
+    assert ok is False and "below the threshold" in reason
+
+
 def test_grid_png(tmp_path):
     hu = np.full((SIZE, SIZE), -100.0, np.float32)
     truth = np.zeros((SIZE, SIZE), np.uint8)

@@ -172,6 +172,9 @@ class Executor(base_executor.BaseExecutor):
         examples = artifact_utils.get_single_instance(input_dict[keys.EXAMPLES_KEY])
         model = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
         baseline_model = (input_dict.get(keys.BASELINE_MODEL_KEY) or [None])[0]
+        already_blessed = baseline_model is not None and baseline_model.id == model.id
+        if already_blessed:
+            baseline_model = None  # the same model: nothing to compare against
         evaluation = artifact_utils.get_single_instance(output_dict[keys.EVALUATION_KEY])
         blessing = artifact_utils.get_single_instance(output_dict[keys.BLESSING_KEY])
         split = exec_properties.get(SPLIT_KEY) or "eval"
@@ -186,7 +189,7 @@ class Executor(base_executor.BaseExecutor):
             raise CtsegError(f"the '{split}' split of {examples.uri} holds no slices to evaluate")
         blessed, reason = metrics.blessing_decision(
             summary["mean_patient_dice"], threshold, tolerance,
-            base_summary["mean_patient_dice"] if base_summary else None)
+            base_summary["mean_patient_dice"] if base_summary else None, already_blessed=already_blessed)
 
         grid_path = os.path.join(evaluation.uri, GRID_FILE)
         figures.write_grid(grid_rows(summary, shown), grid_path,

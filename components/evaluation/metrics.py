@@ -107,12 +107,19 @@ def best_median_worst(patients: list[dict]) -> list[tuple[str, dict]]:
 
 
 def blessing_decision(mean_dice: float, threshold: float, tolerance: float,
-                      baseline_mean_dice: float | None = None) -> tuple[bool, str]:
+                      baseline_mean_dice: float | None = None, already_blessed: bool = False) -> tuple[bool, str]:
     """Blessed when mean per-patient Dice >= threshold and, with a blessed baseline, not worse than
-    the baseline's by more than `tolerance`; the reason says which rule decided, in words."""
+    the baseline's by more than `tolerance`; the reason says which rule decided, in words.
+
+    `already_blessed`: the candidate is the blessed baseline itself (a rerun whose Trainer came from
+    the cache). Its earlier blessing stands; blessing it again would only make Pusher push a copy.
+    """
     if mean_dice < threshold:
         return False, (f"not blessed: mean per-patient Dice {mean_dice:.4f} is below the threshold "
                        f"{threshold:.4f}")
+    if already_blessed:
+        return False, (f"not blessed again: this model is already the latest blessed model (mean per-patient "
+                       f"Dice {mean_dice:.4f}); it was pushed when first blessed, so nothing new is pushed")
     if baseline_mean_dice is None:
         return True, (f"blessed: mean per-patient Dice {mean_dice:.4f} >= threshold {threshold:.4f}; "
                       "no blessed baseline model yet, so judged on the threshold alone")

@@ -1,0 +1,126 @@
+"""The whole pipeline, as `ctseg run` builds it, in real LocalDagRunner runs (ML Metadata in SQLite).
+
+One module-scoped work dir holds four runs: a first run that trains, blesses and pushes; a rerun
+with nothing changed (cached); a rerun whose threshold is out of reach (not blessed, not pushed);
+and `ctseg run` itself on the same store. The pushed model then segments an eval patient.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctseg import metadata
+from ctseg.cli import main as cli_main
+from ctseg.dicom import mask_from_dataset, read_dataset, slice_sort_key
+from ctseg.phantom import write_phantom
+from pipeline.local_runner import run_local
+
+PATIENTS, SLICES, SOURCE_SIZE, IMAGE_SIZE = 6, 24, 128, 64
+KNOBS = dict(image_size=IMAGE_SIZE, dice_threshold=0.6,
+             custom_config={"epochs": 25, "early_stopping_patience": 25})
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return write_phantom(tmp_path_factory.mktemp("pipeline") / "ircad", patients=PATIENTS, slices=SLICES,
+                         size=SOURCE_SIZE, seed=11)
+
+
+@pytest.fixture(scope="module")
+def workdir(data_root, tmp_path_factory):
+    """Runs the three pipeline runs once; returns the work dir and each run's description."""
+    work = tmp_path_factory.mktemp("work")
+    runs = {}
+    for name, extra in (("first", {}), ("cached", {}), ("strict", {"dice_threshold": 0.999})):
+        paths = run_local(data_root=str(data_root), workdir=work, **{**KNOBS, **extra})
+        store = metadata.connect(sqlite_path=str(paths.metadata_path))
+        runs[name] = metadata.describe_run(store, "latest")
+        runs[name]["versions"] = sorted(p.name for p in paths.serving_dir.iterdir()) if paths.serving_dir.exists() else []
+    return work, runs
+
+
+def _states(run: dict) -> dict[str, str]:
+    return {e["node_id"]: e["state"] for e in run["executions"]}
+
+
+def _artifact(run: dict, type_name: str) -> dict:
+    (found,) = [a for a in run["artifacts"] if a["type"] == type_name and a["producer"]]
+    return found
+
+
+def test_first_run_trains_blesses_and_pushes(workdir):
+    work, runs = workdir
+    run = runs["first"]
+    assert run["state"] == "complete"
+    assert set(_states(run).values()) == {"complete"}
+    assert {"IrcadExampleGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Trainer",
+            "SegmentationEvaluator", "Pusher"} <= set(_states(run))
+    examples = _artifact(run, "Examples")["properties"]
+    assert examples["patients"] == PATIENTS and examples["quarantined"] == 0
+    assert examples["slices_train"] > 0 and examples["slices_eval"] > 0
+    evaluation = _artifact(run, "ModelEvaluation")["properties"]
+    assert evaluation["mean_patient_dice"] >= KNOBS["dice_threshold"]
+    assert run["blessed"] is True
+    assert len(runs["first"]["versions"]) == 1
+    version_dir = work / "serving" / run["pushed_version"]
+    assert (version_dir / "saved_model.pb").exists()
+
+
+def test_rerun_with_nothing_changed_reuses_cached_steps(workdir):
+    _, runs = workdir
+    states = _states(runs["cached"])
+    for node in ("IrcadExampleGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Trainer"):
+        assert states[node] == "cached", (node, states)
+    assert runs["cached"]["state"] == "complete"
+    # the resolver now returns this very model as the baseline: its blessing stands, no second copy is pushed
+    assert "already the latest blessed model" in _artifact(runs["cached"], "ModelEvaluation")["properties"]["reason"]
+    assert runs["cached"]["versions"] == runs["first"]["versions"]
+
+
+def test_out_of_reach_threshold_is_not_blessed_and_pushes_nothing(workdir):
+    _, runs = workdir
+    run = runs["strict"]
+    assert run["state"] == "complete"          # not blessed is an answer, not a failure
+    assert _states(run)["Trainer"] == "cached"
+    assert run["blessed"] is False and run["pushed_version"] is None
+    assert "below the threshold" in _artifact(run, "ModelEvaluation")["properties"]["reason"]
+    assert runs["strict"]["versions"] == runs["cached"]["versions"]
+
+
+def test_ctseg_run_prints_an_actionable_summary(workdir, data_root, capsys):
+    work, _ = workdir
+    code = cli_main(["run", "--data", str(data_root), "--workdir", str(work), "--image-size", str(IMAGE_SIZE),
+                     "--dice-threshold", "0.999", "--epochs", "25"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for expected in ("steps:", "IrcadExampleGen", "data: 6 patients", "validation: 0 anomalies",
+                     "Model not blessed", "picture (best, median, worst patient)", "not pushed",
+                     "TensorBoard: tensorboard --logdir", "metadata:"):
+        assert expected in out, (expected, out)
+
+
+def test_lineage_of_the_pushed_model_reaches_the_input_data(workdir, data_root):
+    work, runs = workdir
+    store = metadata.connect(sqlite_path=str(work / "metadata.sqlite"))
+    found = metadata.lineage(store, str(work / "serving" / runs["first"]["pushed_version"]))
+    assert str(data_root) in json.dumps(found)
+    assert runs["first"]["run_id"] in json.dumps(found)
+
+
+def test_pushed_model_segments_an_eval_patient_within_10_percent_volume(workdir, data_root, tmp_path):
+    from ctseg.predict import predict, volume_ml, load_series
+
+    work, runs = workdir
+    eval_patients = _artifact(runs["first"], "ModelEvaluation")
+    patients = json.loads((Path(eval_patients["uri"]) / "metrics.json").read_text())["patients"]
+    patient = max(patients, key=lambda p: p["true_volume_ml"])["patient_id"]  # the largest liver: least noise
+    summary = predict(data_root / patient, work / "serving", tmp_path / "pred")
+    masks = sorted((data_root / patient / "MASKS_DICOM" / "liver").iterdir())
+    datasets = sorted((read_dataset(f) for f in masks), key=slice_sort_key)
+    truth = np.stack([mask_from_dataset(ds) for ds in datasets])
+    true_ml = volume_ml(truth, load_series(data_root / patient))
+    assert summary["model_version"] == runs["first"]["pushed_version"]
+    assert abs(summary["volume_ml"] - true_ml) / true_ml < 0.10, (summary["volume_ml"], true_ml)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     silence("-v" in argv or "--verbose" in argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "  %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except CtsegError as e:

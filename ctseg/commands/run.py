@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--max-bad-fraction", type=float, default=0.0,
                    help="fraction of a patient's slices that may be quarantined before the run fails")
     p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
-    p.add_argument("--phantom-patients", type=int, default=10, help="patients in the default phantom (default 10)")
+    p.add_argument("--phantom-patients", type=int, default=14, help="patients in the default phantom (default 14)")
     p.add_argument("--phantom-slices", type=int, default=40, help="slices per phantom patient (default 40)")
     p.add_argument("--phantom-seed", type=int, default=0, help="seed of the default phantom")
     p.set_defaults(func=run)

@@ -29,7 +29,7 @@ class UnetConfig:
     dropout: float = 0.1
     window_center: float = LIVER_WINDOW[0]
     window_width: float = LIVER_WINDOW[1]
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 16
     learning_rate: float = 1e-3
     bce_weight: float = 1.0

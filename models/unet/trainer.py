@@ -92,7 +92,8 @@ def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> 
 def run_fn(fn_args: tfx.components.FnArgs):
     """Trains the UNET on the train split, validates on eval, and exports to `serving_model_dir`."""
     config = UnetConfig.from_custom_config(fn_args.custom_config)
-    log.warning("UNET config: %s", config)
+    log.info("UNET config: %s", config)
+    tf.keras.utils.set_random_seed(config.seed)  # weights, balancing and augmentation repeat run to run
     for split_files in (fn_args.train_files, fn_args.eval_files):
         if split_files:
             data.check_image_size(split_files, config.image_size)

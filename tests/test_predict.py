@@ -114,7 +114,7 @@ def _predict_volume(phantom: Path, model: Path, out: Path) -> tuple[float, float
 
 
 def test_predicted_volume_within_10_percent_of_truth(phantom, tiny_model, tmp_path):
-    # switch `tiny_model` to the real pipeline's `pushed_model` fixture once conftest provides it
+    # the plumbing with a small model; tests/test_pipeline.py does the same with the pipeline's pushed model
     predicted_ml, true_ml = _predict_volume(phantom, tiny_model, tmp_path)
     assert true_ml > 1.0
     assert abs(predicted_ml - true_ml) / true_ml < 0.10, (predicted_ml, true_ml)

@@ -267,3 +267,31 @@ def test_missing_or_unusable_data_root_is_a_clear_error(tmp_path):
     (tmp_path / "notes.zip").write_text("not a zip")
     with pytest.raises(CtsegError, match="neither a folder nor a readable zip"):
         ircad.find_patients(str(tmp_path / "notes.zip"))
+
+
+def test_reports_left_in_the_tmp_dir_by_an_earlier_try_are_not_counted(small_phantom, tmp_path):
+    """A retried execution reuses its tmp dir; a stale report shard there must not add slices or quarantines."""
+    from tfx.dsl.components.base import base_beam_executor
+    from tfx.types import standard_artifacts
+
+    from components.ingest.executor import Executor
+
+    stale = tmp_path / "tmp" / "retry" / "ingest" / "report-00001-of-00002.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"summary": {"patient_id": "3Dircadb1.1", "split": "train", "slices": 99,
+                                             "written": 99, "bad": 0, "with_organ": 99}}) + "\n"
+                     + json.dumps({"quarantine": {"patient_id": "3Dircadb1.1", "file": "x", "reason": "stale"}}) + "\n")
+    executor = Executor(base_beam_executor.BaseBeamExecutor.Context(
+        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1",
+                            "--sdk_container_image=apache/beam_python3.10_sdk:2.59.0"],
+        tmp_dir=str(tmp_path / "tmp") + "/", unique_id="retry"))
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp_path / "out")
+    executor.Do({}, {"examples": [examples]}, {
+        "data_root": str(small_phantom), "organ": "liver", "image_size": 32,
+        "split_ratios": json.dumps({"train": 0.75, "eval": 0.25}), "max_bad_fraction": 0.0})
+    written = sum(1 for s in ("train", "eval") for f in (tmp_path / "out" / f"Split-{s}").iterdir()
+                  for _ in tf.data.TFRecordDataset(str(f), compression_type="GZIP"))
+    counted = sum(examples.get_int_custom_property(f"slices_{s}") for s in ("train", "eval"))
+    assert counted == written == sum(len(list((p / "PATIENT_DICOM").iterdir())) for p in small_phantom.iterdir())
+    assert examples.get_int_custom_property("quarantined") == 0

@@ -240,6 +240,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         log.info("ingest %s: %d patients, splits %s", data_root, len(patients),
                  {s: sum(v == s for v in split_of.values()) for s in splits})
         tmp = os.path.join(self._get_tmp_dir(), "ingest")
+        if tf.io.gfile.exists(tmp):  # reports of an earlier try in the same tmp dir would be counted twice
+            tf.io.gfile.rmtree(tmp)
         with self._make_beam_pipeline() as pipeline:
             results = (pipeline
                        | "Patients" >> beam.Create([(p, split_of[p.patient_id]) for p in patients])

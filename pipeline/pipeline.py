@@ -47,8 +47,14 @@ def create_pipeline(
     dice_tolerance: float = 0.01,
     beam_pipeline_args: Sequence[str] | None = None,
     enable_cache: bool = True,
+    compare_to_blessed: bool = True,
 ) -> tfx.dsl.Pipeline:
-    """Ingest → statistics/schema/validation gate → Trainer → evaluation against the last blessed model → Pusher."""
+    """Ingest → statistics/schema/validation gate → Trainer → evaluation against the last blessed model → Pusher.
+
+    `compare_to_blessed=False` leaves out the Resolver that finds the last blessed model, so models are
+    judged on `dice_threshold` alone: for orchestrators that cannot run TFX's MLMD-querying resolver
+    steps (they compile to KFP `resolver` executors, which Vertex AI Pipelines runs).
+    """
     from components.evaluation.component import SegmentationEvaluator, latest_blessed_model_resolver
     from components.ingest.component import IrcadExampleGen
     from components.validation import validation_stage
@@ -71,12 +77,11 @@ def create_pipeline(
     )
     trainer.add_upstream_node(gate)
 
-    baseline = latest_blessed_model_resolver()
-
+    baseline = latest_blessed_model_resolver() if compare_to_blessed else None
     evaluator = SegmentationEvaluator(
         examples=examples,
         model=trainer.outputs["model"],
-        baseline_model=baseline.outputs["model"],
+        baseline_model=baseline.outputs["model"] if baseline else None,
         dice_threshold=dice_threshold,
         dice_tolerance=dice_tolerance,
     )
@@ -89,7 +94,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, *validation, trainer, baseline, evaluator, pusher],
+        components=[example_gen, *validation, trainer, *([baseline] if baseline else []), evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or []),

@@ -184,6 +184,19 @@ def test_cli_compiles_with_beam_runner_args_and_cpu_only_trainer(small_phantom, 
     assert constants(spec, INGEST)["image_size"] == 256, "the full preset's size by default"
 
 
+def test_baseline_resolver_can_be_left_out_for_backends_without_resolver_tasks(spec, tmp_path):
+    resolvers = {name for name, executor in spec.deployment_spec["executors"].items() if "resolver" in executor}
+    assert resolvers, "by default the last blessed model is resolved (KFP resolver executors)"
+    out = tmp_path / "no_baseline.yaml"
+    assert main(["compile", "--data", "gs://bucket/3Dircadb1.zip", "--pipeline-root", "gs://bucket/root",
+                 "--image", IMAGE, "--output", str(out), "--no-baseline"]) == 0
+    from kfp.client import client
+
+    plain = client._extract_pipeline_yaml(str(out)).pipeline_spec
+    assert not [e for e in plain.deployment_spec["executors"].values() if "resolver" in e]
+    assert "SegmentationEvaluator" in container_tasks(plain) and "Pusher" in container_tasks(plain)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--pipeline-root", "/tmp/root"], "must be an object-store path every pod can write"),
     (["--image", "ghcr.io/example/ctseg:latest"], "must name a tag other than latest"),

@@ -29,6 +29,10 @@ def register(sub) -> None:
     p.add_argument("--step-cpu", default="4", help="CPU cores of every other step (default: %(default)s)")
     p.add_argument("--step-memory", default="16G", help="memory of every other step (default: %(default)s)")
     p.add_argument("--schema-file", help="curated schema as the pods see it (default: the copy in the image)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="judge models on the Dice threshold alone, without the step that finds the last blessed "
+                        "model (TFX compiles it to KFP 'resolver' tasks, which Vertex AI Pipelines runs and a "
+                        "self-hosted Kubeflow Pipelines backend may not)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +51,7 @@ def run(args) -> int:
         trainer_resources=StepResources(cpu=args.trainer_cpu, memory=args.trainer_memory,
                                         accelerator=args.trainer_accelerator, accelerator_count=args.trainer_gpus),
         step_resources=StepResources(cpu=args.step_cpu, memory=args.step_memory),
+        compare_to_blessed=not args.no_baseline,
     )
     print(f"wrote the Kubeflow pipeline spec to {path}")
     return 0

@@ -293,7 +293,7 @@ def test_cli_runs_show_and_lineage(runs, capsys):
     assert json.loads(capsys.readouterr().out)["data_path"] == str(root / "data")
     assert cli.main(["lineage", str(root / "serving" / version), *store_args]) == 0
     text = capsys.readouterr().out
-    assert f"Input data      {root / 'data'}" in text and "learning_rate = 0.01" in text
+    assert f"Input data          {root / 'data'}" in text and "learning_rate = 0.01" in text
 
     assert cli.main(["runs", "show", "nope", *store_args]) == 2
     assert "no pipeline run 'nope'" in capsys.readouterr().err

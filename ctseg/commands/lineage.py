@@ -27,7 +27,7 @@ def run(args) -> int:
 
 
 def _artifact_line(label: str, a: dict[str, Any]) -> str:
-    return f"{label:<16}{a['uri']}  ({a['type']} {a['id']})"
+    return f"{label:<20}{a['uri']}  ({a['type']} {a['id']})"
 
 
 def format_lineage(d: dict[str, Any]) -> str:
@@ -39,23 +39,23 @@ def format_lineage(d: dict[str, Any]) -> str:
     if pushed:
         by = pushed["pushed_by"]
         lines.append(_artifact_line("Pushed model", pushed))
-        lines.append(f"{'':<16}version {pushed['properties'].get('pushed_version', '-')}, pushed by "
+        lines.append(f"{'':<20}version {pushed['properties'].get('pushed_version', '-')}, pushed by "
                      f"{by['node_id']} (execution {by['id']}) in run {by['run_id']}")
     lines.append(_artifact_line("Model", d["model"]))
     t = d["trainer"]
-    lines.append(f"{'Trained by':<16}{t['node_id']} (execution {t['id']}, {t['state']}) in run {t['run_id']}")
+    lines.append(f"{'Trained by':<20}{t['node_id']} (execution {t['id']}, {t['state']}) in run {t['run_id']}")
     hyper = d["hyperparameters"]
     if isinstance(hyper, dict) and hyper:
         lines.append("Hyperparameters")
-        lines += [f"{'':<16}{k} = {json.dumps(v)}" for k, v in sorted(hyper.items())]
+        lines += [f"{'':<20}{k} = {json.dumps(v)}" for k, v in sorted(hyper.items())]
     for key in ("train_args", "eval_args"):
         if t["properties"].get(key) not in (None, {}, ""):
-            lines.append(f"{'':<16}{key} = {json.dumps(t['properties'][key])}")
+            lines.append(f"{'':<20}{key} = {json.dumps(t['properties'][key])}")
     for e in d["examples"]:
         lines.append(_artifact_line("Examples", e))
         if e["producer"]:
             p = e["producer"]
-            lines.append(f"{'':<16}made by {p['node_id']} (execution {p['id']}) in run {p['run_id']}")
+            lines.append(f"{'':<20}made by {p['node_id']} (execution {p['id']}) in run {p['run_id']}")
         lines += format_properties(e["properties"], indent=" " * 16)
     labels = {"ExampleStatistics": "Statistics", "Schema": "Schema", "ExampleAnomalies": "Anomalies"}
     for type_name, artifacts in d["derived"].items():
@@ -68,5 +68,5 @@ def format_lineage(d: dict[str, Any]) -> str:
         for a in artifacts:
             if a["type"] == "Schema":
                 lines.append(_artifact_line(f"Trained with {key}", a))
-    lines.append(f"{'Input data':<16}{d['data_path'] or '(not recorded)'}")
+    lines.append(f"{'Input data':<20}{d['data_path'] or '(not recorded)'}")
     return "\n".join(lines)

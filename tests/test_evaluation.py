@@ -166,21 +166,18 @@ def window_rule_model(path, *, right_side_only: bool):
 
 
 def write_eval_examples(phantom_root: Path, out_file: Path):
-    """The per-slice examples of ingest (ctseg.features), written straight from the phantom's DICOM."""
+    """Ingest's own per-patient examples (`ingest_patient`), written to one plain TFRecord file."""
     import tensorflow as tf
 
-    from ctseg import dicom, features
+    from components.ingest.executor import ingest_patient
+    from ctseg import ircad
+
     out_file.parent.mkdir(parents=True)
     with tf.io.TFRecordWriter(str(out_file)) as writer:
-        for patient in sorted(p for p in phantom_root.iterdir() if p.is_dir()):
-            for image in sorted((patient / "PATIENT_DICOM").iterdir()):
-                ds = dicom.read_dataset(str(image))
-                mask_ds = dicom.read_dataset(str(patient / "MASKS_DICOM" / "liver" / image.name))
-                hu, mask = dicom.hu_from_dataset(ds), dicom.mask_from_dataset(mask_ds)
-                writer.write(features.slice_example(
-                    hu=hu, mask=mask, patient_id=patient.name, slice_index=int(image.name.split("_")[-1]),
-                    spacing_mm=dicom.spacing_mm(ds)[0], thickness_mm=dicom.thickness_mm(ds),
-                    source_shape=hu.shape, mask_distinct_values=len(np.unique(mask))).SerializeToString())
+        for ref in ircad.find_patients(str(phantom_root)):
+            for output in ingest_patient(ref, "eval", "liver", SIZE):
+                if isinstance(output, tuple):  # (split, serialized example); the rest are tagged reports
+                    writer.write(output[1])
 
 
 def eval_pipeline(name: str, root: Path, examples_dir: Path, model_dir: str, serving_dir: Path,

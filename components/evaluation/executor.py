@@ -26,37 +26,27 @@ DICE_TOLERANCE_KEY = "dice_tolerance"
 BATCH_SIZE_KEY = "batch_size"
 
 GRID_FILE = "eval_grid.png"
-SIGNATURE = "segment_hu"
-SIGNATURE_INPUT = "hu"
-SIGNATURE_OUTPUT = "probabilities"
 
 
 class Segmenter:
-    """A SavedModel's `segment_hu` signature, fed in batches; adapts to the trained size when the
-    examples differ (e.g. a baseline trained at another `image_size`)."""
+    """A Model artifact's `segment_hu` signature (loaded and checked by `ctseg.predict.load_model`),
+    fed in batches; adapts to the trained size when the examples differ (e.g. a baseline trained at
+    another `image_size`), resizing down with ingest's antialiased kernel as predict does."""
 
     def __init__(self, model: types.Artifact):
-        import tensorflow as tf
+        from ctseg.predict import load_model
 
         self.path = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
-        try:
-            self._loaded = tf.saved_model.load(self.path)
-        except (OSError, ValueError, tf.errors.OpError) as e:
-            raise CtsegError(f"cannot load the model at {self.path}: {e}") from e
-        if SIGNATURE not in self._loaded.signatures:
-            raise CtsegError(f"the model at {self.path} has no '{SIGNATURE}' signature "
-                             f"(it has {sorted(self._loaded.signatures)}); see docs/DESIGN.md")
-        self._fn = self._loaded.signatures[SIGNATURE]
-        shape = self._fn.structured_input_signature[1][SIGNATURE_INPUT].shape
-        self.size = (shape[1], shape[2]) if shape.rank == 3 and None not in (shape[1], shape[2]) else None
+        self._served = load_model(self.path)
+        self.size = self._served.size
 
     def probabilities(self, hu: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
         x = tf.constant(hu, tf.float32)
-        if self.size and self.size != hu.shape[1:]:
-            x = tf.image.resize(x[..., None], self.size)[..., 0]
-        p = self._fn(**{SIGNATURE_INPUT: x})[SIGNATURE_OUTPUT]
+        if self.size != hu.shape[1:]:
+            x = tf.image.resize(x[..., None], self.size, antialias=True)[..., 0]
+        p = self._served(x)
         if tuple(p.shape[1:]) != hu.shape[1:]:
             p = tf.image.resize(p[..., None], hu.shape[1:])[..., 0]
         return p.numpy()

@@ -275,6 +275,7 @@ def test_reports_left_in_the_tmp_dir_by_an_earlier_try_are_not_counted(small_pha
     from tfx.types import standard_artifacts
 
     from components.ingest.executor import Executor
+    from pipeline.local_runner import LOCAL_BEAM_ARGS
 
     stale = tmp_path / "tmp" / "retry" / "ingest" / "report-00001-of-00002.jsonl"
     stale.parent.mkdir(parents=True)
@@ -282,8 +283,7 @@ def test_reports_left_in_the_tmp_dir_by_an_earlier_try_are_not_counted(small_pha
                                              "written": 99, "bad": 0, "with_organ": 99}}) + "\n"
                      + json.dumps({"quarantine": {"patient_id": "3Dircadb1.1", "file": "x", "reason": "stale"}}) + "\n")
     executor = Executor(base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1",
-                            "--sdk_container_image=apache/beam_python3.10_sdk:2.59.0"],
+        beam_pipeline_args=list(LOCAL_BEAM_ARGS),
         tmp_dir=str(tmp_path / "tmp") + "/", unique_id="retry"))
     examples = standard_artifacts.Examples()
     examples.uri = str(tmp_path / "out")

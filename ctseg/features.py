@@ -18,6 +18,7 @@ SPACING_KEY = "spacing_mm"      # in-plane pixel spacing of the source DICOM, mm
 THICKNESS_KEY = "thickness_mm"  # SliceThickness of the source DICOM, mm
 SOURCE_ROWS_KEY = "source_rows"
 SOURCE_COLUMNS_KEY = "source_columns"
+SOURCE_MASK_KEY = "source_mask"  # bytes: the 0/1 mask at source_rows x source_columns, np.packbits row-major
 LIVER_FRACTION_KEY = "liver_fraction"        # fraction of mask pixels that are organ
 MASK_VALUES_KEY = "mask_distinct_values"     # distinct stored values in the mask DICOM: 1 or 2 for a binary mask
 HU_STATS_KEYS = ("hu_min", "hu_max", "hu_mean", "hu_std")
@@ -32,10 +33,25 @@ def hu_statistics(hu: np.ndarray) -> dict[str, float]:
             "hu_mean": float(hu.mean()), "hu_std": float(hu.std())}
 
 
+def pack_mask(mask: np.ndarray) -> bytes:
+    """A binary mask as bits (1/8 of a byte per pixel): the source-size ground truth costs little to keep."""
+    return np.packbits(np.asarray(mask) != 0).tobytes()
+
+
+def unpack_mask(data: bytes, shape: tuple[int, int]) -> np.ndarray:
+    """`pack_mask`'s bytes back to a uint8 0/1 mask of `shape`; ValueError when the sizes disagree."""
+    count = int(shape[0]) * int(shape[1])
+    bits = np.frombuffer(data, np.uint8)
+    if len(bits) != (count + 7) // 8:
+        raise ValueError(f"{len(bits)} bytes of packed mask do not hold a {shape[0]}x{shape[1]} mask")
+    return np.unpackbits(bits, count=count).reshape(shape)
+
+
 def slice_example(*, hu: np.ndarray, mask: np.ndarray, patient_id: str, slice_index: int,
                   spacing_mm: float, thickness_mm: float, source_shape: tuple[int, int],
-                  mask_distinct_values: int):
-    """Builds the tf.train.Example for one slice; `hu` and `mask` already at the output size."""
+                  mask_distinct_values: int, source_mask: np.ndarray | None = None):
+    """Builds the tf.train.Example for one slice; `hu` and `mask` already at the output size,
+    `source_mask` (when given) at `source_shape`, kept so evaluation can score at the source resolution."""
     import tensorflow as tf
 
     if hu.shape != mask.shape:
@@ -66,6 +82,10 @@ def slice_example(*, hu: np.ndarray, mask: np.ndarray, patient_id: str, slice_in
         LIVER_FRACTION_KEY: f([float(mask8.mean())]),
         MASK_VALUES_KEY: i([mask_distinct_values]),
     }
+    if source_mask is not None:
+        if tuple(np.shape(source_mask)) != tuple(source_shape):
+            raise ValueError(f"source mask shape {np.shape(source_mask)} differs from source shape {tuple(source_shape)}")
+        feats[SOURCE_MASK_KEY] = b([pack_mask(source_mask)])
     feats.update({k: f([v]) for k, v in hu_statistics(hu16).items()})
     return tf.train.Example(features=tf.train.Features(feature=feats))
 
@@ -86,8 +106,11 @@ def decode_example(serialized: bytes) -> dict:
         return None
 
     h, w = int(scalar(HEIGHT_KEY)), int(scalar(WIDTH_KEY))
-    out = {k: scalar(k) for k in fm.keys() if k not in (IMAGE_KEY, MASK_KEY)}
+    out = {k: scalar(k) for k in fm.keys() if k not in (IMAGE_KEY, MASK_KEY, SOURCE_MASK_KEY)}
     out[PATIENT_KEY] = out[PATIENT_KEY].decode()
     out[IMAGE_KEY] = np.frombuffer(scalar(IMAGE_KEY), IMAGE_DTYPE).reshape(h, w)
     out[MASK_KEY] = np.frombuffer(scalar(MASK_KEY), MASK_DTYPE).reshape(h, w)
+    if SOURCE_MASK_KEY in fm:
+        out[SOURCE_MASK_KEY] = unpack_mask(scalar(SOURCE_MASK_KEY),
+                                           (int(scalar(SOURCE_ROWS_KEY)), int(scalar(SOURCE_COLUMNS_KEY))))
     return out

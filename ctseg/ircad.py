@@ -242,9 +242,11 @@ class Mask:
     mask: np.ndarray               # uint8 0/1 (size, size)
     distinct_values: int           # distinct stored values before binarising
     source_shape: tuple[int, int]
+    source: np.ndarray             # uint8 0/1 at source_shape: the ground truth for source-resolution scores
 
 
 def decode_mask(data: bytes, location: str, size: int) -> Mask:
     """Mask DICOM bytes → binary (non-zero → 1) mask resized by nearest neighbour; odd stored values are counted, not rejected."""
     stored = dicom.pixel_array(dicom.read_dataset(data, location), location)
-    return Mask(dicom.resize_mask((stored != 0).astype(np.uint8), size), dicom.distinct_values(stored), stored.shape)
+    source = (stored != 0).astype(np.uint8)
+    return Mask(dicom.resize_mask(source, size), dicom.distinct_values(stored), stored.shape, source)

@@ -37,12 +37,13 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, hu_from_dataset, read_dataset, slice_position_mm,
                          slice_sort_key, spacing_mm, thickness_mm, window)
+from ctseg import postprocess
 from ctseg.errors import CtsegError
 
 SIGNATURE = "segment_hu"
 INPUT_KEY = "hu"
 OUTPUT_KEY = "probabilities"
-THRESHOLD = 0.5
+THRESHOLD = postprocess.THRESHOLD
 ORGAN = "liver"
 READERS = ("tfio", "pydicom", "pydicom-fallback")  # index = the reader code `read_hu` yields per slice
 MASK_FOREGROUND = 255  # IRCAD stores mask foreground as 255
@@ -282,14 +283,17 @@ class Prediction:
     mask: np.ndarray          # uint8 0/1, (slices, rows, cols) in series order
     windowed: np.ndarray      # uint8 liver-window rendering of the source, for the overlay
     readers: list[str]        # which reader decoded each slice
+    cleanup: str = "off"      # the 3D clean-up applied to `mask` (postprocess.Cleanup)
 
     @property
     def slices_with_liver(self) -> int:
         return int(self.mask.reshape(len(self.mask), -1).any(axis=1).sum())
 
 
-def predict_series(series: Series, model: ServedModel, batch_size: int = 16, progress: bool = False) -> Prediction:
-    """Runs the model on every slice: HU resized to the trained size, probabilities resized back, > 0.5."""
+def predict_series(series: Series, model: ServedModel, batch_size: int = 16, progress: bool = False,
+                   cleanup: postprocess.Cleanup = postprocess.Cleanup()) -> Prediction:
+    """Runs the model on every slice (HU resized to the trained size, probabilities resized back,
+    >= 0.5), then cleans the patient's mask up in 3D, as the evaluator scores it (`ctseg.postprocess`)."""
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -298,9 +302,8 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
     @tf.function
     def segment(hu):
         small = tf.image.resize(hu[..., None], model.size, antialias=True)[..., 0]  # ingest's kernel
-        probabilities = model(small)
-        back = tf.image.resize(probabilities[..., None], (rows, cols))[..., 0]
-        return tf.cast(back > THRESHOLD, tf.uint8)
+        back = postprocess.resize_probabilities(model(small), (rows, cols))
+        return tf.cast(back >= postprocess.THRESHOLD, tf.uint8)
 
     masks, windowed, codes = [], [], []
     with tqdm(total=len(series.slices), unit="slice", desc="predict", disable=not progress) as bar:
@@ -312,7 +315,8 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
                 bar.update(len(code))
         except tf.errors.OpError as e:  # a pydicom decode failure inside the reader names its file
             raise CtsegError(f"{series.source}: a slice could not be decoded: {e.message.splitlines()[0]}") from e
-    return Prediction(series, model, np.concatenate(masks), np.concatenate(windowed), [READERS[c] for c in codes])
+    mask = postprocess.clean_volume(np.concatenate(masks), cleanup)
+    return Prediction(series, model, mask, np.concatenate(windowed), [READERS[c] for c in codes], str(cleanup))
 
 
 # ---- geometry -------------------------------------------------------------------------------------
@@ -473,6 +477,7 @@ def summary(prediction: Prediction) -> dict:
         "spacing_mm": [row_mm, col_mm],
         "slice_spacing_mm": round(slice_spacing_mm(series), 6),
         "readers": reader_counts(prediction.readers),
+        "cleanup": prediction.cleanup,
     }
 
 
@@ -492,8 +497,8 @@ def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
 
 
 def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
-            batch_size: int = 16, progress: bool = False) -> dict:
+            batch_size: int = 16, progress: bool = False, cleanup: postprocess.Cleanup = postprocess.Cleanup()) -> dict:
     """The whole command: load, predict, write; returns the summary."""
     series = load_series(series_src)
     served = load_model(model)
-    return write_outputs(predict_series(series, served, batch_size, progress), out)
+    return write_outputs(predict_series(series, served, batch_size, progress, cleanup), out)

@@ -51,6 +51,7 @@ def create_pipeline(
     eval_steps: int | None = None,
     dice_threshold: float = 0.90,
     dice_tolerance: float = 0.01,
+    cleanup: str = "on",
     beam_pipeline_args: Sequence[str] | None = None,
     enable_cache: bool = True,
     compare_to_blessed: bool = True,
@@ -59,7 +60,9 @@ def create_pipeline(
 
     `compare_to_blessed=False` leaves out the Resolver that finds the last blessed model, so models are
     judged on `dice_threshold` alone: for orchestrators that cannot run TFX's MLMD-querying resolver
-    steps (they compile to KFP `resolver` executors, which Vertex AI Pipelines runs).
+    steps (they compile to KFP `resolver` executors, which Vertex AI Pipelines runs). `cleanup` is the
+    evaluator's 3D clean-up of predictions (`ctseg.postprocess.Cleanup`: on, off, or its steps), the
+    same that `ctseg predict --cleanup` applies.
     """
     from ctseg.components.evaluation.component import SegmentationEvaluator, latest_blessed_model_resolver
     from ctseg.components.ingest.component import IrcadExampleGen
@@ -90,6 +93,7 @@ def create_pipeline(
         baseline_model=baseline.outputs["model"] if baseline else None,
         dice_threshold=dice_threshold,
         dice_tolerance=dice_tolerance,
+        cleanup=cleanup,
     )
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"],

@@ -37,12 +37,25 @@ def format_evaluation(result: dict) -> str:
         f"IoU {result['mean_patient_iou']:.4f}; mean slice Dice {result['mean_slice_dice']:.4f} "
         f"over {result['slices']} slices",
     ]
+    source = result.get("source_resolution")
+    if source:
+        assd = source.get("mean_patient_assd_mm")
+        lines.append(f"  at the source resolution: mean per-patient Dice {source['mean_patient_dice']:.4f}, "
+                     f"IoU {source['mean_patient_iou']:.4f}; mean ASSD "
+                     + (f"{assd:.2f} mm" if assd is not None else "undefined (empty predictions)"))
+    if "cleanup" in result:
+        lines.append(f"  3D clean-up: {result['cleanup']} (mean per-patient Dice before it "
+                     f"{result['mean_patient_dice_before_cleanup']:.4f})")
     if base:
         lines.append(f"  blessed baseline (model {base['id']}): mean per-patient Dice {base['mean_patient_dice']:.4f}")
-    lines.append(f"  {'patient':<16}{'slices':>7}{'Dice':>8}{'IoU':>8}{'true ml':>10}{'pred ml':>10}")
+    nan = float("nan")
+    lines.append(f"  {'patient':<16}{'slices':>7}{'Dice':>8}{'IoU':>8}{'src Dice':>10}{'ASSD mm':>9}"
+                 f"{'true ml':>10}{'pred ml':>10}")
     for p in result["patients"]:
+        assd = p.get("assd_mm")
         lines.append(f"  {p['patient_id']:<16}{p['slices']:>7}{p['dice']:>8.4f}{p['iou']:>8.4f}"
-                     f"{p.get('true_volume_ml', float('nan')):>10.1f}{p.get('predicted_volume_ml', float('nan')):>10.1f}")
+                     f"{p.get('source_dice', nan):>10.4f}{nan if assd is None else assd:>9.2f}"
+                     f"{p.get('true_volume_ml', nan):>10.1f}{p.get('predicted_volume_ml', nan):>10.1f}")
     lines.append(f"  picture (best, median, worst patient): {result['grid_png']}")
     return "\n".join(lines)
 

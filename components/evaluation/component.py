@@ -17,6 +17,7 @@ from tfx.types import standard_component_specs as keys
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.types.system_executions import Evaluate
 
+from ctseg import postprocess
 from ctseg.components.evaluation import executor
 
 DEFAULT_DICE_THRESHOLD = 0.90
@@ -30,6 +31,7 @@ class SegmentationEvaluatorSpec(types.ComponentSpec):
         executor.DICE_THRESHOLD_KEY: ExecutionParameter(type=float),
         executor.DICE_TOLERANCE_KEY: ExecutionParameter(type=float),
         executor.BATCH_SIZE_KEY: ExecutionParameter(type=int),
+        executor.CLEANUP_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         keys.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
@@ -47,7 +49,9 @@ class SegmentationEvaluator(base_component.BaseComponent):
     """Scores `model` (and `baseline_model`, the latest blessed one, when given) on one split.
 
     Blessed when the mean per-patient volumetric Dice >= `dice_threshold` and, with a baseline,
-    not below the baseline's by more than `dice_tolerance`.
+    not below the baseline's by more than `dice_tolerance`. Both models' predictions go through the
+    3D clean-up `cleanup` ('on', 'off' or a comma list of its steps: `ctseg.postprocess.Cleanup`)
+    before scoring, as `ctseg predict` applies it.
     """
 
     SPEC_CLASS = SegmentationEvaluatorSpec
@@ -57,15 +61,16 @@ class SegmentationEvaluator(base_component.BaseComponent):
                  baseline_model: Optional[types.BaseChannel] = None, *,
                  dice_threshold: float = DEFAULT_DICE_THRESHOLD,
                  dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
-                 split: str = "eval", batch_size: int = DEFAULT_BATCH_SIZE):
+                 split: str = "eval", batch_size: int = DEFAULT_BATCH_SIZE, cleanup: str = "on"):
         if not 0.0 <= dice_threshold <= 1.0:
             raise ValueError(f"dice_threshold must be in [0, 1], got {dice_threshold}")
         if dice_tolerance < 0.0:
             raise ValueError(f"dice_tolerance must be >= 0, got {dice_tolerance}")
+        cleanup = str(postprocess.Cleanup.parse(cleanup))  # a ValueError here, not in the executor
         spec = SegmentationEvaluatorSpec(
             examples=examples, model=model, baseline_model=baseline_model,
             split=split, dice_threshold=float(dice_threshold), dice_tolerance=float(dice_tolerance),
-            batch_size=int(batch_size),
+            batch_size=int(batch_size), cleanup=cleanup,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         super().__init__(spec=spec)

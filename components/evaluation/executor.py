@@ -1,7 +1,6 @@
 """Executor of SegmentationEvaluator: scores the model per patient, decides the blessing, writes both artifacts."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Iterator, Optional
@@ -16,14 +15,15 @@ from tfx.types import artifact_utils
 from tfx.types import standard_component_specs as keys
 from tfx.utils import io_utils, path_utils
 
-from ctseg.components.evaluation import METRICS_FILE, figures, metrics
-from ctseg import features
+from ctseg.components.evaluation import METRICS_FILE, figures, metrics, scoring
+from ctseg import features, postprocess
 from ctseg.errors import CtsegError
 
 SPLIT_KEY = "split"
 DICE_THRESHOLD_KEY = "dice_threshold"
 DICE_TOLERANCE_KEY = "dice_tolerance"
 BATCH_SIZE_KEY = "batch_size"
+CLEANUP_KEY = "cleanup"
 
 GRID_FILE = "eval_grid.png"
 
@@ -64,7 +64,8 @@ def split_files(examples: types.Artifact, split: str) -> list[str]:
 
 
 def read_slices(files: list[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of decoded slices: HU (N, H, W) float32, mask (N, H, W) uint8, patient ids, voxel volumes."""
+    """Batches of decoded slices: HU (N, H, W) float32, mask (N, H, W) uint8, patient ids, slice indices,
+    voxel volumes, spacing and thickness, and the packed source-size masks with their shapes."""
     import tensorflow as tf
 
     spec = {
@@ -78,6 +79,8 @@ def read_slices(files: list[str], batch_size: int) -> Iterator[dict[str, np.ndar
         features.THICKNESS_KEY: tf.io.FixedLenFeature([], tf.float32),
         features.SOURCE_ROWS_KEY: tf.io.FixedLenFeature([], tf.int64),
         features.SOURCE_COLUMNS_KEY: tf.io.FixedLenFeature([], tf.int64),
+        # examples ingested before source masks were kept still evaluate, without source-resolution scores
+        features.SOURCE_MASK_KEY: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     }
     compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
     ds = (tf.data.TFRecordDataset(files, compression_type=compression).batch(batch_size)
@@ -105,51 +108,18 @@ def decode_batch(b: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
     return {"hu": hu.astype(np.float32), "mask": mask,
             "patient_id": np.array([p.decode() for p in b[features.PATIENT_KEY]]),
             "slice_index": b[features.SLICE_KEY],
-            "voxel_ml": pixel_mm2 * b[features.THICKNESS_KEY] / 1000.0}
+            "voxel_ml": pixel_mm2 * b[features.THICKNESS_KEY] / 1000.0,
+            "spacing_mm": spacing, "thickness_mm": b[features.THICKNESS_KEY].astype(np.float64),
+            "source_mask": list(b[features.SOURCE_MASK_KEY]),
+            "source_shape": np.stack([b[features.SOURCE_ROWS_KEY], b[features.SOURCE_COLUMNS_KEY]], axis=1)}
 
 
-@dataclasses.dataclass
-class _Scores:
-    """Per-slice overlap counts of one model, gathered batch by batch."""
-    counts: list = dataclasses.field(default_factory=list)
-
-    def add(self, probabilities: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        self.counts.append(metrics.slice_overlap(probabilities, mask))
-        return probabilities
-
-    def overlap(self) -> metrics.SliceOverlap:
-        return metrics.SliceOverlap(*(np.concatenate([getattr(c, f.name) for c in self.counts])
-                                      for f in dataclasses.fields(metrics.SliceOverlap)))
-
-
-def evaluate(batches, model: Segmenter, baseline: Optional[Segmenter]):
-    """One pass over the examples scoring both models; keeps, per patient, the slice with the most
-    organ (and the model's prediction of it) for the picture."""
-    current, base = _Scores(), _Scores()
-    ids, voxel_ml, shown = [], [], {}
-    for b in batches:
-        prob = current.add(model.probabilities(b["hu"]), b["mask"])
-        if baseline is not None:
-            base.add(baseline.probabilities(b["hu"]), b["mask"])
-        ids.append(b["patient_id"])
-        voxel_ml.append(b["voxel_ml"])
-        area = b["mask"].reshape(len(prob), -1).sum(axis=1)
-        for k, pid in enumerate(b["patient_id"]):
-            if pid not in shown or area[k] > shown[pid][0]:
-                shown[pid] = (area[k], b["hu"][k], b["mask"][k], prob[k])
-    if not ids:
-        return None, None, shown
-    ids, voxel_ml = np.concatenate(ids), np.concatenate(voxel_ml)
-    summary = metrics.summarize(ids, current.overlap(), voxel_ml)
-    base_summary = metrics.summarize(ids, base.overlap(), voxel_ml) if baseline is not None else None
-    return summary, base_summary, shown
-
-
-def grid_rows(summary: dict, shown: dict) -> list[figures.GridRow]:
+def grid_rows(summary: dict, shown: dict, model: str = "model") -> list[figures.GridRow]:
     rows = []
     for label, row in metrics.best_median_worst(summary["patients"]):
-        _, hu, truth, prob = shown[row["patient_id"]]
-        rows.append(figures.GridRow(f"{label}: {row['patient_id']}\nDice {row['dice']:.3f}", hu, truth, prob))
+        hu, truth, predictions = shown[row["patient_id"]]
+        rows.append(figures.GridRow(f"{label}: {row['patient_id']}\nDice {row['dice']:.3f}", hu, truth,
+                                    predictions[model]))
     return rows
 
 
@@ -170,11 +140,15 @@ class Executor(base_executor.BaseExecutor):
         split = exec_properties.get(SPLIT_KEY) or "eval"
         threshold = float(exec_properties[DICE_THRESHOLD_KEY])
         tolerance = float(exec_properties[DICE_TOLERANCE_KEY])
+        cleanup = postprocess.Cleanup.parse(exec_properties.get(CLEANUP_KEY) or "on")
 
         files = split_files(examples, split)
-        summary, base_summary, shown = evaluate(
-            read_slices(files, int(exec_properties.get(BATCH_SIZE_KEY) or 32)),
-            Segmenter(model), Segmenter(baseline_model) if baseline_model is not None else None)
+        segmenters = {"model": Segmenter(model).probabilities}
+        if baseline_model is not None:
+            segmenters["baseline"] = Segmenter(baseline_model).probabilities
+        summaries, shown = scoring.evaluate(
+            read_slices(files, int(exec_properties.get(BATCH_SIZE_KEY) or 32)), segmenters, cleanup)
+        summary, base_summary = summaries["model"], summaries.get("baseline")
         if summary is None:
             raise CtsegError(f"the '{split}' split of {examples.uri} holds no slices to evaluate")
         blessed, reason = metrics.blessing_decision(
@@ -205,6 +179,9 @@ class Executor(base_executor.BaseExecutor):
         """The figures ML Metadata (and `ctseg runs`) shows without opening metrics.json."""
         for key in ("mean_patient_dice", "mean_patient_iou", "mean_slice_dice", "mean_slice_iou"):
             artifact.set_float_custom_property(key, result[key])
+        for key, value in (result.get("source_resolution") or {}).items():
+            if key.startswith("mean_") and value is not None:
+                artifact.set_float_custom_property(f"source_{key}", value)
         if result["baseline"]:
             artifact.set_float_custom_property("baseline_mean_patient_dice", result["baseline"]["mean_patient_dice"])
         artifact.set_string_custom_property("reason", result["reason"])

@@ -7,6 +7,9 @@ Conventions (the ones MONAI calls `ignore_empty=False`):
   slice means (their number is reported as `empty_slices`).
 - Per-patient (volumetric, 3D) Dice and IoU pool the voxels of all the patient's eval slices before
   dividing: the figure clinicians and papers report. The model's score is the mean over patients.
+- Average symmetric surface distance (ASSD, mm): the mean over the border voxels of both masks of the
+  distance to the nearest border voxel of the other, in millimetres through the voxel spacing; 0 when
+  both are empty, undefined (None) when only one is.
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import dataclasses
 
 import numpy as np
 
-PROBABILITY_THRESHOLD = 0.5
+from ctseg import postprocess
+
+PROBABILITY_THRESHOLD = postprocess.THRESHOLD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,36 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
     p, t = np.asarray(prediction) != 0, np.asarray(truth) != 0
     return float(iou_from_counts(np.sum(p & t), np.sum(p), np.sum(t)))
+
+
+def _border(volume: np.ndarray) -> np.ndarray:
+    """Foreground voxels with a background face-neighbour (the volume's outside counts as background)."""
+    from scipy import ndimage
+
+    return volume & ~ndimage.binary_erosion(volume, structure=ndimage.generate_binary_structure(volume.ndim, 1),
+                                            border_value=0)
+
+
+def assd_mm(prediction: np.ndarray, truth: np.ndarray, spacing_mm) -> float | None:
+    """Average symmetric surface distance in mm of two binary volumes (slices, rows, cols);
+    `spacing_mm` is (slice spacing, row spacing, column spacing)."""
+    from scipy import ndimage
+
+    p, t = np.asarray(prediction) != 0, np.asarray(truth) != 0
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {p.shape} differs from mask shape {t.shape}")
+    if not p.any() and not t.any():
+        return 0.0
+    if not p.any() or not t.any():
+        return None
+    either = np.argwhere(p | t)  # crop to both masks' bounding box (plus a margin) before the distance maps
+    lo, hi = np.maximum(either.min(axis=0) - 1, 0), either.max(axis=0) + 2
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    p, t = _border(p[box]), _border(t[box])
+    to_truth = ndimage.distance_transform_edt(~t, sampling=spacing_mm)
+    to_prediction = ndimage.distance_transform_edt(~p, sampling=spacing_mm)
+    distances = np.concatenate([to_truth[p], to_prediction[t]])
+    return float(distances.mean())
 
 
 def summarize(patient_ids, overlap: SliceOverlap, voxel_ml=None) -> dict:

@@ -156,7 +156,8 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
             continue
         example = slice_example(hu=ct.hu, mask=mask.mask, patient_id=pid, slice_index=index,
                                 spacing_mm=ct.spacing_mm, thickness_mm=ct.thickness_mm,
-                                source_shape=ct.source_shape, mask_distinct_values=mask.distinct_values)
+                                source_shape=ct.source_shape, mask_distinct_values=mask.distinct_values,
+                                source_mask=mask.source)
         written += 1
         with_organ += int(mask.mask.any())
         yield split, example.SerializeToString()

@@ -14,6 +14,9 @@ def register(sub) -> None:
                    help="the Pusher's serving dir (highest numeric version is used) or one version dir in it")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model call (default 16)")
+    p.add_argument("--cleanup", default="on",
+                   help="3D clean-up of the mask, as the evaluator scores it: 'on' (default: keep the largest "
+                        "connected component, fill holes), 'off', or a comma list of largest_component,fill_holes")
     p.set_defaults(func=run)
 
 
@@ -23,9 +26,16 @@ def run(args) -> int:
     from ctseg.errors import CtsegError
     from ctseg.predict import predict
 
+    from ctseg.postprocess import Cleanup
+
     if args.batch_size < 1:
         raise CtsegError("--batch-size must be at least 1")
-    result = predict(args.series, args.model, args.out, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    try:
+        cleanup = Cleanup.parse(args.cleanup)
+    except ValueError as e:
+        raise CtsegError(f"--cleanup: {e}") from e
+    result = predict(args.series, args.model, args.out, batch_size=args.batch_size, progress=sys.stderr.isatty(),
+                     cleanup=cleanup)
     print(f"liver volume {result['volume_ml']:.1f} ml in {result['slices_with_liver']} of {result['slices']} "
           f"slices (model version {result['model_version']}); wrote seg.dcm, MASKS_DICOM/liver, "
           f"summary.json, overlay.png to {args.out}")

@@ -1,0 +1,147 @@
+"""Per-patient scores of one model: its probabilities gathered slice by slice, then each patient's volume
+thresholded and cleaned up in 3D (`ctseg.postprocess`, as `ctseg predict` does) and scored twice:
+
+- at the model's size against the examples' model-size mask (the blessing figure, as before), and
+- at the source resolution: probabilities resized back to each slice's source rows and columns,
+  thresholded and cleaned up, against the source-size mask ingest keeps in the example
+  (`source_mask`); this is the Dice papers report, and the ASSD in mm comes from these volumes with
+  (thickness_mm, spacing_mm, spacing_mm) as voxel spacing.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+from ctseg import features, postprocess
+from ctseg.components.evaluation import metrics
+
+
+@dataclasses.dataclass
+class PatientSlices:
+    """One patient's eval slices as read (any order) with one model's probabilities at the model size."""
+    slice_index: list = dataclasses.field(default_factory=list)
+    probabilities: list = dataclasses.field(default_factory=list)   # float16 (h, w) each
+    mask: list = dataclasses.field(default_factory=list)            # uint8 (h, w)
+    source_mask: list = dataclasses.field(default_factory=list)     # packed bits, or b"" when absent
+    source_shape: list = dataclasses.field(default_factory=list)
+    voxel_ml: list = dataclasses.field(default_factory=list)
+    spacing_mm: list = dataclasses.field(default_factory=list)
+    thickness_mm: list = dataclasses.field(default_factory=list)
+
+    def add(self, b: dict, k: int, probabilities: np.ndarray) -> None:
+        self.slice_index.append(int(b["slice_index"][k]))
+        self.probabilities.append(probabilities.astype(np.float16))
+        self.mask.append(b["mask"][k])
+        self.source_mask.append(b["source_mask"][k])
+        self.source_shape.append(tuple(int(v) for v in b["source_shape"][k]))
+        for key in ("voxel_ml", "spacing_mm", "thickness_mm"):
+            getattr(self, key).append(float(b[key][k]))
+
+    def ordered(self, values: list) -> list:
+        return [values[i] for i in np.argsort(self.slice_index, kind="stable")]
+
+
+@dataclasses.dataclass
+class PatientScore:
+    """Per-slice counts (in slice order) of the cleaned prediction at model size and at source size."""
+    patient_id: str
+    model_size: metrics.SliceOverlap
+    raw_model_size: metrics.SliceOverlap          # before the clean-up, to show what it changed
+    voxel_ml: np.ndarray
+    source: Optional[metrics.SliceOverlap]        # None when the examples hold no source mask
+    assd_mm: Optional[float]
+    cleaned: np.ndarray                           # model-size mask after clean-up, for the picture
+
+
+def _counts(prediction: np.ndarray, truth: np.ndarray) -> metrics.SliceOverlap:
+    return metrics.slice_overlap(prediction.astype(np.float32), truth)
+
+
+def score_patient(patient_id: str, slices: PatientSlices, cleanup: postprocess.Cleanup) -> PatientScore:
+    probabilities = np.stack(slices.ordered(slices.probabilities)).astype(np.float32)
+    truth = np.stack(slices.ordered(slices.mask))
+    raw = postprocess.binarize(probabilities)
+    cleaned = postprocess.clean_volume(raw, cleanup)
+    source = assd = None
+    shapes = set(slices.source_shape)
+    packed = slices.ordered(slices.source_mask)
+    if all(packed) and len(shapes) == 1:
+        shape = shapes.pop()
+        source_truth = np.stack([features.unpack_mask(p, shape) for p in packed])
+        predicted = postprocess.clean_volume(postprocess.source_mask(probabilities, shape), cleanup)
+        source = _counts(predicted, source_truth)
+        spacing = (float(np.median(slices.thickness_mm)), float(np.median(slices.spacing_mm)),
+                   float(np.median(slices.spacing_mm)))
+        assd = metrics.assd_mm(predicted, source_truth, spacing)
+    return PatientScore(patient_id, _counts(cleaned, truth), _counts(raw, truth),
+                        np.asarray(slices.ordered(slices.voxel_ml)), source, assd, cleaned)
+
+
+def _concat(scores: list[PatientScore], attribute: str) -> tuple[np.ndarray, metrics.SliceOverlap]:
+    ids = np.concatenate([[s.patient_id] * len(s.voxel_ml) for s in scores])
+    parts = [getattr(s, attribute) for s in scores]
+    return ids, metrics.SliceOverlap(*(np.concatenate([getattr(p, f.name) for p in parts])
+                                       for f in dataclasses.fields(metrics.SliceOverlap)))
+
+
+def summarize(scores: list[PatientScore], cleanup: postprocess.Cleanup) -> dict:
+    """`metrics.summarize` of the cleaned model-size prediction, with the source-resolution Dice/IoU, the
+    ASSD and the Dice before clean-up added per patient and as means over patients."""
+    ids, overlap = _concat(scores, "model_size")
+    summary = metrics.summarize(ids, overlap, np.concatenate([s.voxel_ml for s in scores]))
+    _, raw = _concat(scores, "raw_model_size")
+    raw_rows = {r["patient_id"]: r for r in metrics.summarize(ids, raw)["patients"]}
+    by_id = {s.patient_id: s for s in scores}
+    for row in summary["patients"]:
+        row["dice_before_cleanup"] = raw_rows[row["patient_id"]]["dice"]
+        row["assd_mm"] = by_id[row["patient_id"]].assd_mm
+    summary["cleanup"] = str(cleanup)
+    summary["mean_patient_dice_before_cleanup"] = float(np.mean([r["dice_before_cleanup"] for r in summary["patients"]]))
+    summary["source_resolution"] = None
+    if all(s.source is not None for s in scores):
+        source = metrics.summarize(*_concat(scores, "source"))
+        for row, src in zip(summary["patients"], source["patients"]):
+            row["source_dice"], row["source_iou"] = src["dice"], src["iou"]
+        assd = [s.assd_mm for s in scores if s.assd_mm is not None]
+        summary["source_resolution"] = {
+            "mean_patient_dice": source["mean_patient_dice"], "mean_patient_iou": source["mean_patient_iou"],
+            "mean_slice_dice": source["mean_slice_dice"],
+            "mean_patient_assd_mm": float(np.mean(assd)) if assd else None,
+            "patients_without_assd": len(scores) - len(assd),
+        }
+    return summary
+
+
+ProbabilityFn = Callable[[np.ndarray], np.ndarray]
+
+
+def evaluate(batches: Iterable[dict], models: dict[str, ProbabilityFn], cleanup: postprocess.Cleanup):
+    """One pass over the examples with every model; returns ({name: summary or None}, shown), where
+    `shown[patient]` = (hu, truth, {name: cleaned model-size prediction}) of the patient's slice with
+    the most organ, for the picture."""
+    gathered = {name: {} for name in models}
+    best: dict[str, tuple] = {}
+    for b in batches:
+        area = b["mask"].reshape(len(b["mask"]), -1).sum(axis=1)
+        for name, probabilities_of in models.items():
+            probabilities = probabilities_of(b["hu"])
+            for k, pid in enumerate(b["patient_id"]):
+                gathered[name].setdefault(pid, PatientSlices()).add(b, k, probabilities[k])
+        for k, pid in enumerate(b["patient_id"]):
+            if pid not in best or area[k] > best[pid][0]:
+                best[pid] = (area[k], int(b["slice_index"][k]), b["hu"][k], b["mask"][k])
+    summaries, shown = {}, {pid: (hu, truth, {}) for pid, (_, _, hu, truth) in best.items()}
+    for name, patients in gathered.items():
+        if not patients:
+            summaries[name] = None
+            continue
+        scores = []
+        for pid in sorted(patients):
+            score = score_patient(pid, patients[pid], cleanup)
+            scores.append(score)
+            position = sorted(patients[pid].slice_index).index(best[pid][1])
+            shown[pid][2][name] = score.cleaned[position]
+        summaries[name] = summarize(scores, cleanup)
+    return summaries, shown

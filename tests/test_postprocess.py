@@ -1,0 +1,129 @@
+"""3D clean-up (ctseg.postprocess), ASSD, the source-size mask in the example, and per-patient scoring."""
+import numpy as np
+import pytest
+
+from ctseg import features, postprocess
+from ctseg.components.evaluation import metrics, scoring
+
+
+def ball(shape, centre, radius, spacing=(1.0, 1.0, 1.0)):
+    grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing)], indexing="ij")
+    return (sum(g ** 2 for g in grids) <= radius ** 2).astype(np.uint8)
+
+
+def test_largest_component_drops_islands_even_when_they_touch_diagonally_only_in_3d():
+    volume = ball((12, 40, 40), (6, 20, 20), 8)
+    island = np.zeros_like(volume)
+    island[2:4, 1:4, 1:4] = 1              # a rib-like stray blob, separate from the organ
+    diagonal = np.zeros_like(volume)
+    diagonal[0, 20, 29] = 1                # touches the ball only by a corner: 26-connected, so kept
+    touching = volume | island | diagonal
+    assert diagonal[0, 20, 29] and not volume[0, 20, 29]
+    cleaned = postprocess.largest_component(touching)
+    assert cleaned[island == 1].sum() == 0
+    assert np.array_equal(cleaned & volume, volume)
+    assert postprocess.largest_component(np.zeros((2, 4, 4))).sum() == 0
+
+
+def test_fill_holes_fills_enclosed_holes_per_slice_not_notches():
+    volume = np.zeros((3, 20, 20), np.uint8)
+    volume[:, 4:16, 4:16] = 1
+    volume[:, 8:11, 8:11] = 0            # a vessel through every slice: open in 3D, enclosed in each slice
+    volume[1, 4:7, 13:15] = 0            # a notch open to the outside of the organ
+    filled = postprocess.fill_holes(volume)
+    assert filled[:, 8:11, 8:11].all()
+    assert not filled[1, 4:7, 13:15].any()
+
+
+def test_clean_volume_steps_and_parsing():
+    volume = ball((8, 32, 32), (4, 16, 16), 6)
+    volume[4, 16, 16] = 0
+    volume[0, 0, 0] = 1
+    assert postprocess.clean_volume(volume, postprocess.Cleanup.off()).sum() == volume.sum()
+    cleaned = postprocess.clean_volume(volume)
+    assert cleaned[0, 0, 0] == 0 and cleaned[4, 16, 16] == 1
+    only_fill = postprocess.Cleanup.parse("fill_holes")
+    assert (only_fill.largest_component, only_fill.fill_holes) == (False, True)
+    assert str(postprocess.Cleanup.parse("on")) == "largest_component,fill_holes"
+    assert str(postprocess.Cleanup.parse("off")) == "off"
+    with pytest.raises(ValueError, match="largest_component"):
+        postprocess.Cleanup.parse("largest")
+    with pytest.raises(ValueError, match="volume"):
+        postprocess.clean_volume(np.ones((4, 4)))
+
+
+def test_assd_of_known_shapes():
+    truth = np.zeros((1, 30, 30), np.uint8)
+    truth[0, 10:20, 10:20] = 1
+    shifted = np.roll(truth, 2, axis=2)
+    # one slice is all surface: 80 of each square's 100 border voxels lie on the other (distance 0), the
+    # 20 others 1 or 2 columns from it (30 mm over 200 voxels); 0.5 mm pixels halve every distance
+    full = metrics.assd_mm(shifted, truth, (3.0, 1.0, 1.0))
+    assert full == pytest.approx(0.3)
+    assert metrics.assd_mm(shifted, truth, (3.0, 0.5, 0.5)) == pytest.approx(full / 2)
+    assert metrics.assd_mm(truth, truth, (1, 1, 1)) == 0.0
+    assert metrics.assd_mm(np.zeros_like(truth), np.zeros_like(truth), (1, 1, 1)) == 0.0
+    assert metrics.assd_mm(np.zeros_like(truth), truth, (1, 1, 1)) is None
+    # a sphere of radius 10 against one of radius 8 (same centre): surfaces 2 mm apart
+    big, small = ball((30, 30, 30), (15, 15, 15), 10), ball((30, 30, 30), (15, 15, 15), 8)
+    assert metrics.assd_mm(big, small, (1.0, 1.0, 1.0)) == pytest.approx(2.0, abs=0.5)
+
+
+def test_source_mask_round_trips_through_the_example():
+    rng = np.random.default_rng(0)
+    source = (rng.random((70, 90)) > 0.5).astype(np.uint8)
+    example = features.slice_example(hu=np.zeros((32, 32)), mask=np.zeros((32, 32)), patient_id="p", slice_index=0,
+                                     spacing_mm=0.7, thickness_mm=2.0, source_shape=(70, 90),
+                                     mask_distinct_values=2, source_mask=source * 255)
+    decoded = features.decode_example(example.SerializeToString())
+    assert np.array_equal(decoded[features.SOURCE_MASK_KEY], source)
+    assert len(example.features.feature[features.SOURCE_MASK_KEY].bytes_list.value[0]) == 70 * 90 // 8 + 1
+    with pytest.raises(ValueError, match="source shape"):
+        features.slice_example(hu=np.zeros((32, 32)), mask=np.zeros((32, 32)), patient_id="p", slice_index=0,
+                               spacing_mm=0.7, thickness_mm=2.0, source_shape=(64, 64), mask_distinct_values=2,
+                               source_mask=source)
+    with pytest.raises(ValueError, match="packed mask"):
+        features.unpack_mask(b"\x00" * 3, (70, 90))
+
+
+def patient_slices(truth_source, probabilities, order, spacing_mm=0.8, thickness_mm=2.5):
+    """A PatientSlices fed in `order` (not slice order), as batches from several shards arrive."""
+    slices = scoring.PatientSlices()
+    h, w = probabilities.shape[1:]
+    model_truth = truth_source[:, ::truth_source.shape[1] // h, ::truth_source.shape[2] // w]
+    for i in order:
+        batch = {"slice_index": [i], "mask": model_truth[i:i + 1], "source_mask": [features.pack_mask(truth_source[i])],
+                 "source_shape": [truth_source.shape[1:]], "voxel_ml": [0.1], "spacing_mm": [spacing_mm],
+                 "thickness_mm": [thickness_mm]}
+        slices.add(batch, 0, probabilities[i])
+    return slices
+
+
+def test_score_patient_cleans_up_and_scores_at_the_source_resolution():
+    truth = ball((10, 128, 128), (5, 64, 64), 40, spacing=(4.0, 1.0, 1.0))  # source truth, 128 px
+    coarse = truth[:, ::4, ::4].astype(np.float32)                          # model size 32 px
+    probabilities = coarse * 0.9
+    probabilities[2:4, 1:3, 1:3] = 0.95                                     # a stray island
+    slices = patient_slices(truth, probabilities, order=[3, 0, 9, 1, 2, 8, 4, 7, 6, 5])
+    on = scoring.score_patient("p", slices, postprocess.Cleanup())
+    off = scoring.score_patient("p", slices, postprocess.Cleanup.off())
+    dice = lambda o: float(metrics.dice_from_counts(o.intersection.sum(), o.predicted.sum(), o.truth.sum()))
+    assert dice(on.model_size) > dice(on.raw_model_size) == pytest.approx(dice(off.model_size))
+    assert on.source.truth.sum() == truth.sum()      # scored against the 128 px truth, not an upsampled one
+    assert dice(on.source) > 0.95
+    assert 0 < on.assd_mm < off.assd_mm < 2.0        # the island is far from the surface: ASSD shows it
+    assert on.model_size.truth.tolist() == coarse.reshape(10, -1).sum(axis=1).tolist()  # slice order restored
+
+    summary = scoring.summarize([on], postprocess.Cleanup())
+    row = summary["patients"][0]
+    assert row["source_dice"] == pytest.approx(summary["source_resolution"]["mean_patient_dice"])
+    assert row["dice"] > row["dice_before_cleanup"] and summary["cleanup"] == "largest_component,fill_holes"
+
+
+def test_examples_without_a_source_mask_still_score_at_model_size():
+    truth = ball((4, 64, 64), (2, 32, 32), 20, spacing=(4.0, 1.0, 1.0))
+    slices = patient_slices(truth, truth[:, ::2, ::2].astype(np.float32), order=range(4))
+    slices.source_mask = [b""] * 4
+    score = scoring.score_patient("p", slices, postprocess.Cleanup())
+    assert score.source is None and score.assd_mm is None
+    assert scoring.summarize([score], postprocess.Cleanup())["source_resolution"] is None

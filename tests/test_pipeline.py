@@ -129,3 +129,22 @@ def test_pushed_model_segments_eval_patients_to_their_volume(workdir, data_root,
     best = max(evaluation["patients"], key=lambda p: p["dice"])["patient_id"]
     assert errors[best] < 0.10, errors
     assert max(errors.values()) < 0.25, errors
+
+
+def test_predict_masks_are_the_masks_the_evaluator_scored(workdir, data_root):
+    """The evaluator's source-resolution Dice is the Dice of what `ctseg predict` gives users: the same
+    resize back, threshold and 3D clean-up. (Inputs differ by rounding only: the evaluator reads ingest's
+    int16 HU at model size, predict resizes the DICOM's HU itself.)"""
+    from ctseg.components.evaluation import metrics as M
+    from ctseg.predict import load_model, load_series, mask_names, predict_series
+
+    work, runs = workdir
+    evaluation = json.loads((Path(_artifact(runs["first"], "ModelEvaluation")["uri"]) / "metrics.json").read_text())
+    model = load_model(work / "serving")
+    for row in evaluation["patients"]:
+        series = load_series(data_root / row["patient_id"])
+        prediction = predict_series(series, model)
+        masks = data_root / row["patient_id"] / "MASKS_DICOM" / "liver"
+        truth = np.stack([mask_from_dataset(read_dataset(masks / name)) for name in mask_names(series)])
+        assert prediction.cleanup == evaluation["cleanup"] == "largest_component,fill_holes"
+        assert M.dice(prediction.mask, truth) == pytest.approx(row["source_dice"], abs=0.01), row

@@ -120,6 +120,22 @@ def test_predicted_volume_within_10_percent_of_truth(phantom, tiny_model, tmp_pa
     assert abs(predicted_ml - true_ml) / true_ml < 0.10, (predicted_ml, true_ml)
 
 
+def test_cleanup_is_the_evaluators_and_can_be_turned_off(phantom, tiny_model, tmp_path, capsys):
+    from ctseg import postprocess
+
+    series, model = P.load_series(phantom / TEST_PATIENT), P.load_model(tiny_model)
+    raw = P.predict_series(series, model, cleanup=postprocess.Cleanup.off())
+    cleaned = P.predict_series(series, model)
+    assert (raw.cleanup, cleaned.cleanup) == ("off", "largest_component,fill_holes")
+    assert np.array_equal(cleaned.mask, postprocess.clean_volume(raw.mask))
+    assert cli_main(["predict", str(phantom / TEST_PATIENT), "--model", str(tiny_model), "--out", str(tmp_path),
+                     "--cleanup", "off"]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["cleanup"] == "off"
+    assert cli_main(["predict", str(phantom / TEST_PATIENT), "--model", str(tiny_model), "--out", str(tmp_path),
+                     "--cleanup", "sometimes"]) != 0
+    assert "--cleanup" in capsys.readouterr().err
+
+
 def test_volume_math_matches_an_independent_count(phantom):
     series = P.load_series(phantom / TEST_PATIENT)
     truth = np.stack([mask_from_dataset(read_dataset(f))

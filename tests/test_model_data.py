@@ -10,7 +10,8 @@ from ctseg.models.unet import data
 from ctseg.models.unet.config import UnetConfig
 
 SIZE = 32
-OFF = dict(flip_probability=0.0, rotate_probability=0.0, median_probability=0.0, noise_probability=0.0)
+OFF = {f.name: 0.0 for f in dataclasses.fields(UnetConfig)
+       if f.name.endswith("_probability") and f.name != "keep_empty_probability"}
 ORGAN_HU, BACKGROUND_HU = 150.0, -100.0
 
 
@@ -82,7 +83,8 @@ def test_flip_and_noise_chain_and_leave_mask_exact():
     """Each augmentation works on the previous one's output (the blog's code dropped the first)."""
     hu, mask = _organ_slice()
     tf.random.set_seed(0)
-    out_hu, out_mask = _augment(_config(flip_probability=1.0, noise_probability=1.0, noise_std_hu=20.0), hu, mask)
+    out_hu, out_mask = _augment(_config(flip_probability=1.0, noise_probability=1.0, noise_std_min_hu=20.0,
+                                        noise_std_hu=20.0), hu, mask)
     np.testing.assert_array_equal(out_mask, mask[:, ::-1])
     assert np.std(out_hu - hu[:, ::-1]) == pytest.approx(20.0, rel=0.15)
     _assert_aligned(out_hu, out_mask, min_agreement=1.0)
@@ -107,12 +109,70 @@ def test_rotation_moves_image_and_mask_together():
     assert moved >= 3, "rotations by up to 15 degrees left the mask unchanged"
 
 
+def test_zoom_and_elastic_move_image_and_mask_together():
+    hu, mask = _organ_slice()
+    tf.random.set_seed(4)
+    areas = []
+    for _ in range(8):
+        out_hu, out_mask = _augment(_config(scale_probability=1.0, max_scale=0.3), hu, mask)
+        _assert_aligned(out_hu, out_mask)
+        areas.append(out_mask.sum())
+    assert max(areas) > 1.15 * mask.sum() and min(areas) < 0.85 * mask.sum(), areas  # zoomed in and out
+    assert _augment(_config(scale_probability=1.0, max_scale=0.3), hu, mask)[0].min() == BACKGROUND_HU  # air fill
+    changed = 0
+    for _ in range(8):
+        out_hu, out_mask = _augment(_config(elastic_probability=1.0, elastic_max_px=3.0), hu, mask)
+        _assert_aligned(out_hu, out_mask, min_agreement=0.97)
+        changed += not np.array_equal(out_mask, mask)
+    assert changed >= 6
+
+
+def test_intensity_augmentations_change_the_image_only():
+    hu, mask = _organ_slice()
+    tf.random.set_seed(5)
+    for key, extra in (("hu_shift_probability", dict(max_hu_shift=30.0)), ("hu_scale_probability", dict(max_hu_scale=0.2)),
+                       ("blur_probability", dict(max_blur_sigma_px=1.5))):
+        outs = [_augment(_config(**{key: 1.0}, **extra), hu, mask) for _ in range(4)]
+        for out_hu, out_mask in outs:
+            np.testing.assert_array_equal(out_mask, mask)
+        assert any(not np.allclose(out_hu, hu) for out_hu, _ in outs), key
+    shifted = _augment(_config(hu_shift_probability=1.0, max_hu_shift=30.0), hu, mask)[0]
+    assert np.ptp(shifted - hu) < 1e-3 and 0 < abs(float((shifted - hu).mean())) <= 30.0  # one shift per slice
+    scaled = _augment(_config(hu_scale_probability=1.0, max_hu_scale=0.2), hu, mask)[0]
+    ratio = scaled / hu
+    assert np.ptp(ratio) < 1e-5 and 0.8 <= ratio.mean() <= 1.2
+    blurred = _augment(_config(blur_probability=1.0, max_blur_sigma_px=1.5), hu, mask)[0]
+    assert blurred.mean() == pytest.approx(hu.mean(), abs=1.0)  # blur keeps the HU level, softens the edges
+    assert BACKGROUND_HU < blurred[6, 7] < ORGAN_HU
+
+
+def test_stacked_neighbours_move_with_the_slice():
+    """2.5D: every channel of a slice stack gets the same geometric transform as the mask."""
+    hu, mask = _organ_slice()
+    stack = np.stack([hu, hu, hu], axis=-1)
+    config = _config(flip_probability=0.5, rotate_probability=1.0, scale_probability=1.0, elastic_probability=1.0)
+    tf.random.set_seed(6)
+    for _ in range(5):
+        out_stack, out_mask = _augment(config, stack, mask)
+        assert out_stack.shape == stack.shape and out_mask.shape == mask.shape
+        np.testing.assert_allclose(out_stack[..., 0], out_stack[..., 2], atol=1e-3)
+        _assert_aligned(out_stack[..., 1], out_mask, min_agreement=0.97)
+
+
 def test_all_augmentations_keep_mask_binary_and_aligned():
     hu, mask = _organ_slice()
-    config = _config(flip_probability=0.5, rotate_probability=1.0, median_probability=1.0, noise_probability=1.0)
+    config = _config(**{**{k: 1.0 for k in OFF}, "flip_probability": 0.5}, noise_std_hu=20.0)
     tf.random.set_seed(2)
     for _ in range(10):
-        _assert_aligned(*_augment(config, hu, mask), min_agreement=0.97)
+        _assert_aligned(*_augment(config, hu, mask), min_agreement=0.95)
+
+
+def test_augmentation_settings_are_checked():
+    from ctseg.errors import CtsegError
+    with pytest.raises(CtsegError, match="elastic_probability"):
+        UnetConfig.from_custom_config({"elastic_probability": 1.5})
+    with pytest.raises(CtsegError, match="max_scale"):
+        UnetConfig.from_custom_config({"max_scale": 1.0})
 
 
 def test_training_stream_is_balanced_batched_and_repeats(records):

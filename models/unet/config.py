@@ -37,9 +37,20 @@ class UnetConfig:
     flip_probability: float = 0.5
     rotate_probability: float = 0.3
     max_rotation_degrees: float = 10.0
+    scale_probability: float = 0.3
+    max_scale: float = 0.15
+    elastic_probability: float = 0.2
+    elastic_max_px: float = 3.0
+    hu_scale_probability: float = 0.3
+    max_hu_scale: float = 0.1
+    hu_shift_probability: float = 0.3
+    max_hu_shift: float = 30.0
+    blur_probability: float = 0.2
+    max_blur_sigma_px: float = 1.0
     median_probability: float = 0.2
-    noise_probability: float = 0.2
-    noise_std_hu: float = 20.0
+    noise_probability: float = 0.3
+    noise_std_min_hu: float = 5.0
+    noise_std_hu: float = 25.0
     early_stopping_patience: int = 10
     shuffle_buffer: int = 1024
     seed: int = 0
@@ -74,8 +85,16 @@ class UnetConfig:
             problems.append("depth, base_filters, batch_size and epochs must be at least 1")
         if self.window_width <= 0:
             problems.append(f"window_width {self.window_width} must be positive")
-        probabilities = {k: getattr(self, k) for k in ("dropout", "keep_empty_probability", "flip_probability",
-                                                       "rotate_probability", "median_probability", "noise_probability")}
+        probabilities = {k: getattr(self, k) for k in ("dropout", "keep_empty_probability")}
+        probabilities.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                              if f.name.endswith("_probability")})
         problems += [f"{k} = {v} is not in [0, 1]" for k, v in probabilities.items() if not 0.0 <= v <= 1.0]
+        for k in ("max_scale", "max_hu_scale"):
+            if not 0.0 <= getattr(self, k) < 1.0:
+                problems.append(f"{k} = {getattr(self, k)} must be in [0, 1)")
+        for k in ("max_rotation_degrees", "elastic_max_px", "max_hu_shift", "max_blur_sigma_px", "noise_std_min_hu",
+                  "noise_std_hu"):
+            if getattr(self, k) < 0:
+                problems.append(f"{k} = {getattr(self, k)} must not be negative")
         if problems:
             raise CtsegError("invalid custom_config: " + "; ".join(problems))

@@ -11,8 +11,13 @@
   epochs, batch_size, learning_rate   Adam training; batch_size is per replica
   bce_weight               loss = Dice loss + bce_weight * binary cross-entropy (0: pure Dice)
   keep_empty_probability   chance to keep a training slice without organ (default 0.4: drops 60%)
-  flip_probability, rotate_probability (max_rotation_degrees), median_probability,
-  noise_probability (noise_std_hu)   augmentation probabilities
+  augmentation, each with its probability (and its size), applied in this order to image and mask:
+    flip_probability; rotate_probability (max_rotation_degrees) and scale_probability (zoom 1 ± max_scale),
+    one resampling; elastic_probability (elastic_max_px: a smooth displacement field);
+    hu_scale_probability (1 ± max_hu_scale about 0 HU) and hu_shift_probability (± max_hu_shift HU):
+    contrast phase and calibration; blur_probability (Gaussian, sigma up to max_blur_sigma_px) and
+    median_probability (3x3): reconstruction kernel; noise_probability (Gaussian of a sigma drawn in
+    [noise_std_min_hu, noise_std_hu]): dose
   early_stopping_patience  epochs without val_loss improvement before stopping (best weights kept)
   shuffle_buffer, seed
 

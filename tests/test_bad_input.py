@@ -14,13 +14,13 @@ import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import standard_artifacts
 
-from components.ingest.component import IrcadExampleGen
-from components.ingest.executor import Executor
+from ctseg.components.ingest.component import IrcadExampleGen
+from ctseg.components.ingest.executor import Executor
 from ctseg import ircad
 from ctseg.errors import CtsegError
 from ctseg.features import MAX_IMAGE_SIZE, decode_example
 from ctseg.phantom import write_phantom
-from pipeline.local_runner import LOCAL_BEAM_ARGS
+from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from tfx import v1 as tfx
 
 from bench.phantom_examples import ingest_pipeline
 from ctseg.errors import CtsegError
-from models.unet import trainer
+from ctseg.models.unet import trainer
 
 SIZE = 64
 MODULE_FILE = str(Path(trainer.__file__).resolve())
@@ -107,7 +107,7 @@ import json, sys, types
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from models.unet import trainer
+from ctseg.models.unet import trainer
 train, eval_, serving, logs, custom = json.loads(sys.argv[1])
 fn_args = types.SimpleNamespace(train_files=[train], eval_files=[eval_], serving_model_dir=serving,
                                 model_run_dir=logs, train_steps=4, eval_steps=2, custom_config=custom)

@@ -232,14 +232,28 @@ def read_hu(series: Series):
 
 @dataclasses.dataclass
 class ServedModel:
-    """The `segment_hu` signature of one pushed model version and the size it was trained on."""
+    """The `segment_hu` signature of one pushed model version, the size it was trained on, and how many
+    neighbours on each side of a slice it looks at (`context_slices`, 0 for a 2D model)."""
     path: Path
     version: str
     size: tuple[int, int]
     fn: object
+    context_slices: int = 0
 
     def __call__(self, hu):
         return self.fn(**{INPUT_KEY: hu})[OUTPUT_KEY]
+
+    def series_probabilities(self, hu, batch_size: int = 16) -> np.ndarray:
+        """Probabilities (N, H, W) of one series' consecutive slices (N, H, W) at the trained size, in
+        calls of `batch_size` slices, each given `context_slices` extra slices on either side so that
+        every slice sees the same neighbours as in one call over the whole series."""
+        count, k = len(hu), self.context_slices
+        out = []
+        for start in range(0, count, batch_size):
+            stop = min(start + batch_size, count)
+            lo, hi = max(0, start - k), min(count, stop + k)
+            out.append(np.asarray(self(hu[lo:hi]))[start - lo:stop - lo])
+        return np.concatenate(out) if out else np.zeros((0, *self.size), np.float32)
 
 
 def resolve_model_dir(model: str | os.PathLike) -> Path:
@@ -271,7 +285,9 @@ def load_model(model: str | os.PathLike) -> ServedModel:
     if spec is None or spec.shape.rank != 3 or None in spec.shape[1:]:
         raise CtsegError(f"{path}: '{SIGNATURE}' needs input '{INPUT_KEY}' of shape [None, H, W], has {spec}")
     fn._ctseg_owner = loaded  # the signature does not keep its SavedModel's variables alive by itself
-    return ServedModel(path, path.name, (int(spec.shape[1]), int(spec.shape[2])), fn)
+    context = getattr(loaded, "context_slices", None)  # absent in 2D models exported before 2.5D
+    return ServedModel(path, path.name, (int(spec.shape[1]), int(spec.shape[2])), fn,
+                       int(context.numpy()) if context is not None else 0)
 
 
 # ---- prediction -----------------------------------------------------------------------------------
@@ -292,29 +308,26 @@ class Prediction:
 
 def predict_series(series: Series, model: ServedModel, batch_size: int = 16, progress: bool = False,
                    cleanup: postprocess.Cleanup = postprocess.Cleanup()) -> Prediction:
-    """Runs the model on every slice (HU resized to the trained size, probabilities resized back,
-    >= 0.5), then cleans the patient's mask up in 3D, as the evaluator scores it (`ctseg.postprocess`)."""
+    """Runs the model on the series (HU resized to the trained size, the slices in position order so a
+    2.5D model sees each slice's neighbours, probabilities resized back, >= 0.5), then cleans the
+    patient's mask up in 3D, as the evaluator scores it (`ctseg.postprocess`)."""
     import tensorflow as tf
     from tqdm import tqdm
 
     rows, cols = series.shape
-
-    @tf.function
-    def segment(hu):
-        small = tf.image.resize(hu[..., None], model.size, antialias=True)[..., 0]  # ingest's kernel
-        back = postprocess.resize_probabilities(model(small), (rows, cols))
-        return tf.cast(back >= postprocess.THRESHOLD, tf.uint8)
-
-    masks, windowed, codes = [], [], []
+    small, windowed, codes = [], [], []
     with tqdm(total=len(series.slices), unit="slice", desc="predict", disable=not progress) as bar:
         try:
             for hu, code in read_hu(series).batch(batch_size).prefetch(1):
-                masks.append(segment(hu).numpy())
+                small.append(tf.image.resize(hu[..., None], model.size, antialias=True)[..., 0].numpy())  # ingest's kernel
                 windowed.append(np.rint(window(hu.numpy()) * 255).astype(np.uint8))
                 codes.extend(int(c) for c in code.numpy())
                 bar.update(len(code))
         except tf.errors.OpError as e:  # a pydicom decode failure inside the reader names its file
             raise CtsegError(f"{series.source}: a slice could not be decoded: {e.message.splitlines()[0]}") from e
+    probabilities = model.series_probabilities(np.concatenate(small), batch_size)
+    masks = [postprocess.source_mask(probabilities[i:i + batch_size], (rows, cols))
+             for i in range(0, len(probabilities), batch_size)]
     mask = postprocess.clean_volume(np.concatenate(masks), cleanup)
     return Prediction(series, model, mask, np.concatenate(windowed), [READERS[c] for c in codes], str(cleanup))
 

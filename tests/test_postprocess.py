@@ -92,10 +92,10 @@ def patient_slices(truth_source, probabilities, order, spacing_mm=0.8, thickness
     h, w = probabilities.shape[1:]
     model_truth = truth_source[:, ::truth_source.shape[1] // h, ::truth_source.shape[2] // w]
     for i in order:
-        batch = {"slice_index": [i], "mask": model_truth[i:i + 1], "source_mask": [features.pack_mask(truth_source[i])],
+        batch = {"slice_index": [i], "mask": model_truth[i:i + 1], "hu": np.zeros((1, h, w), np.float32), "source_mask": [features.pack_mask(truth_source[i])],
                  "source_shape": [truth_source.shape[1:]], "voxel_ml": [0.1], "spacing_mm": [spacing_mm],
                  "thickness_mm": [thickness_mm]}
-        slices.add(batch, 0, probabilities[i])
+        slices.add(batch, 0)
     return slices
 
 
@@ -105,8 +105,8 @@ def test_score_patient_cleans_up_and_scores_at_the_source_resolution():
     probabilities = coarse * 0.9
     probabilities[2:4, 1:3, 1:3] = 0.95                                     # a stray island
     slices = patient_slices(truth, probabilities, order=[3, 0, 9, 1, 2, 8, 4, 7, 6, 5])
-    on = scoring.score_patient("p", slices, postprocess.Cleanup())
-    off = scoring.score_patient("p", slices, postprocess.Cleanup.off())
+    on = scoring.score_patient("p", slices, probabilities, postprocess.Cleanup())
+    off = scoring.score_patient("p", slices, probabilities, postprocess.Cleanup.off())
     dice = lambda o: float(metrics.dice_from_counts(o.intersection.sum(), o.predicted.sum(), o.truth.sum()))
     assert dice(on.model_size) > dice(on.raw_model_size) == pytest.approx(dice(off.model_size))
     assert on.source.truth.sum() == truth.sum()      # scored against the 128 px truth, not an upsampled one
@@ -122,8 +122,9 @@ def test_score_patient_cleans_up_and_scores_at_the_source_resolution():
 
 def test_examples_without_a_source_mask_still_score_at_model_size():
     truth = ball((4, 64, 64), (2, 32, 32), 20, spacing=(4.0, 1.0, 1.0))
-    slices = patient_slices(truth, truth[:, ::2, ::2].astype(np.float32), order=range(4))
+    probabilities = truth[:, ::2, ::2].astype(np.float32)
+    slices = patient_slices(truth, probabilities, order=range(4))
     slices.source_mask = [b""] * 4
-    score = scoring.score_patient("p", slices, postprocess.Cleanup())
+    score = scoring.score_patient("p", slices, probabilities, postprocess.Cleanup())
     assert score.source is None and score.assd_mm is None
     assert scoring.summarize([score], postprocess.Cleanup())["source_resolution"] is None

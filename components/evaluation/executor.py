@@ -40,16 +40,18 @@ class Segmenter:
         self._served = load_model(self.path)
         self.size = self._served.size
 
-    def probabilities(self, hu: np.ndarray) -> np.ndarray:
+    def probabilities(self, hu: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Probabilities (N, H, W) of one patient's consecutive slices (N, H, W) in position order (a
+        2.5D model stacks each slice with its neighbours), at the slices' size."""
         import tensorflow as tf
 
         x = tf.constant(hu, tf.float32)
         if self.size != hu.shape[1:]:
             x = tf.image.resize(x[..., None], self.size, antialias=True)[..., 0]
-        p = self._served(x)
+        p = self._served.series_probabilities(x.numpy(), batch_size)
         if tuple(p.shape[1:]) != hu.shape[1:]:
-            p = tf.image.resize(p[..., None], hu.shape[1:])[..., 0]
-        return p.numpy()
+            p = tf.image.resize(p[..., None], hu.shape[1:])[..., 0].numpy()
+        return p
 
 
 def split_files(examples: types.Artifact, split: str) -> list[str]:

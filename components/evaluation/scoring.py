@@ -20,9 +20,9 @@ from ctseg.components.evaluation import metrics
 
 @dataclasses.dataclass
 class PatientSlices:
-    """One patient's eval slices as read (any order) with one model's probabilities at the model size."""
+    """One patient's eval slices as read (any order); `ordered` puts a list in slice order."""
     slice_index: list = dataclasses.field(default_factory=list)
-    probabilities: list = dataclasses.field(default_factory=list)   # float16 (h, w) each
+    hu: list = dataclasses.field(default_factory=list)              # int16 (h, w) at the model size
     mask: list = dataclasses.field(default_factory=list)            # uint8 (h, w)
     source_mask: list = dataclasses.field(default_factory=list)     # packed bits, or b"" when absent
     source_shape: list = dataclasses.field(default_factory=list)
@@ -30,9 +30,9 @@ class PatientSlices:
     spacing_mm: list = dataclasses.field(default_factory=list)
     thickness_mm: list = dataclasses.field(default_factory=list)
 
-    def add(self, b: dict, k: int, probabilities: np.ndarray) -> None:
+    def add(self, b: dict, k: int) -> None:
         self.slice_index.append(int(b["slice_index"][k]))
-        self.probabilities.append(probabilities.astype(np.float16))
+        self.hu.append(np.asarray(b["hu"][k]).astype(features.IMAGE_DTYPE))
         self.mask.append(b["mask"][k])
         self.source_mask.append(b["source_mask"][k])
         self.source_shape.append(tuple(int(v) for v in b["source_shape"][k]))
@@ -59,8 +59,10 @@ def _counts(prediction: np.ndarray, truth: np.ndarray) -> metrics.SliceOverlap:
     return metrics.slice_overlap(prediction.astype(np.float32), truth)
 
 
-def score_patient(patient_id: str, slices: PatientSlices, cleanup: postprocess.Cleanup) -> PatientScore:
-    probabilities = np.stack(slices.ordered(slices.probabilities)).astype(np.float32)
+def score_patient(patient_id: str, slices: PatientSlices, probabilities: np.ndarray,
+                  cleanup: postprocess.Cleanup) -> PatientScore:
+    """`probabilities`: the model's (slices, h, w), in slice order."""
+    probabilities = np.asarray(probabilities, np.float32)
     truth = np.stack(slices.ordered(slices.mask))
     raw = postprocess.binarize(probabilities)
     cleaned = postprocess.clean_volume(raw, cleanup)
@@ -118,30 +120,29 @@ ProbabilityFn = Callable[[np.ndarray], np.ndarray]
 
 
 def evaluate(batches: Iterable[dict], models: dict[str, ProbabilityFn], cleanup: postprocess.Cleanup):
-    """One pass over the examples with every model; returns ({name: summary or None}, shown), where
+    """Gathers every patient's slices, then runs each model on each patient's slices in position
+    order (a 2.5D model needs the neighbours); returns ({name: summary or None}, shown), where
     `shown[patient]` = (hu, truth, {name: cleaned model-size prediction}) of the patient's slice with
     the most organ, for the picture."""
-    gathered = {name: {} for name in models}
-    best: dict[str, tuple] = {}
+    patients: dict[str, PatientSlices] = {}
     for b in batches:
-        area = b["mask"].reshape(len(b["mask"]), -1).sum(axis=1)
-        for name, probabilities_of in models.items():
-            probabilities = probabilities_of(b["hu"])
-            for k, pid in enumerate(b["patient_id"]):
-                gathered[name].setdefault(pid, PatientSlices()).add(b, k, probabilities[k])
         for k, pid in enumerate(b["patient_id"]):
-            if pid not in best or area[k] > best[pid][0]:
-                best[pid] = (area[k], int(b["slice_index"][k]), b["hu"][k], b["mask"][k])
-    summaries, shown = {}, {pid: (hu, truth, {}) for pid, (_, _, hu, truth) in best.items()}
-    for name, patients in gathered.items():
-        if not patients:
-            summaries[name] = None
-            continue
+            patients.setdefault(pid, PatientSlices()).add(b, k)
+    if not patients:
+        return {name: None for name in models}, {}
+    shown = {}
+    for pid, slices in patients.items():
+        truth = np.stack(slices.ordered(slices.mask))
+        best = int(np.argmax(truth.reshape(len(truth), -1).sum(axis=1)))
+        shown[pid] = (slices.ordered(slices.hu)[best].astype(np.float32), truth[best], {}, best)
+    summaries = {}
+    for name, probabilities_of in models.items():
         scores = []
         for pid in sorted(patients):
-            score = score_patient(pid, patients[pid], cleanup)
+            slices = patients[pid]
+            hu = np.stack(slices.ordered(slices.hu)).astype(np.float32)
+            score = score_patient(pid, slices, probabilities_of(hu), cleanup)
             scores.append(score)
-            position = sorted(patients[pid].slice_index).index(best[pid][1])
-            shown[pid][2][name] = score.cleaned[position]
+            shown[pid][2][name] = score.cleaned[shown[pid][3]]
         summaries[name] = summarize(scores, cleanup)
-    return summaries, shown
+    return summaries, {pid: view[:3] for pid, view in shown.items()}

@@ -27,6 +27,7 @@ class UnetConfig:
     depth: int = 4
     base_filters: int = 8
     dropout: float = 0.1
+    context_slices: int = 0  # 2.5D: k neighbours above and below each slice as extra input channels
     window_center: float = LIVER_WINDOW[0]
     window_width: float = LIVER_WINDOW[1]
     epochs: int = 40
@@ -81,12 +82,18 @@ class UnetConfig:
         config.validate()
         return config
 
+    @property
+    def channels(self) -> int:
+        return 2 * self.context_slices + 1
+
     def validate(self) -> None:
         problems = []
         if self.image_size % (2 ** self.depth):
             problems.append(f"image_size {self.image_size} must be divisible by 2**depth = {2 ** self.depth}")
         if self.depth < 1 or self.base_filters < 1 or self.batch_size < 1 or self.epochs < 1:
             problems.append("depth, base_filters, batch_size and epochs must be at least 1")
+        if not 0 <= self.context_slices <= 8:
+            problems.append(f"context_slices {self.context_slices} must be 0 to 8 (neighbours on each side)")
         if self.window_width <= 0:
             problems.append(f"window_width {self.window_width} must be positive")
         probabilities = {k: getattr(self, k) for k in ("dropout", "keep_empty_probability")}

@@ -32,6 +32,32 @@ class HuWindow(tf.keras.layers.Layer):
         return {**super().get_config(), "center": self.center, "width": self.width}
 
 
+def context_indices(count, context_slices: int):
+    """(count, 2k+1) indices of each slice's neighbours k below to k above in a stack of `count`
+    consecutive slices, clamped at the ends (the first slice stands in for the ones before it)."""
+    offsets = tf.range(-context_slices, context_slices + 1)
+    return tf.clip_by_value(tf.range(count)[:, None] + offsets[None, :], 0, count - 1)
+
+
+class ContextStack(tf.keras.layers.Layer):
+    """(N, H, W) consecutive slices of one series → (N, H, W, 2k+1): each slice with its k neighbours
+    on either side as channels (order: k below ... the slice ... k above). This is how the served
+    model turns the stack of HU slices users have into the 2.5D input it was trained on."""
+
+    def __init__(self, context_slices: int, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.context_slices = int(context_slices)
+
+    def call(self, hu):
+        hu = tf.cast(hu, tf.float32)
+        neighbours = tf.gather(hu, context_indices(tf.shape(hu)[0], self.context_slices))  # (N, C, H, W)
+        return tf.transpose(neighbours, [0, 2, 3, 1])
+
+    def get_config(self):
+        return {**super().get_config(), "context_slices": self.context_slices}
+
+
 def _double_conv(x, filters: int, name: str):
     for i in (1, 2):
         x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
@@ -42,10 +68,14 @@ def _double_conv(x, filters: int, name: str):
 def build_unet(config: UnetConfig) -> tf.keras.Model:
     """Per level down: two 3x3 ReLU convs, 2x2 max-pool, dropout; a bottleneck; per level up:
     a strided Conv2DTranspose, concatenation with the skip, dropout, two 3x3 convs; a 1x1 sigmoid."""
-    size = config.image_size
-    hu = tf.keras.Input((size, size), name="hu", dtype=tf.float32)
-    x = HuWindow(config.window_center, config.window_width, name="hu_window")(hu)
-    x = tf.keras.layers.Reshape((size, size, 1), name="channel")(x)
+    size, channels = config.image_size, config.channels
+    if config.context_slices:  # 2.5D: (size, size, 2k+1) stacks of the slice and its neighbours
+        hu = tf.keras.Input((size, size, channels), name="hu", dtype=tf.float32)
+        x = HuWindow(config.window_center, config.window_width, name="hu_window")(hu)
+    else:
+        hu = tf.keras.Input((size, size), name="hu", dtype=tf.float32)
+        x = HuWindow(config.window_center, config.window_width, name="hu_window")(hu)
+        x = tf.keras.layers.Reshape((size, size, 1), name="channel")(x)
     skips = []
     for level in range(config.depth):
         x = _double_conv(x, config.base_filters * 2 ** level, f"down{level}")
@@ -62,6 +92,18 @@ def build_unet(config: UnetConfig) -> tf.keras.Model:
     x = tf.keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="probability")(x)
     probabilities = tf.keras.layers.Reshape((size, size), dtype="float32", name="probabilities")(x)
     return tf.keras.Model(hu, probabilities, name="unet")
+
+
+def serving_model(model: tf.keras.Model, config: UnetConfig) -> tf.keras.Model:
+    """The model users call: HU slices (N, H, W) → probabilities (N, H, W). With `context_slices` k the
+    N slices must be consecutive slices of one series in position order; the model stacks each with its
+    k neighbours (`ContextStack`) before the trained network."""
+    if not config.context_slices:
+        return tf.keras.Model(model.inputs, model.outputs)
+    size = config.image_size
+    hu = tf.keras.Input((size, size), name="hu", dtype=tf.float32)
+    probabilities = model(ContextStack(config.context_slices, name="context")(hu))
+    return tf.keras.Model(hu, probabilities, name="unet_2_5d")
 
 
 def _flat(y_true, y_pred):

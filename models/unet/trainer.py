@@ -7,6 +7,8 @@
   image_size               input height = width in pixels; must equal ingest's image_size
   depth, base_filters      levels of the UNET and filters at the first level (doubling per level)
   dropout                  dropout rate after each pool and each up-concatenation
+  context_slices           2.5D: k neighbours above and below each slice as input channels (0: one slice);
+                           the served model takes consecutive slices and stacks them itself
   window_center, window_width   CT window in HU applied inside the model (default liver window 60/400)
   epochs, batch_size, learning_rate   Adam training; batch_size is per replica
   bce_weight               loss = Dice loss + bce_weight * binary cross-entropy (0: pure Dice)
@@ -37,7 +39,8 @@ import tensorflow as tf
 
 from ctseg.models.unet import data
 from ctseg.models.unet.config import UnetConfig
-from ctseg.models.unet.model import build_unet, compile_model
+from ctseg import features
+from ctseg.models.unet.model import build_unet, compile_model, serving_model
 
 if TYPE_CHECKING:  # importing TFX doubles a fresh process's start-up, and run_fn only reads FnArgs' fields
     from tfx import v1 as tfx
@@ -120,9 +123,15 @@ def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: boo
 
 
 def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> None:
-    """SavedModel with the two signatures of docs/DESIGN.md; the fixed input shape records the trained size."""
+    """SavedModel with the two signatures of docs/DESIGN.md; the fixed input shape records the trained size.
+
+    With `context_slices` k (2.5D) both take one series' slices: `segment_hu` consecutive HU slices in
+    position order, `serving_default` one patient's examples in any order (sorted by slice_index inside).
+    """
     size = config.image_size
-    model = tf.keras.Model(model.inputs, model.outputs)  # drops compile state (custom loss) from the export
+    model = serving_model(model, config)  # drops compile state (custom loss); stacks neighbours for 2.5D
+    model.context_slices = tf.Variable(config.context_slices, trainable=False, dtype=tf.int32,
+                                       name="context_slices")  # callers read it to overlap their chunks
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size], tf.float32, name="hu")])
     def segment_hu(hu):
@@ -131,7 +140,17 @@ def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(examples):
         hu, _ = data.parse_examples(examples, size)
-        return segment_hu(tf.cast(hu, tf.float32))
+        if not config.context_slices:
+            return segment_hu(tf.cast(hu, tf.float32))
+        ids = tf.io.parse_example(examples, {features.PATIENT_KEY: tf.io.FixedLenFeature([], tf.string),
+                                             features.SLICE_KEY: tf.io.FixedLenFeature([], tf.int64)})
+        one_patient = tf.debugging.assert_equal(
+            ids[features.PATIENT_KEY], ids[features.PATIENT_KEY][0],
+            message="a 2.5D model's serving_default takes one patient's slices per call (their neighbours are context)")
+        with tf.control_dependencies([one_patient]):
+            order = tf.argsort(ids[features.SLICE_KEY], stable=True)
+        probabilities = segment_hu(tf.cast(tf.gather(hu, order), tf.float32))["probabilities"]
+        return {"probabilities": tf.gather(probabilities, tf.math.invert_permutation(order))}
 
     model.save(export_dir, save_format="tf", include_optimizer=False,
                signatures={SERVING_SIGNATURE: serve_examples, HU_SIGNATURE: segment_hu})

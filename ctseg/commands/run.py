@@ -1,6 +1,7 @@
 """`ctseg run`: the whole pipeline on this machine (LocalDagRunner, ML Metadata in SQLite)."""
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -28,6 +29,11 @@ def register(sub) -> None:
                    help="how much worse than the last blessed model a new one may be")
     p.add_argument("--max-bad-fraction", type=float, default=0.0,
                    help="fraction of a patient's slices that may be quarantined before the run fails")
+    p.add_argument("--config", default="{}",
+                   help="more Trainer custom_config keys as JSON, e.g. '{\"seed\": 1, \"context_slices\": 2}' "
+                        "(models/unet/trainer.py lists them)")
+    p.add_argument("--cleanup", default="on",
+                   help="the evaluator's 3D clean-up of predictions: on (default), off, or largest_component,fill_holes")
     p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
     p.add_argument("--phantom-patients", type=int, default=14, help="patients in the default phantom (default 14)")
     p.add_argument("--phantom-slices", type=int, default=40, help="slices per phantom patient (default 40)")
@@ -102,12 +108,18 @@ def run(args) -> int:
     if not data_root.exists():
         raise CtsegError(f"--data {data_root} does not exist (give an IRCAD folder or 3Dircadb1.zip)")
     paths = LocalPaths(Path(args.workdir).resolve())
-    config = {"preset": args.preset}
+    try:
+        extra = json.loads(args.config)
+    except json.JSONDecodeError as e:
+        raise CtsegError(f"--config is not JSON: {e}") from e
+    if not isinstance(extra, dict):
+        raise CtsegError(f"--config must be a JSON object of custom_config keys, not {args.config!r}")
+    config = {"preset": args.preset, **extra}
     if args.epochs is not None:
         config["epochs"] = args.epochs
     knobs = dict(organ=args.organ, custom_config=config, dice_threshold=args.dice_threshold,
                  dice_tolerance=args.dice_tolerance, max_bad_fraction=args.max_bad_fraction,
-                 enable_cache=not args.no_cache)
+                 enable_cache=not args.no_cache, cleanup=args.cleanup)
     if args.image_size:
         knobs["image_size"] = args.image_size
     print(f"running the ctseg pipeline on {data_root} (work dir {paths.workdir})", flush=True)

@@ -32,18 +32,18 @@ from ctseg.models.unet import trainer  # noqa: E402
 
 
 def per_patient_dice(serving_dir: str, eval_pattern: str) -> dict[str, float]:
-    """Volumetric Dice per patient from the exported model's `serving_default` signature."""
+    """Volumetric Dice per patient from the exported model's `serving_default` signature, one patient
+    per call (a 2.5D model takes one patient's slices), before any 3D clean-up."""
     serve = tf.saved_model.load(serving_dir).signatures[trainer.SERVING_SIGNATURE]
-    counts = defaultdict(lambda: np.zeros(3))  # intersection, |P|, |T|
-    records = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(eval_pattern), "GZIP")]
-    for start in range(0, len(records), 64):
-        batch = records[start:start + 64]
-        predicted = serve(examples=tf.constant(batch))["probabilities"].numpy() > 0.5
-        for serialized, p in zip(batch, predicted):
-            ex = features.decode_example(serialized)
-            t = ex[features.MASK_KEY] > 0
-            counts[ex[features.PATIENT_KEY]] += (np.sum(p & t), p.sum(), t.sum())
-    return {pid: float(2 * i / max(ps + ts, 1)) for pid, (i, ps, ts) in sorted(counts.items())}
+    by_patient = defaultdict(list)
+    for r in tf.data.TFRecordDataset(tf.io.gfile.glob(eval_pattern), "GZIP"):
+        by_patient[features.decode_example(r.numpy())[features.PATIENT_KEY]].append(r.numpy())
+    dice = {}
+    for pid, records in sorted(by_patient.items()):
+        predicted = serve(examples=tf.constant(records))["probabilities"].numpy() >= 0.5
+        truth = np.stack([features.decode_example(r)[features.MASK_KEY] for r in records]) > 0
+        dice[pid] = float(2 * np.sum(predicted & truth) / max(predicted.sum() + truth.sum(), 1))
+    return dice
 
 
 def main(argv=None):

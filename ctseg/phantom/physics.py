@@ -48,7 +48,7 @@ class Scanner:
     def __init__(self, rng: np.random.Generator, size: int, noise_hu: float):
         self.size, self.noise_hu = size, noise_hu
         self.psf_px = rng.uniform(0.5, 0.9)                       # PSF sigma in output pixels
-        self.nps_peak = rng.uniform(0.12, 0.22)                   # NPS peak, cycles per output pixel
+        self.nps_peak = rng.uniform(0.07, 0.13)                   # NPS peak, cycles per output pixel
         self.streak_rate = rng.uniform(0.0, 0.4)
         fy = np.fft.fftfreq(size)[:, None]
         fx = np.fft.rfftfreq(size)[None, :]

@@ -192,8 +192,20 @@ def test_cli_writes_phantom(tmp_path, capsys):
     assert (tmp_path / "x/3Dircadb1.2/MASKS_DICOM/liver/image_0").exists()
 
 
+def test_phases_and_noise_can_be_narrowed(tmp_path):
+    assert main(["phantom", str(tmp_path / "x"), "--patients", "2", "--slices", "4", "--size", "32",
+                 "--phases", "portal", "--noise-hu", "8", "9"]) == 0
+    for p in (tmp_path / "x").iterdir():
+        ds = pydicom.dcmread(p / "PATIENT_DICOM/image_0")
+        assert ds.ImageComments == "contrast phase: portal" and ds.ContrastBolusAgent
+    gs = patient_geometries(10, 8, seed=0, phases=("native",), noise_hu=(20, 21))
+    assert {g.phase for g in gs} == {"native"} and all(20 <= g.noise_hu <= 21 for g in gs)
+
+
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["phantom", str(tmp_path / "x"), "--patients", "0"]) == 1
     assert "at least 1 patient" in capsys.readouterr().err
+    assert main(["phantom", str(tmp_path / "x"), "--noise-hu", "9", "8"]) == 1
+    assert "noise_hu" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["phantom", "--help"])

@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ctseg.dicom import CT_IMAGE_STORAGE
 from ctseg.phantom.render import PatientGeometry, PatientPhantom, patient_geometries
+from ctseg.phantom.tissues import PHASES
 
 HU_INTERCEPT = -1024.0
 ZIP_DATE = (2010, 1, 1, 0, 0, 0)
@@ -109,8 +110,12 @@ def _zip_bytes(entries: dict[str, bytes]) -> bytes:
 
 
 def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60, size: int = 512,
-                  seed: int = 0, as_zip: bool = False, progress: bool = False) -> Path:
+                  seed: int = 0, as_zip: bool = False, progress: bool = False, phases: tuple[str, ...] = PHASES,
+                  noise_hu: tuple[float, float] = (8.0, 25.0)) -> Path:
     """Writes the phantom; returns the dataset folder, or the outer zip with `as_zip`.
+
+    `phases` and `noise_hu` narrow the contrast phases and noise levels patients draw from (default:
+    all three phases, 8-25 HU, as real scans vary); a narrower phantom is an easier one.
 
     Folder form: OUT/3Dircadb1.<k>/PATIENT_DICOM/image_<i> and OUT/3Dircadb1.<k>/MASKS_DICOM/<organ>/image_<i>.
     Zip form: OUT (or OUT/3Dircadb1.zip when OUT is not a .zip path) holding
@@ -119,7 +124,7 @@ def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60
     if patients < 1 or slices < 1 or size < 16:
         raise ValueError("need at least 1 patient, 1 slice and a size of 16 pixels")
     out = Path(out)
-    geometries = patient_geometries(patients, slices, seed)
+    geometries = patient_geometries(patients, slices, seed, phases=phases, noise_hu=noise_hu)
     total = sum(g.num_slices for g in geometries)
     bar = None
     if progress:

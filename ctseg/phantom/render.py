@@ -25,7 +25,16 @@ class PatientGeometry:
     seed: tuple[int, int]
 
 
-def patient_geometries(patients: int, slices: int, seed: int) -> list[PatientGeometry]:
+def patient_geometries(patients: int, slices: int, seed: int, *, phases: tuple[str, ...] = PHASES,
+                       noise_hu: tuple[float, float] = (8.0, 25.0)) -> list[PatientGeometry]:
+    """Per-patient acquisitions; `phases` and `noise_hu` narrow the contrast phases and noise drawn."""
+    unknown = set(phases) - set(PHASES)
+    if unknown or not phases:
+        raise ValueError(f"phases must be a non-empty subset of {PHASES}, not {phases}")
+    if not 0 <= noise_hu[0] <= noise_hu[1]:
+        raise ValueError(f"noise_hu must be a range (low, high) of standard deviations, not {noise_hu}")
+    weights = np.array([p for ph, p in zip(PHASES, PHASE_PROBABILITIES) if ph in phases])
+    allowed = [ph for ph in PHASES if ph in phases]
     out = []
     for k in range(patients):
         rng = np.random.default_rng((seed, k))
@@ -34,8 +43,8 @@ def patient_geometries(patients: int, slices: int, seed: int) -> list[PatientGeo
             num_slices=max(8, int(round(slices * rng.uniform(0.8, 1.2)))),
             spacing_mm=round(float(rng.uniform(0.56, 0.87)), 3),
             thickness_mm=round(float(rng.uniform(1.6, 4.0)), 1),
-            phase=str(rng.choice(PHASES, p=PHASE_PROBABILITIES)),
-            noise_hu=round(float(rng.uniform(8, 25)), 1),
+            phase=str(rng.choice(allowed, p=weights / weights.sum())),
+            noise_hu=round(float(rng.uniform(*noise_hu)), 1),
             seed=(seed, k),
         ))
     return out

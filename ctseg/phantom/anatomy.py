@@ -75,12 +75,6 @@ class Canvas:
             inside = rho2 < 1.0
         return (rows, cols), inside
 
-    def full(self, s: Shape) -> np.ndarray:
-        out = np.zeros((self.n, self.n), bool)
-        box, inside = self.region(s)
-        out[box] = inside
-        return out
-
     def paint(self, tissue: str, s: Shape, within: np.ndarray | None = None) -> np.ndarray:
         """Paints the shape (optionally only where `within` is true); returns its full-size mask."""
         box, inside = self.region(s)
@@ -288,8 +282,10 @@ class Anatomy:
             if gb > 0:
                 masks["gallbladder"] = c.paint("fluid", self.gallbladder.scaled(gb), within=cavity)
                 liver &= ~masks["gallbladder"]
-            ivc = c.paint("blood_vein", self.ivc)
-            liver &= ~ivc
+            liver &= ~c.paint("blood_vein", self.ivc)
+            for name in masks:
+                if name.startswith("livertumor"):
+                    masks[name] &= liver
         masks["liver"] = liver
         if "spleen" in masks:
             masks["spleen"] &= ~liver

@@ -3,12 +3,11 @@ Kubeflow compiler build the same pipeline object (as in TFX's penguin example an
 """
 from __future__ import annotations
 
-import hashlib
-from importlib import resources
 from typing import Any, Sequence
 
 from tfx import v1 as tfx
 
+from ctseg.code_version import code_version
 from ctseg.schemas import SCHEMA_FILE
 
 TRAINER_RUN_FN = "ctseg.models.unet.trainer.run_fn"
@@ -21,17 +20,9 @@ def trainer_code_version() -> str:
     """A digest of the model code, passed to the Trainer so that TFX's cache notices code changes.
 
     The Trainer is given `run_fn` as an import path (it works unchanged inside the cluster's image),
-    so TFX cannot fingerprint a module file itself. The files are read through importlib.resources:
-    the installed package's own files, in a wheel install as in the work tree.
+    so TFX cannot fingerprint a module file itself.
     """
-    digest = hashlib.sha256()
-    for package in TRAINER_PACKAGES:
-        files = sorted((f for f in resources.files(package).iterdir() if f.name.endswith(".py")), key=lambda f: f.name)
-        if not files:
-            raise FileNotFoundError(f"no Python files found in {package}: cannot fingerprint the Trainer code")
-        for f in files:
-            digest.update(f"{package}/{f.name}".encode() + f.read_bytes())
-    return digest.hexdigest()[:16]
+    return code_version(*TRAINER_PACKAGES)
 
 
 def create_pipeline(

@@ -21,6 +21,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import uuid
 import zipfile
 import zlib
 from typing import Iterator, Optional
@@ -187,6 +188,17 @@ def open_tree(root: str):
         except (zipfile.BadZipFile, tf.errors.OpError, OSError) as e:
             raise CtsegError(f"{root} is neither a folder nor a readable zip archive ({e})") from e
         yield _ZipTree(archive, root)
+
+
+UNREAD_PREFIX = "unread:"  # a fingerprint taken where the data could not be read: unique, so never cached
+
+
+def build_fingerprint(data_root: str) -> str:
+    """The data's fingerprint now or, when it cannot be read from here, one unique to this call, never cached."""
+    try:
+        return data_fingerprint(data_root)
+    except CtsegError:
+        return f"{UNREAD_PREFIX} {uuid.uuid4().hex}"
 
 
 def data_fingerprint(data_root: str) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Optional
 
 from tfx.dsl.components.base import base_component, executor_spec
@@ -16,14 +15,6 @@ from ctseg.features import check_image_size
 
 DEFAULT_SPLIT_RATIOS = {"train": 0.75, "eval": 0.25}
 INGEST_MODULES = ("ctseg.components.ingest", "ctseg.ircad", "ctseg.dicom", "ctseg.features")
-
-
-def build_fingerprint(data_root: str) -> str:
-    """The data's fingerprint now, or, when it cannot be read from here, one unique to this call (never cached)."""
-    try:
-        return ircad.data_fingerprint(data_root)
-    except CtsegError as e:
-        return f"{executor.UNREAD_PREFIX} {uuid.uuid4().hex} ({e})"
 
 
 class IrcadExampleGenSpec(component_spec.ComponentSpec):
@@ -84,6 +75,6 @@ class IrcadExampleGen(base_component.BaseComponent):
         super().__init__(spec=IrcadExampleGenSpec(
             data_root=str(data_root), organ=organ, image_size=int(image_size),
             split_ratios=json.dumps(ratios), max_bad_fraction=float(max_bad_fraction),
-            input_fingerprint=input_fingerprint or build_fingerprint(str(data_root)),
+            input_fingerprint=input_fingerprint or ircad.build_fingerprint(str(data_root)),
             code_version=code_version(*INGEST_MODULES),
             examples=channel.Channel(type=standard_artifacts.Examples)))

@@ -35,7 +35,6 @@ from ctseg.features import check_image_size, slice_example
 EXAMPLES_KEY = "examples"
 FINGERPRINT_KEY = "input_fingerprint"  # TFX's name (example_gen/utils.py FINGERPRINT_PROPERTY_NAME)
 CODE_VERSION_KEY = "code_version"
-UNREAD_PREFIX = "unread:"  # a fingerprint taken where the data could not be read: unique, so never cached
 QUARANTINE_FILE = "quarantine.jsonl"
 SKIPPED_FILE = "skipped.jsonl"  # operating-system debris (Thumbs.db, .DS_Store, __MACOSX/...): listed, not read
 SPLITS = ("train", "eval", "test")
@@ -270,7 +269,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
         fingerprint = ircad.data_fingerprint(data_root)
         expected = exec_properties.get(FINGERPRINT_KEY) or ""
-        if expected and not expected.startswith(UNREAD_PREFIX) and expected != fingerprint:
+        if expected and not expected.startswith(ircad.UNREAD_PREFIX) and expected != fingerprint:
             log.warning("ingest %s: the data changed after the pipeline was built (fingerprint %s, now %s); "
                         "ingesting what is there now", data_root, expected, fingerprint)
         examples.set_string_custom_property(FINGERPRINT_KEY, fingerprint)

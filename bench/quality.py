@@ -25,9 +25,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
-from bench.phantom_examples import ingest_phantom  # noqa: E402
 from ctseg import features  # noqa: E402
 from ctseg.phantom import write_phantom  # noqa: E402
+from ctseg.pipeline.local_runner import run_ingest  # noqa: E402
 from ctseg.models.unet import trainer  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def main(argv=None):
     phantom = work / f"phantom-{args.patients}x{args.slices}-{args.phantom_size}-s{args.seed}"
     if not phantom.exists():
         write_phantom(phantom, patients=args.patients, slices=args.slices, size=args.phantom_size, seed=args.seed)
-    split = ingest_phantom(phantom, work / f"ingest-{phantom.name}-{args.image_size}", args.image_size)
+    split = run_ingest(data_root=phantom, workdir=work / f"ingest-{phantom.name}-{args.image_size}", image_size=args.image_size)
     custom = {"image_size": args.image_size, **json.loads(args.config)}
     run = work / f"run-{int(time.time())}"
     fn_args = tfx.components.FnArgs(

@@ -29,6 +29,9 @@ TEST_PATIENT = f"3Dircadb1.{PATIENTS}"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
+SLOW_FIXTURES = {"tiny_model"}  # see tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
     return write_phantom(tmp_path_factory.mktemp("predict") / "ircad", patients=PATIENTS, slices=SLICES,

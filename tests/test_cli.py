@@ -25,3 +25,19 @@ def test_a_command_module_that_fails_to_import_stops_the_cli_naming_it(monkeypat
     monkeypatch.setitem(sys.modules, "ctseg.commands.stats", None)  # what a failed import leaves behind
     with pytest.raises(ImportError, match=r"the `stats` command \(ctseg.commands.stats\) failed to import"):
         cli.main(["--help"])
+
+
+@pytest.mark.parametrize("flags, size", [([], 128), (["--preset", "full"], 256), (["--preset", "full", "--image-size", "96"], 96)])
+def test_ctseg_run_ingests_and_trains_at_the_presets_size(flags, size, tmp_path):
+    import json
+
+    from ctseg.commands.run import pipeline_knobs
+    from ctseg.models.unet.config import UnetConfig
+    from ctseg.pipeline.local_runner import build_local_pipeline
+
+    args = cli.build_parser().parse_args(["run", "--data", str(tmp_path), "--workdir", str(tmp_path), *flags])
+    by_id = {c.id: c for c in build_local_pipeline(data_root=args.data, workdir=args.workdir,
+                                                   **pipeline_knobs(args)).components}
+    trainer_config = json.loads(by_id["Trainer"].exec_properties["custom_config"])
+    assert by_id["IrcadExampleGen"].exec_properties["image_size"] == size
+    assert UnetConfig.from_custom_config(trainer_config).image_size == size

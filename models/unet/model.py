@@ -9,6 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from ctseg.models.unet.config import UnetConfig
+from ctseg.serving import THRESHOLD
 
 SMOOTH = 1.0  # the blog post's Dice smoothing term: keeps empty-vs-empty at Dice 1 and the gradient finite
 
@@ -97,7 +98,7 @@ class OverlapMetric(tf.keras.metrics.Metric):
     when neither prediction nor truth has a foreground pixel, the overlap is perfect (1).
     """
 
-    def __init__(self, kind: str = "dice", threshold: float = 0.5, name: str | None = None, **kwargs):
+    def __init__(self, kind: str = "dice", threshold: float = THRESHOLD, name: str | None = None, **kwargs):
         if kind not in ("dice", "iou"):
             raise ValueError(f"kind must be 'dice' or 'iou', not {kind!r}")
         super().__init__(name=name or kind, **kwargs)
@@ -108,7 +109,7 @@ class OverlapMetric(tf.keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         t, p = _flat(y_true, y_pred)
         t = tf.cast(t > 0.5, tf.float32)
-        p = tf.cast(p > self.threshold, tf.float32)
+        p = tf.cast(p >= self.threshold, tf.float32)
         self.intersection.assign_add(tf.reduce_sum(t * p))
         self.total.assign_add(tf.reduce_sum(t) + tf.reduce_sum(p))
 

@@ -24,6 +24,22 @@ LIVER_FRACTION_KEY = "liver_fraction"        # fraction of mask pixels that are 
 MASK_VALUES_KEY = "mask_distinct_values"     # distinct stored values in the mask DICOM: 1 or 2 for a binary mask
 HU_STATS_KEYS = ("hu_min", "hu_max", "hu_mean", "hu_std")
 
+# Bounds of the examples' side in pixels: one int16 slice of MAX_IMAGE_SIZE² is 2 MiB, and ingest holds a
+# patient's slices at that size (IRCAD's CT is 512x512; the models train at 128-256).
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 1024
+
+
+
+def check_image_size(size: int) -> int:
+    """The examples' side in pixels, or a CtsegError saying the bounds."""
+    from ctseg.errors import CtsegError
+
+    if not MIN_IMAGE_SIZE <= int(size) <= MAX_IMAGE_SIZE:
+        raise CtsegError(f"image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {size}")
+    return int(size)
+
+
 IMAGE_DTYPE = np.dtype("<i2")
 MASK_DTYPE = np.dtype("u1")
 

@@ -9,6 +9,7 @@ from tfx.types import channel, component_spec, standard_artifacts
 
 from ctseg.components.ingest import executor
 from ctseg.errors import CtsegError
+from ctseg.features import check_image_size
 
 DEFAULT_SPLIT_RATIOS = {"train": 0.75, "eval": 0.25}
 
@@ -55,8 +56,7 @@ class IrcadExampleGen(base_component.BaseComponent):
         executor.parse_split_ratios(ratios)
         if not organ or "/" in organ or organ.startswith("."):
             raise CtsegError(f"organ must be the name of a MASKS_DICOM folder such as 'liver', got {organ!r}")
-        if int(image_size) < 8:
-            raise CtsegError(f"image_size must be at least 8 pixels, got {image_size}")
+        check_image_size(image_size)
         if not 0.0 <= float(max_bad_fraction) <= 1.0:
             raise CtsegError(f"max_bad_fraction must be between 0 and 1, got {max_bad_fraction}")
         super().__init__(spec=IrcadExampleGenSpec(

@@ -30,7 +30,6 @@ MIN_IMAGE_SIZE = 8
 MAX_IMAGE_SIZE = 1024
 
 
-
 def check_image_size(size: int) -> int:
     """The examples' side in pixels, or a CtsegError saying the bounds."""
     from ctseg.errors import CtsegError

@@ -128,7 +128,7 @@ def _half_precision_convs(saved_model_dir: Path) -> int:
 
 
 def test_gpu_path_mirrored_mixed_precision_trains_exports_and_serves_float32(examples, tmp_path):
-    from ctseg.predict import load_model
+    from ctseg.serving import load_model
 
     serving = tmp_path / "serving"
     args = [examples["train"], examples["eval"], str(serving), str(tmp_path / "logs"), CUSTOM]

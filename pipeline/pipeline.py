@@ -34,7 +34,7 @@ def create_pipeline(
     metadata_connection_config: Any = None,
     schema_file: str = SCHEMA_FILE,
     organ: str = "liver",
-    image_size: int = 128,
+    image_size: int | None = None,
     split_ratios: dict[str, float] | None = None,
     max_bad_fraction: float = 0.0,
     custom_config: dict[str, Any] | None = None,
@@ -48,6 +48,8 @@ def create_pipeline(
 ) -> tfx.dsl.Pipeline:
     """Ingest → statistics/schema/validation gate → Trainer → evaluation against the last blessed model → Pusher.
 
+    `image_size` (ingest's slice size, which the Trainer must match) defaults to the Trainer's: its
+    `custom_config` preset's size, or `custom_config["image_size"]`.
     `compare_to_blessed=False` leaves out the Resolver that finds the last blessed model, so models are
     judged on `dice_threshold` alone: for orchestrators that cannot run TFX's MLMD-querying resolver
     steps (they compile to KFP `resolver` executors, which Vertex AI Pipelines runs).
@@ -55,6 +57,10 @@ def create_pipeline(
     from ctseg.components.evaluation.component import SegmentationEvaluator, latest_blessed_model_resolver
     from ctseg.components.ingest.component import IrcadExampleGen
     from ctseg.components.validation import validation_stage
+    from ctseg.models.unet.config import UnetConfig
+
+    if image_size is None:  # the Trainer's preset decides (custom_config "preset", default small)
+        image_size = UnetConfig.from_custom_config(custom_config).image_size
 
     example_gen = IrcadExampleGen(
         data_root=data_root, organ=organ, image_size=image_size,

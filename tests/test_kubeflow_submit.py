@@ -71,6 +71,9 @@ class FakePipelinesApi(BaseHTTPRequestHandler):
         self._handle(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
 
 
+SLOW_FIXTURES = {"compiled_spec"}  # see tests/conftest.py
+
+
 @pytest.fixture()
 def pipelines_api(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))  # kfp keeps a context file under ~/.config/kfp

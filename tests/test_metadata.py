@@ -109,6 +109,9 @@ def _write_examples(folder: Path) -> None:
                     mask_distinct_values=2).SerializeToString())
 
 
+SLOW_FIXTURES = {"runs"}  # see tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Runs the pipeline four times into one store; returns the root and the run ids by name."""

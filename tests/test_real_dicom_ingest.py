@@ -15,13 +15,9 @@ import pydicom
 import pydicom.data
 import pytest
 import tensorflow as tf
-from tfx.dsl.components.base import base_beam_executor
-from tfx.types import standard_artifacts
 
 from ctseg import dicom
-from ctseg.components.ingest.executor import Executor
 from ctseg.features import decode_example
-from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS
 
 CT_SLICES = ("693_UNCR.dcm", "693_UNCI.dcm", "693_J2KR.dcm", "693_J2KI.dcm")
 NOT_SLICES = {"eCT_Supplemental.dcm": "multi-frame image (2 frames)", "liver.dcm": "multi-frame image (3 frames)"}
@@ -39,7 +35,7 @@ def _mask_like(source: Path, out: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
+def real_run(tmp_path_factory, run_ingest):
     root = tmp_path_factory.mktemp("real") / "data"
     masks = {}
     for name in (*CT_SLICES, *NOT_SLICES):
@@ -49,13 +45,7 @@ def real_run(tmp_path_factory):
         shutil.copy(pydicom.data.get_testdata_file(name), patient / "PATIENT_DICOM/image_0")
         masks[patient.name] = _mask_like(patient / "PATIENT_DICOM/image_0", patient / "MASKS_DICOM/liver/image_0")
     tmp = tmp_path_factory.mktemp("real_run")
-    executor = Executor(base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=list(LOCAL_BEAM_ARGS), tmp_dir=str(tmp / "tmp") + "/", unique_id="1"))
-    examples = standard_artifacts.Examples()
-    examples.uri = str(tmp / "out")
-    executor.Do({}, {"examples": [examples]}, {
-        "data_root": str(root), "organ": "liver", "image_size": SIZE,
-        "split_ratios": json.dumps({"train": 0.75, "eval": 0.25}), "max_bad_fraction": 1.0})
+    run_ingest(tmp, root, image_size=SIZE)
     files = sorted(str(p) for p in (tmp / "out").glob("Split-*/*.gz"))
     by_patient = {}
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):

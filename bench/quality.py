@@ -25,22 +25,22 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
-from bench.phantom_examples import ingest_phantom  # noqa: E402
-from ctseg import features  # noqa: E402
+from ctseg import features, serving  # noqa: E402
 from ctseg.phantom import write_phantom  # noqa: E402
+from ctseg.pipeline.local_runner import run_ingest  # noqa: E402
 from ctseg.models.unet import trainer  # noqa: E402
 
 
 def per_patient_dice(serving_dir: str, eval_pattern: str) -> dict[str, float]:
     """Volumetric Dice per patient from the exported model's `serving_default` signature, one patient
     per call (a 2.5D model takes one patient's slices), before any 3D clean-up."""
-    serve = tf.saved_model.load(serving_dir).signatures[trainer.SERVING_SIGNATURE]
+    serve = tf.saved_model.load(serving_dir).signatures[serving.SERVING_SIGNATURE]
     by_patient = defaultdict(list)
     for r in tf.data.TFRecordDataset(tf.io.gfile.glob(eval_pattern), "GZIP"):
         by_patient[features.decode_example(r.numpy())[features.PATIENT_KEY]].append(r.numpy())
     dice = {}
     for pid, records in sorted(by_patient.items()):
-        predicted = serve(examples=tf.constant(records))["probabilities"].numpy() >= 0.5
+        predicted = serving.is_organ(serve(examples=tf.constant(records))[serving.OUTPUT].numpy())
         truth = np.stack([features.decode_example(r)[features.MASK_KEY] for r in records]) > 0
         dice[pid] = float(2 * np.sum(predicted & truth) / max(predicted.sum() + truth.sum(), 1))
     return dice
@@ -61,7 +61,7 @@ def main(argv=None):
     phantom = work / f"phantom-{args.patients}x{args.slices}-{args.phantom_size}-s{args.seed}"
     if not phantom.exists():
         write_phantom(phantom, patients=args.patients, slices=args.slices, size=args.phantom_size, seed=args.seed)
-    split = ingest_phantom(phantom, work / f"ingest-{phantom.name}-{args.image_size}", args.image_size)
+    split = run_ingest(data_root=phantom, workdir=work / f"ingest-{phantom.name}-{args.image_size}", image_size=args.image_size)
     custom = {"image_size": args.image_size, **json.loads(args.config)}
     run = work / f"run-{int(time.time())}"
     fn_args = tfx.components.FnArgs(

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-THRESHOLD = 0.5  # a voxel is liver where its probability is >= THRESHOLD
+from ctseg.serving import is_organ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Cleanup:
 
 
 def binarize(probabilities: np.ndarray) -> np.ndarray:
-    return (np.asarray(probabilities) >= THRESHOLD).astype(np.uint8)
+    return is_organ(np.asarray(probabilities)).astype(np.uint8)
 
 
 def largest_component(volume: np.ndarray) -> np.ndarray:

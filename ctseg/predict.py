@@ -35,15 +35,12 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, hu_from_dataset, read_dataset, slice_position_mm,
+from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, hu_from_dataset, read_dataset, rescale, slice_position_mm,
                          slice_sort_key, spacing_mm, thickness_mm, window)
 from ctseg import postprocess
 from ctseg.errors import CtsegError
+from ctseg.serving import ServedModel, load_model
 
-SIGNATURE = "segment_hu"
-INPUT_KEY = "hu"
-OUTPUT_KEY = "probabilities"
-THRESHOLD = postprocess.THRESHOLD
 ORGAN = "liver"
 READERS = ("tfio", "pydicom", "pydicom-fallback")  # index = the reader code `read_hu` yields per slice
 MASK_FOREGROUND = 255  # IRCAD stores mask foreground as 255
@@ -163,14 +160,10 @@ def load_series(src: str | os.PathLike) -> Series:
 
 # ---- the tf.data reader ---------------------------------------------------------------------------
 
-def _rescale(header: pydicom.Dataset) -> tuple[float, float]:
-    return float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0)
-
-
 def choose_reader(header: pydicom.Dataset) -> str:
     """'tfio' where DCMTK's rendering can be inverted exactly (see the module docstring), else 'pydicom'."""
     syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
-    slope, _ = _rescale(header)
+    slope, _ = rescale(header)
     ok = (syntax in TFIO_TRANSFER_SYNTAXES
           and str(header.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME2"
           and int(header.get("BitsAllocated", 16)) <= 16
@@ -220,75 +213,15 @@ def read_hu(series: Series):
 
     headers = [s.header for s in series.slices]
     ranges = np.array([_stored_range(h) for h in headers], np.float32).reshape(-1, 2)
-    rescale = np.array([_rescale(h) for h in headers], np.float32).reshape(-1, 2)
+    slope_intercept = np.array([rescale(h) for h in headers], np.float32).reshape(-1, 2)
     columns = (np.arange(len(headers), dtype=np.int64), [s.data for s in series.slices],
                np.array([choose_reader(h) == "tfio" for h in headers]),
-               ranges[:, 0], ranges[:, 1], rescale[:, 0], rescale[:, 1])
+               ranges[:, 0], ranges[:, 1], slope_intercept[:, 0], slope_intercept[:, 1])
     return tf.data.Dataset.from_tensor_slices(columns).map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                                                            deterministic=True)
 
 
 # ---- the model ------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class ServedModel:
-    """The `segment_hu` signature of one pushed model version, the size it was trained on, and how many
-    neighbours on each side of a slice it looks at (`context_slices`, 0 for a 2D model)."""
-    path: Path
-    version: str
-    size: tuple[int, int]
-    fn: object
-    context_slices: int = 0
-
-    def __call__(self, hu):
-        return self.fn(**{INPUT_KEY: hu})[OUTPUT_KEY]
-
-    def series_probabilities(self, hu, batch_size: int = 16) -> np.ndarray:
-        """Probabilities (N, H, W) of one series' consecutive slices (N, H, W) at the trained size, in
-        calls of `batch_size` slices, each given `context_slices` extra slices on either side so that
-        every slice sees the same neighbours as in one call over the whole series."""
-        count, k = len(hu), self.context_slices
-        out = []
-        for start in range(0, count, batch_size):
-            stop = min(start + batch_size, count)
-            lo, hi = max(0, start - k), min(count, stop + k)
-            out.append(np.asarray(self(hu[lo:hi]))[start - lo:stop - lo])
-        return np.concatenate(out) if out else np.zeros((0, *self.size), np.float32)
-
-
-def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """A version dir (holds saved_model.pb) as given, or a serving dir's highest numeric version."""
-    path = Path(model)
-    if (path / "saved_model.pb").is_file():
-        return path
-    if not path.is_dir():
-        raise CtsegError(f"{path}: no such model folder (give the Pusher's serving dir or one version in it)")
-    versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    if not versions:
-        raise CtsegError(f"{path}: neither a SavedModel nor a serving dir with numeric version folders")
-    return max(versions, key=lambda p: int(p.name))
-
-
-def load_model(model: str | os.PathLike) -> ServedModel:
-    import tensorflow as tf
-
-    path = resolve_model_dir(model)
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except Exception as e:  # TF raises several types for a damaged or foreign SavedModel
-        raise CtsegError(f"{path}: cannot load the SavedModel ({type(e).__name__}: {e})") from e
-    if SIGNATURE not in loaded.signatures:
-        raise CtsegError(f"{path}: the model has no '{SIGNATURE}' signature "
-                         f"(has {', '.join(loaded.signatures) or 'none'})")
-    fn = loaded.signatures[SIGNATURE]
-    spec = fn.structured_input_signature[1].get(INPUT_KEY)
-    if spec is None or spec.shape.rank != 3 or None in spec.shape[1:]:
-        raise CtsegError(f"{path}: '{SIGNATURE}' needs input '{INPUT_KEY}' of shape [None, H, W], has {spec}")
-    fn._ctseg_owner = loaded  # the signature does not keep its SavedModel's variables alive by itself
-    context = getattr(loaded, "context_slices", None)  # absent in 2D models exported before 2.5D
-    return ServedModel(path, path.name, (int(spec.shape[1]), int(spec.shape[2])), fn,
-                       int(context.numpy()) if context is not None else 0)
-
 
 # ---- prediction -----------------------------------------------------------------------------------
 

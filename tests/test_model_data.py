@@ -31,7 +31,8 @@ def _write(path, slices):
     with tf.io.TFRecordWriter(str(path), tf.io.TFRecordOptions(compression_type="GZIP")) as w:
         for i, (hu, mask) in enumerate(slices):
             w.write(slice_example(hu=hu, mask=mask, patient_id="p", slice_index=i, spacing_mm=0.7, thickness_mm=2.0,
-                                  source_shape=(512, 512), mask_distinct_values=2).SerializeToString())
+                                  source_shape=(512, 512), mask_distinct_values=2,
+                                  source_mask=np.kron(mask, np.ones((16, 16)))).SerializeToString())
     return str(path)
 
 

@@ -78,7 +78,7 @@ def test_source_mask_round_trips_through_the_example():
     decoded = features.decode_example(example.SerializeToString())
     assert np.array_equal(decoded[features.SOURCE_MASK_KEY], source)
     assert len(example.features.feature[features.SOURCE_MASK_KEY].bytes_list.value[0]) == 70 * 90 // 8 + 1
-    with pytest.raises(ValueError, match="source shape"):
+    with pytest.raises(ValueError, match="source shape"):  # the source mask must match the source size
         features.slice_example(hu=np.zeros((32, 32)), mask=np.zeros((32, 32)), patient_id="p", slice_index=0,
                                spacing_mm=0.7, thickness_mm=2.0, source_shape=(64, 64), mask_distinct_values=2,
                                source_mask=source)

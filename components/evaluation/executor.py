@@ -26,15 +26,18 @@ BATCH_SIZE_KEY = "batch_size"
 CLEANUP_KEY = "cleanup"
 
 GRID_FILE = "eval_grid.png"
+# What evaluation reads of each example: pixels, patient and slice, the geometry for volumes in ml and
+# ASSD in mm, and the source-size mask for scores at the source resolution.
+EVAL_KEYS = (*features.PIXEL_KEYS, features.PATIENT_KEY, features.SLICE_KEY, features.SPACING_KEY,
+             features.THICKNESS_KEY, features.SOURCE_ROWS_KEY, features.SOURCE_COLUMNS_KEY, features.SOURCE_MASK_KEY)
 
 
 class Segmenter:
-    """A Model artifact's `segment_hu` signature (loaded and checked by `ctseg.predict.load_model`),
-    fed in batches; adapts to the trained size when the examples differ (e.g. a baseline trained at
-    another `image_size`), resizing down with ingest's antialiased kernel as predict does."""
+    """A Model artifact's served model (`ctseg.serving.load_model`), fed in batches at the examples'
+    size (a baseline trained at another `image_size` is resized in and out by `ServedModel.probabilities`)."""
 
     def __init__(self, model: types.Artifact):
-        from ctseg.predict import load_model
+        from ctseg.serving import load_model
 
         self.path = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
         self._served = load_model(self.path)
@@ -43,15 +46,7 @@ class Segmenter:
     def probabilities(self, hu: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Probabilities (N, H, W) of one patient's consecutive slices (N, H, W) in position order (a
         2.5D model stacks each slice with its neighbours), at the slices' size."""
-        import tensorflow as tf
-
-        x = tf.constant(hu, tf.float32)
-        if self.size != hu.shape[1:]:
-            x = tf.image.resize(x[..., None], self.size, antialias=True)[..., 0]
-        p = self._served.series_probabilities(x.numpy(), batch_size)
-        if tuple(p.shape[1:]) != hu.shape[1:]:
-            p = tf.image.resize(p[..., None], hu.shape[1:])[..., 0].numpy()
-        return p
+        return self._served.series_probabilities(np.asarray(hu, np.float32), batch_size)
 
 
 def split_files(examples: types.Artifact, split: str) -> list[str]:
@@ -70,20 +65,7 @@ def read_slices(files: list[str], batch_size: int) -> Iterator[dict[str, np.ndar
     voxel volumes, spacing and thickness, and the packed source-size masks with their shapes."""
     import tensorflow as tf
 
-    spec = {
-        features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-        features.MASK_KEY: tf.io.FixedLenFeature([], tf.string),
-        features.HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
-        features.WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
-        features.PATIENT_KEY: tf.io.FixedLenFeature([], tf.string),
-        features.SLICE_KEY: tf.io.FixedLenFeature([], tf.int64),
-        features.SPACING_KEY: tf.io.FixedLenFeature([], tf.float32),
-        features.THICKNESS_KEY: tf.io.FixedLenFeature([], tf.float32),
-        features.SOURCE_ROWS_KEY: tf.io.FixedLenFeature([], tf.int64),
-        features.SOURCE_COLUMNS_KEY: tf.io.FixedLenFeature([], tf.int64),
-        # examples ingested before source masks were kept still evaluate, without source-resolution scores
-        features.SOURCE_MASK_KEY: tf.io.FixedLenFeature([], tf.string, default_value=b""),
-    }
+    spec = features.feature_spec(EVAL_KEYS)
     compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
     ds = (tf.data.TFRecordDataset(files, compression_type=compression).batch(batch_size)
           .map(lambda s: tf.io.parse_example(s, spec)))

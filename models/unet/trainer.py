@@ -37,17 +37,15 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
+from ctseg import serving
 from ctseg.models.unet import data
 from ctseg.models.unet.config import UnetConfig
-from ctseg import features
 from ctseg.models.unet.model import build_unet, compile_model, serving_model
 
 if TYPE_CHECKING:  # importing TFX doubles a fresh process's start-up, and run_fn only reads FnArgs' fields
     from tfx import v1 as tfx
 
 log = logging.getLogger(__name__)
-SERVING_SIGNATURE = "serving_default"
-HU_SIGNATURE = "segment_hu"
 
 
 def _input_fn(file_pattern, config: UnetConfig, batch_size: int, training: bool, steps: int | None = None):
@@ -123,37 +121,10 @@ def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: boo
 
 
 def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> None:
-    """SavedModel with the two signatures of docs/DESIGN.md; the fixed input shape records the trained size.
-
-    With `context_slices` k (2.5D) both take one series' slices: `segment_hu` consecutive HU slices in
-    position order, `serving_default` one patient's examples in any order (sorted by slice_index inside).
-    """
-    size = config.image_size
-    model = serving_model(model, config)  # drops compile state (custom loss); stacks neighbours for 2.5D
-    model.context_slices = tf.Variable(config.context_slices, trainable=False, dtype=tf.int32,
-                                       name="context_slices")  # callers read it to overlap their chunks
-
-    @tf.function(input_signature=[tf.TensorSpec([None, size, size], tf.float32, name="hu")])
-    def segment_hu(hu):
-        return {"probabilities": tf.cast(model(hu, training=False), tf.float32)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve_examples(examples):
-        hu, _ = data.parse_examples(examples, size)
-        if not config.context_slices:
-            return segment_hu(tf.cast(hu, tf.float32))
-        ids = tf.io.parse_example(examples, {features.PATIENT_KEY: tf.io.FixedLenFeature([], tf.string),
-                                             features.SLICE_KEY: tf.io.FixedLenFeature([], tf.int64)})
-        one_patient = tf.debugging.assert_equal(
-            ids[features.PATIENT_KEY], ids[features.PATIENT_KEY][0],
-            message="a 2.5D model's serving_default takes one patient's slices per call (their neighbours are context)")
-        with tf.control_dependencies([one_patient]):
-            order = tf.argsort(ids[features.SLICE_KEY], stable=True)
-        probabilities = segment_hu(tf.cast(tf.gather(hu, order), tf.float32))["probabilities"]
-        return {"probabilities": tf.gather(probabilities, tf.math.invert_permutation(order))}
-
-    model.save(export_dir, save_format="tf", include_optimizer=False,
-               signatures={SERVING_SIGNATURE: serve_examples, HU_SIGNATURE: segment_hu})
+    """The served model of `ctseg.serving` (both signatures), at the trained size; a 2.5D model stacks
+    each slice's neighbours itself (`serving_model`), so callers give consecutive HU slices."""
+    serving.export_model(serving_model(model, config), config.image_size, export_dir,
+                         context_slices=config.context_slices)
 
 
 def run_fn(fn_args: tfx.components.FnArgs, devices=None):

@@ -1,0 +1,149 @@
+"""The served model's contract: what the Trainer exports, and how evaluation and `ctseg predict` call it.
+
+A SavedModel with two signatures; the CT window is inside the model, so inputs are raw Hounsfield units:
+
+- `serving_default` (`SERVING_SIGNATURE`): input `examples` (tf.string, [None], serialized slice
+  examples of `ctseg.features`) → output `probabilities` (float32, [None, H, W]);
+- `segment_hu` (`HU_SIGNATURE`): input `hu` (float32, [None, H, W]) → output `probabilities`.
+
+H and W are the trained size, recorded as the signature's fixed input shape. A pixel is organ where its
+probability is at least `THRESHOLD`. Slices of another size are resized to the trained size with
+ingest's antialiased kernel and the probabilities resized back (`ServedModel.probabilities`).
+
+A 2.5D model (`context_slices` k > 0, recorded in the SavedModel's `context_slices` variable) reads a
+batch as one series: `hu` holds consecutive slices in position order, and each slice's k neighbours
+on either side come from the batch (clamped at its ends); `serving_default` takes one patient's
+examples in any order and sorts them by `slice_index`. `ServedModel.series_probabilities` calls it in
+chunks that overlap by k, so every slice sees the neighbours one call over the series would give it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from ctseg.errors import CtsegError
+
+SERVING_SIGNATURE = "serving_default"
+HU_SIGNATURE = "segment_hu"
+EXAMPLES_INPUT = "examples"
+HU_INPUT = "hu"
+OUTPUT = "probabilities"
+THRESHOLD = 0.5
+
+
+def is_organ(probabilities):
+    """The one decision rule, for numpy arrays and tensors alike: probability >= THRESHOLD."""
+    return probabilities >= THRESHOLD
+
+
+def export_model(model, image_size: int, export_dir: str, context_slices: int = 0) -> None:
+    """Writes `model` (a Keras model from HU (batch, size, size) to probabilities) with both signatures;
+    `context_slices` > 0: the model takes consecutive slices of one series (see the module docstring)."""
+    import tensorflow as tf
+
+    from ctseg import features
+
+    model = tf.keras.Model(model.inputs, model.outputs)  # drops compile state (custom loss) from the export
+    model.context_slices = tf.Variable(context_slices, trainable=False, dtype=tf.int32, name="context_slices")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size], tf.float32, name=HU_INPUT)])
+    def segment_hu(hu):
+        return {OUTPUT: tf.cast(model(hu, training=False), tf.float32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    def serve_examples(examples):
+        hu, _ = features.parse_slices(examples, image_size)
+        if not context_slices:
+            return segment_hu(tf.cast(hu, tf.float32))
+        ids = tf.io.parse_example(examples, features.feature_spec((features.PATIENT_KEY, features.SLICE_KEY)))
+        one_patient = tf.debugging.assert_equal(
+            ids[features.PATIENT_KEY], ids[features.PATIENT_KEY][0],
+            message="a 2.5D model's serving_default takes one patient's slices per call (their neighbours are context)")
+        with tf.control_dependencies([one_patient]):
+            order = tf.argsort(ids[features.SLICE_KEY], stable=True)
+        probabilities = segment_hu(tf.cast(tf.gather(hu, order), tf.float32))[OUTPUT]
+        return {OUTPUT: tf.gather(probabilities, tf.math.invert_permutation(order))}
+
+    model.save(export_dir, save_format="tf", include_optimizer=False,
+               signatures={SERVING_SIGNATURE: serve_examples, HU_SIGNATURE: segment_hu})
+
+
+@dataclasses.dataclass
+class ServedModel:
+    """The `segment_hu` signature of one exported model version and the size it was trained on."""
+    path: Path
+    version: str
+    size: tuple[int, int]
+    fn: object
+    context_slices: int = 0  # neighbours on each side a 2.5D model reads from the batch (0: 2D)
+
+    def __call__(self, hu):
+        """Probabilities for HU already at the trained size."""
+        return self.fn(**{HU_INPUT: hu})[OUTPUT]
+
+    def series_probabilities(self, hu, batch_size: int = 16):
+        """Probabilities (N, h, w) as numpy of one series' consecutive slices (N, h, w) in position order,
+        at their own size (`probabilities`), in calls of `batch_size` slices, each with `context_slices`
+        extra slices on either side: every slice sees the neighbours one call over the series gives it."""
+        import numpy as np
+
+        count, k = len(hu), self.context_slices
+        out = []
+        for start in range(0, count, batch_size):
+            stop = min(start + batch_size, count)
+            lo, hi = max(0, start - k), min(count, stop + k)
+            out.append(np.asarray(self.probabilities(hu[lo:hi]))[start - lo:stop - lo])
+        return np.concatenate(out) if out else np.zeros((0, *np.shape(hu)[1:]), np.float32)
+
+    def probabilities(self, hu, size: tuple[int, int] | None = None):
+        """Probabilities at the slices' own `size` (default: `hu`'s static shape), resizing in and out
+        when it differs from the trained size."""
+        import tensorflow as tf
+
+        size = tuple(size or hu.shape[1:3])
+        if size == self.size:
+            return self(hu)
+        small = tf.image.resize(hu[..., None], self.size, antialias=True)[..., 0]  # ingest's kernel
+        return tf.image.resize(self(small)[..., None], size)[..., 0]
+
+    def segment(self, hu, size: tuple[int, int] | None = None):
+        """uint8 0/1 organ mask at the slices' own size."""
+        import tensorflow as tf
+
+        return tf.cast(is_organ(self.probabilities(hu, size)), tf.uint8)
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path:
+    """A version dir (holds saved_model.pb) as given, or a serving dir's highest numeric version."""
+    path = Path(model)
+    if (path / "saved_model.pb").is_file():
+        return path
+    if not path.is_dir():
+        raise CtsegError(f"{path}: no such model folder (give the Pusher's serving dir or one version in it)")
+    versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    if not versions:
+        raise CtsegError(f"{path}: neither a SavedModel nor a serving dir with numeric version folders")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def load_model(model: str | os.PathLike) -> ServedModel:
+    """Loads a version dir or a serving dir's newest version and checks its `segment_hu` signature."""
+    import tensorflow as tf
+
+    path = resolve_model_dir(model)
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as e:  # TF raises several types for a damaged or foreign SavedModel
+        raise CtsegError(f"{path}: cannot load the SavedModel ({type(e).__name__}: {e})") from e
+    if HU_SIGNATURE not in loaded.signatures:
+        raise CtsegError(f"{path}: the model has no '{HU_SIGNATURE}' signature "
+                         f"(has {', '.join(loaded.signatures) or 'none'})")
+    fn = loaded.signatures[HU_SIGNATURE]
+    spec = fn.structured_input_signature[1].get(HU_INPUT)
+    if spec is None or spec.shape.rank != 3 or None in spec.shape[1:]:
+        raise CtsegError(f"{path}: '{HU_SIGNATURE}' needs input '{HU_INPUT}' of shape [None, H, W], has {spec}")
+    fn._ctseg_owner = loaded  # the signature does not keep its SavedModel's variables alive by itself
+    context = getattr(loaded, "context_slices", None)  # absent in models exported before 2.5D: 2D
+    return ServedModel(path, path.name, (int(spec.shape[1]), int(spec.shape[2])), fn,
+                       int(context.numpy()) if context is not None else 0)

@@ -63,11 +63,13 @@ def main(argv=None):
     with strategy.scope():
         model = trainer._build_model(config)
     pipeline = trainer._input_fn([pattern], config, batch_size, training=True)
-    hu, mask = (np.concatenate(parts) for parts in zip(*(
-        (h.numpy().astype(np.float32), m.numpy().astype(np.float32)) for h, m in data.parsed_dataset(pattern, config.image_size).batch(256))))
+    hu, mask, patients = data.read_patients(pattern, config.image_size)
+    if config.context_slices:  # the same (H, W, 2k+1) stacks the pipeline builds
+        hu = hu[data.neighbour_table(patients, config.context_slices)].transpose(0, 2, 3, 1)
+    hu, mask = hu.astype(np.float32), mask.astype(np.float32)
     slices = args.steps * batch_size
     repeats = -(-slices // hu.shape[0])  # enough rows for every measured step: no early end of data
-    hu_rows, mask_rows = np.tile(hu, (repeats, 1, 1)), np.tile(mask, (repeats, 1, 1))
+    hu_rows, mask_rows = np.tile(hu, (repeats,) + (1,) * (hu.ndim - 1)), np.tile(mask, (repeats, 1, 1))
 
     def fit_pipeline():
         model.fit(pipeline, epochs=1, steps_per_epoch=args.steps, verbose=0)

@@ -71,13 +71,13 @@ def test_overlap_metrics_pool_over_batches():
 
 
 def test_unet_shape_and_levels():
-    model = build_unet(TINY)
-    assert model.input_shape == (None, 32, 32) and model.output_shape == (None, 32, 32)
+    model = build_unet(TINY)  # the default is 2.5D with one neighbour on each side: 3 channels
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 32, 32)
     pools = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.MaxPooling2D)]
     transposes = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2DTranspose)]
     assert len(pools) == len(transposes) == 2
     assert model.get_layer("bottleneck_conv1").filters == 2 * 2 ** 2
-    out = model(np.zeros((3, 32, 32), np.float32)).numpy()
+    out = model(np.zeros((3, 32, 32, 3), np.float32)).numpy()
     assert out.shape == (3, 32, 32) and ((out >= 0) & (out <= 1)).all()
 
 

@@ -24,7 +24,8 @@ def _organ_slice():
 
 
 def _config(**probabilities):
-    return dataclasses.replace(UnetConfig(image_size=SIZE, depth=2), **{**OFF, **probabilities})
+    """2D (one slice per example): tests/test_context.py covers the 2.5D stream."""
+    return dataclasses.replace(UnetConfig(image_size=SIZE, depth=2, context_slices=0), **{**OFF, **probabilities})
 
 
 def _write(path, slices):

@@ -27,7 +27,7 @@ class UnetConfig:
     depth: int = 4
     base_filters: int = 8
     dropout: float = 0.1
-    context_slices: int = 0  # 2.5D: k neighbours above and below each slice as extra input channels
+    context_slices: int = 1  # 2.5D: k neighbours above and below each slice as input channels (measured: BENCHMARKS)
     window_center: float = LIVER_WINDOW[0]
     window_width: float = LIVER_WINDOW[1]
     epochs: int = 40

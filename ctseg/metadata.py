@@ -25,8 +25,6 @@ GRPC_TIMEOUT_S = 10.0
 
 _HIDDEN_PROPERTIES = ("tfx_version", "is_external")
 _EXECUTION_RESULT = "__execution_result__"  # tfx.orchestration.portable.mlmd.execution_lib
-_METRICS_FILE = "metrics.json"  # components.evaluation.METRICS_FILE
-_ANOMALIES_FILE = "SchemaDiff.pb"  # tfx.components.example_validator.executor.DEFAULT_FILE_NAME
 _DATA_PATH_KEYS = ("data_root", "input_base")  # IrcadExampleGen, TFX's file-based ExampleGens
 _FINGERPRINT_KEYS = ("input_fingerprint",)  # both record TFX's example_gen.utils.FINGERPRINT_PROPERTY_NAME
 _DICE_KEY = "mean_patient_dice"
@@ -204,7 +202,9 @@ def _list_dir(path: str) -> list[str]:
 
 def _evaluation_details(uri: str) -> dict[str, Any]:
     """Dice per patient and the blessing decision from SegmentationEvaluator's metrics.json."""
-    raw = _read_bytes(os.path.join(uri, _METRICS_FILE))
+    from ctseg.components.evaluation import METRICS_FILE
+
+    raw = _read_bytes(os.path.join(uri, METRICS_FILE))
     if raw is None:
         return {}
     try:
@@ -224,11 +224,13 @@ def _anomalies_details(uri: str) -> dict[str, Any]:
     """Anomalies per split from ExampleValidator's Split-*/SchemaDiff.pb (a tensorflow_metadata Anomalies)."""
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
+    from ctseg.components.validation import ANOMALIES_FILE
+
     counts, features = {}, {}
     for name in _list_dir(uri):
         if not name.startswith("Split-"):
             continue
-        raw = _read_bytes(os.path.join(uri, name, _ANOMALIES_FILE))
+        raw = _read_bytes(os.path.join(uri, name, ANOMALIES_FILE))
         if raw is None:
             continue
         anomalies = anomalies_pb2.Anomalies.FromString(raw)

@@ -68,11 +68,10 @@ def ingest_pipeline(*, data_root: str | Path, workdir: str | Path, image_size: i
     """Ingest alone (IrcadExampleGen) as a pipeline with its own MLMD store under `workdir`: for the
     Trainer's tests and benchmarks, which append their own components. Returns (pipeline, example_gen)."""
     from ctseg.components.ingest.component import IrcadExampleGen
-    from ctseg.pipeline.pipeline import DEFAULT_SPLITS
 
     workdir = Path(workdir)
     example_gen = IrcadExampleGen(data_root=str(data_root), image_size=image_size,
-                                  split_ratios=split_ratios or DEFAULT_SPLITS)
+                                  split_ratios=split_ratios)
     pipeline = tfx.dsl.Pipeline(
         pipeline_name=pipeline_name, pipeline_root=str(workdir / "root"), components=[example_gen],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ctseg.commands import DEFAULT_WORKDIR
+from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE
 
 
 def register(sub) -> None:
@@ -23,9 +24,10 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
     p.add_argument("--preset", choices=("small", "full"), default="small",
                    help="model preset: small for CPU (default), full for GPU")
-    p.add_argument("--dice-threshold", type=float, default=0.90, help="bless only at or above this mean patient Dice")
-    p.add_argument("--dice-tolerance", type=float, default=0.01,
-                   help="how much worse than the last blessed model a new one may be")
+    p.add_argument("--dice-threshold", type=float, default=DEFAULT_DICE_THRESHOLD,
+                   help=f"bless only at or above this mean patient Dice (default {DEFAULT_DICE_THRESHOLD})")
+    p.add_argument("--dice-tolerance", type=float, default=DEFAULT_DICE_TOLERANCE,
+                   help=f"how much worse than the last blessed model a new one may be (default {DEFAULT_DICE_TOLERANCE})")
     p.add_argument("--max-bad-fraction", type=float, default=0.0,
                    help="fraction of a patient's slices that may be quarantined before the run fails")
     p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")

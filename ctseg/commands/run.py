@@ -138,28 +138,33 @@ def check_knobs(args) -> dict:
     return config
 
 
+def pipeline_knobs(args) -> dict:
+    """`create_pipeline` keyword arguments from the parsed command line, every knob checked first."""
+    config = check_knobs(args)
+    return dict(organ=args.organ, image_size=config["image_size"], custom_config=config,
+                dice_threshold=args.dice_threshold, dice_tolerance=args.dice_tolerance,
+                max_bad_fraction=args.max_bad_fraction, enable_cache=not args.no_cache)
+
+
 def run(args) -> int:
     from ctseg.errors import CtsegError
     from ctseg.workdir import WorkdirLock, prepare_workdir
 
     if args.data and not Path(args.data).exists():
         raise CtsegError(f"--data {args.data} does not exist (give an IRCAD folder or 3Dircadb1.zip)")
-    config = check_knobs(args)
+    knobs = pipeline_knobs(args)
     workdir = prepare_workdir(args.workdir)
     with WorkdirLock(workdir, wait=args.wait, on_wait=lambda text: print(text, flush=True)):
         data_root = Path(args.data) if args.data else _default_data(args)
-        return _run_locked(args, data_root, workdir, config)
+        return _run_locked(data_root, workdir, knobs)
 
 
-def _run_locked(args, data_root: Path, workdir: Path, config: dict) -> int:
+def _run_locked(data_root: Path, workdir: Path, knobs: dict) -> int:
     from ctseg.pipeline.local_runner import LocalPaths, new_run_id, run_local
     from ctseg.summary import print_run_summary
 
     run_id = new_run_id()
     paths = LocalPaths(workdir.resolve(), run_id)
-    knobs = dict(organ=args.organ, image_size=config.pop("image_size"), custom_config=config,
-                 dice_threshold=args.dice_threshold, dice_tolerance=args.dice_tolerance,
-                 max_bad_fraction=args.max_bad_fraction, enable_cache=not args.no_cache)
     print(f"running the ctseg pipeline on {data_root} (work dir {paths.workdir}, run {run_id})", flush=True)
     progress = StageProgress(paths.metadata_path)
     progress.start()

@@ -26,7 +26,7 @@ from ctseg.workdir import WorkdirBusy, WorkdirLock
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_pipeline import SLEEPING, tiny_pipeline  # noqa: E402
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # real pipeline runs (tiny ones)
 TINY = Path(__file__).parent / "tiny_pipeline.py"
 
 

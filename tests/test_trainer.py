@@ -12,20 +12,23 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from bench.phantom_examples import ingest_pipeline
 from ctseg.errors import CtsegError
 from ctseg.models.unet import trainer
+from ctseg.pipeline.local_runner import ingest_pipeline
 
 SIZE = 64
 MODULE_FILE = str(Path(trainer.__file__).resolve())
 CUSTOM = {"image_size": SIZE, "depth": 2, "base_filters": 4, "epochs": 2, "batch_size": 4}
 
 
+pytestmark = pytest.mark.slow  # every test here runs a TFX pipeline
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(small_phantom, tmp_path_factory):
     """IrcadExampleGen → Trainer(module_file) under LocalDagRunner with ML Metadata in SQLite."""
     root = tmp_path_factory.mktemp("pipeline")
-    pipeline, example_gen = ingest_pipeline(small_phantom, root, SIZE)
+    pipeline, example_gen = ingest_pipeline(data_root=small_phantom, workdir=root, image_size=SIZE)
     pipeline.components.append(tfx.components.Trainer(
         module_file=MODULE_FILE, examples=example_gen.outputs["examples"],
         train_args=tfx.proto.TrainArgs(num_steps=4), eval_args=tfx.proto.EvalArgs(num_steps=2),
@@ -125,7 +128,7 @@ def _half_precision_convs(saved_model_dir: Path) -> int:
 
 
 def test_gpu_path_mirrored_mixed_precision_trains_exports_and_serves_float32(examples, tmp_path):
-    from ctseg.predict import load_model
+    from ctseg.serving import load_model
 
     serving = tmp_path / "serving"
     args = [examples["train"], examples["eval"], str(serving), str(tmp_path / "logs"), CUSTOM]

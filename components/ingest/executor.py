@@ -33,6 +33,8 @@ from ctseg.errors import CtsegError
 from ctseg.features import check_image_size, slice_example
 
 EXAMPLES_KEY = "examples"
+FINGERPRINT_KEY = "input_fingerprint"  # TFX's name (example_gen/utils.py FINGERPRINT_PROPERTY_NAME)
+CODE_VERSION_KEY = "code_version"
 QUARANTINE_FILE = "quarantine.jsonl"
 SKIPPED_FILE = "skipped.jsonl"  # operating-system debris (Thumbs.db, .DS_Store, __MACOSX/...): listed, not read
 SPLITS = ("train", "eval", "test")
@@ -265,6 +267,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples.split_names = artifact_utils.encode_split_names(splits)
         examples.span = 0
 
+        fingerprint = ircad.data_fingerprint(data_root)
+        expected = exec_properties.get(FINGERPRINT_KEY) or ""
+        if expected and not expected.startswith(ircad.UNREAD_PREFIX) and expected != fingerprint:
+            log.warning("ingest %s: the data changed after the pipeline was built (fingerprint %s, now %s); "
+                        "ingesting what is there now", data_root, expected, fingerprint)
+        examples.set_string_custom_property(FINGERPRINT_KEY, fingerprint)
         skipped = []
         patients = ircad.find_patients(data_root, skipped)
         split_of = assign_splits([p.patient_id for p in patients], ratios)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from ctseg.models.unet.config import UnetConfig
+from ctseg.serving import THRESHOLD
 
 SMOOTH = 1.0  # the blog post's Dice smoothing term: keeps empty-vs-empty at Dice 1 and the gradient finite
 
@@ -101,7 +102,7 @@ class OverlapMetric(tf.keras.metrics.Metric):
     raises NotImplementedError at the end of the first epoch (issue 17). Pixel counts belong in float32 anyway.
     """
 
-    def __init__(self, kind: str = "dice", threshold: float = 0.5, name: str | None = None, **kwargs):
+    def __init__(self, kind: str = "dice", threshold: float = THRESHOLD, name: str | None = None, **kwargs):
         if kind not in ("dice", "iou"):
             raise ValueError(f"kind must be 'dice' or 'iou', not {kind!r}")
         kwargs["dtype"] = "float32"
@@ -113,7 +114,7 @@ class OverlapMetric(tf.keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         t, p = _flat(y_true, y_pred)
         t = tf.cast(t > 0.5, tf.float32)
-        p = tf.cast(p > self.threshold, tf.float32)
+        p = tf.cast(p >= self.threshold, tf.float32)
         self.intersection.assign_add(tf.reduce_sum(t * p))
         self.total.assign_add(tf.reduce_sum(t) + tf.reduce_sum(p))
 

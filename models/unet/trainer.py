@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
+from ctseg import serving
 from ctseg.models.unet import data
 from ctseg.models.unet.config import UnetConfig
 from ctseg.models.unet.model import build_unet, compile_model
@@ -38,8 +39,6 @@ if TYPE_CHECKING:  # importing TFX doubles a fresh process's start-up, and run_f
     from tfx import v1 as tfx
 
 log = logging.getLogger(__name__)
-SERVING_SIGNATURE = "serving_default"
-HU_SIGNATURE = "segment_hu"
 
 
 def _input_fn(file_pattern, config: UnetConfig, batch_size: int, training: bool, steps: int | None = None):
@@ -115,21 +114,8 @@ def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: boo
 
 
 def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> None:
-    """SavedModel with the two signatures of docs/DESIGN.md; the fixed input shape records the trained size."""
-    size = config.image_size
-    model = tf.keras.Model(model.inputs, model.outputs)  # drops compile state (custom loss) from the export
-
-    @tf.function(input_signature=[tf.TensorSpec([None, size, size], tf.float32, name="hu")])
-    def segment_hu(hu):
-        return {"probabilities": tf.cast(model(hu, training=False), tf.float32)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve_examples(examples):
-        hu, _ = data.parse_examples(examples, size)
-        return segment_hu(tf.cast(hu, tf.float32))
-
-    model.save(export_dir, save_format="tf", include_optimizer=False,
-               signatures={SERVING_SIGNATURE: serve_examples, HU_SIGNATURE: segment_hu})
+    """The served model of `ctseg.serving` (both signatures), at the trained size."""
+    serving.export_model(model, config.image_size, export_dir)
 
 
 def run_fn(fn_args: tfx.components.FnArgs, devices=None):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu.sh"
 
@@ -22,6 +24,7 @@ def test_gpu_bench_refuses_to_pass_cpu_figures_off_as_gpu_ones(tmp_path):
     assert not (tmp_path / "out" / "train.json").exists()
 
 
+@pytest.mark.slow
 def test_gpu_bench_runs_end_to_end_on_cpu_with_tiny_sizes(tmp_path):
     """One variant (mixed_float16 with XLA, both off their CPU defaults) and a one-epoch `ctseg run`."""
     out = tmp_path / "out"

@@ -20,7 +20,7 @@ COPY ctseg ./ctseg
 COPY components ./components
 COPY pipeline ./pipeline
 COPY models ./models
-COPY kubeflow ./kubeflow
+COPY schemas ./schemas
 RUN /opt/uv/bin/uv pip install --no-cache --no-deps --python /opt/venv/bin/python . \
  && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
 
@@ -31,7 +31,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 1000 --shell /usr/sbin/nologin ctseg
 COPY --from=build /opt/venv /opt/venv
-# The compiled spec's ImportSchemaGen reads the curated schema from here (kubeflow/runner.py IMAGE_SCHEMA_FILE).
+# The compiled spec's ImportSchemaGen reads the curated schema from here (pipeline/kubeflow_runner.py IMAGE_SCHEMA_FILE).
 COPY schemas /opt/ctseg/schemas
 # The spec's commands are `python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor`:
 # `python` must be the venv's, which holds TFX and the project.

@@ -63,7 +63,7 @@ def make_executor(workers: int, tmp: Path):
     """IrcadExampleGen's executor as LocalDagRunner builds it (this is where TFX packages itself for Beam)."""
     from tfx.dsl.components.base import base_beam_executor
 
-    from components.ingest.executor import Executor
+    from ctseg.components.ingest.executor import Executor
 
     mode = "in_memory" if workers == 1 else "multi_processing"
     return Executor(base_beam_executor.BaseBeamExecutor.Context(

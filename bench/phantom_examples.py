@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tfx import v1 as tfx
 
-from components.ingest.component import IrcadExampleGen
+from ctseg.components.ingest.component import IrcadExampleGen
 
 DEFAULT_SPLITS = {"train": 0.75, "eval": 0.25}
 

@@ -28,7 +28,7 @@ from tfx import v1 as tfx  # noqa: E402
 from bench.phantom_examples import ingest_phantom  # noqa: E402
 from ctseg import features  # noqa: E402
 from ctseg.phantom import write_phantom  # noqa: E402
-from models.unet import trainer  # noqa: E402
+from ctseg.models.unet import trainer  # noqa: E402
 
 
 def per_patient_dice(serving_dir: str, eval_pattern: str) -> dict[str, float]:

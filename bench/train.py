@@ -27,9 +27,9 @@ import tensorflow as tf  # noqa: E402
 
 from bench.phantom_examples import ingest_phantom  # noqa: E402
 from ctseg.phantom import write_phantom  # noqa: E402
-from models.unet import data, trainer  # noqa: E402
-from models.unet.config import UnetConfig  # noqa: E402
-from models.unet.model import flops_per_slice  # noqa: E402
+from ctseg.models.unet import data, trainer  # noqa: E402
+from ctseg.models.unet.config import UnetConfig  # noqa: E402
+from ctseg.models.unet.model import flops_per_slice  # noqa: E402
 
 
 def _measure(fit, slices: int) -> tuple[float, float]:

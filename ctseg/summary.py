@@ -32,7 +32,7 @@ def _lines_for_run(run: dict, paths) -> list[str]:
         if count is not None:
             lines.append(f"  validation: {count} anomalies ({an['uri']})")
     for ev in _artifacts(run, "ModelEvaluation")[:1]:
-        from components.evaluation import format_evaluation, load_evaluation
+        from ctseg.components.evaluation import format_evaluation, load_evaluation
         try:
             lines.extend("  " + line for line in format_evaluation(load_evaluation(ev["uri"])).splitlines())
         except Exception as e:  # an evaluation that did not finish writing

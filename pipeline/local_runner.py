@@ -7,7 +7,7 @@ from typing import Any
 
 from tfx import v1 as tfx
 
-from pipeline.pipeline import create_pipeline
+from ctseg.pipeline.pipeline import create_pipeline
 
 PIPELINE_NAME = "ctseg"
 # The in-memory DirectRunner runs Beam in this process. Naming a worker image (which it never uses)

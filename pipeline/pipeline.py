@@ -4,15 +4,16 @@ Kubeflow compiler build the same pipeline object (as in TFX's penguin example an
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from importlib import resources
 from typing import Any, Sequence
 
 from tfx import v1 as tfx
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_FILE = str(REPO_ROOT / "schemas" / "schema.pbtxt")
-TRAINER_RUN_FN = "models.unet.trainer.run_fn"
-TRAINER_SOURCES = REPO_ROOT / "models" / "unet"
+from ctseg.schemas import SCHEMA_FILE
+
+TRAINER_RUN_FN = "ctseg.models.unet.trainer.run_fn"
+# The packages whose code the Trainer runs: their files make up the Trainer's code_version.
+TRAINER_PACKAGES = ("ctseg.models.unet",)
 DEFAULT_SPLITS = {"train": 0.75, "eval": 0.25}
 
 
@@ -20,11 +21,16 @@ def trainer_code_version() -> str:
     """A digest of the model code, passed to the Trainer so that TFX's cache notices code changes.
 
     The Trainer is given `run_fn` as an import path (it works unchanged inside the cluster's image),
-    so TFX cannot fingerprint a module file itself.
+    so TFX cannot fingerprint a module file itself. The files are read through importlib.resources:
+    the installed package's own files, in a wheel install as in the work tree.
     """
     digest = hashlib.sha256()
-    for f in sorted(TRAINER_SOURCES.glob("*.py")):
-        digest.update(f.name.encode() + f.read_bytes())
+    for package in TRAINER_PACKAGES:
+        files = sorted((f for f in resources.files(package).iterdir() if f.name.endswith(".py")), key=lambda f: f.name)
+        if not files:
+            raise FileNotFoundError(f"no Python files found in {package}: cannot fingerprint the Trainer code")
+        for f in files:
+            digest.update(f"{package}/{f.name}".encode() + f.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -55,9 +61,9 @@ def create_pipeline(
     judged on `dice_threshold` alone: for orchestrators that cannot run TFX's MLMD-querying resolver
     steps (they compile to KFP `resolver` executors, which Vertex AI Pipelines runs).
     """
-    from components.evaluation.component import SegmentationEvaluator, latest_blessed_model_resolver
-    from components.ingest.component import IrcadExampleGen
-    from components.validation import validation_stage
+    from ctseg.components.evaluation.component import SegmentationEvaluator, latest_blessed_model_resolver
+    from ctseg.components.ingest.component import IrcadExampleGen
+    from ctseg.components.validation import validation_stage
 
     example_gen = IrcadExampleGen(
         data_root=data_root, organ=organ, image_size=image_size,

@@ -5,7 +5,13 @@ from ctseg.quiet import silence
 
 silence(verbose=bool(os.environ.get("CTSEG_VERBOSE")))
 
+import importlib.util  # noqa: E402
+
 import pytest  # noqa: E402
+
+if importlib.util.find_spec("ctseg.components") is None:  # an install made before the package map
+    pytest.exit("ctseg.components is not importable: the .venv's editable install predates the package map in "
+                "pyproject.toml; run `make install`", returncode=4)
 
 from ctseg.phantom import write_phantom  # noqa: E402
 

@@ -79,14 +79,12 @@ def test_every_copy_source_exists_and_reaches_the_build_context(dockerfile):
 
 def test_every_project_package_is_copied_before_the_project_is_installed(dockerfile):
     build = stages(dockerfile)[0]
-    include = tomli.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    package_dirs = set(tomli.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
     copied = {s for item in build if item["instruction"] == "COPY" for s in copy_sources(item)}
     install = next(i for i, item in enumerate(build) if "--no-deps" in item["value"] and " ." in item["value"])
     copied_before = {s for item in build[:install] if item["instruction"] == "COPY" for s in copy_sources(item)}
-    packages = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists()
-                and any(fnmatch.fnmatch(p.name, pattern) for pattern in include)}
-    assert "ctseg" in packages
-    assert packages <= copied_before, f"packages not copied before `pip install .`: {packages - copied_before}"
+    assert {"ctseg", "components", "pipeline", "models", "schemas"} <= package_dirs
+    assert package_dirs <= copied_before, f"package folders not copied before `pip install .`: {package_dirs - copied_before}"
     assert {"pyproject.toml", "README.md"} <= copied, "setuptools reads both to build the project"
 
 
@@ -104,7 +102,7 @@ def test_the_lock_file_is_what_is_installed_into_the_venv_on_path(dockerfile):
 
 
 def test_schema_lands_where_the_compiled_spec_reads_it(dockerfile):
-    from kubeflow.runner import IMAGE_SCHEMA_FILE
+    from ctseg.pipeline.kubeflow_runner import IMAGE_SCHEMA_FILE
 
     final = stages(dockerfile)[-1]
     copies = [item["value"].split() for item in final if item["instruction"] == "COPY"]

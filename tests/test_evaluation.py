@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.evaluation import format_evaluation, load_evaluation, metrics
-from components.evaluation.figures import GridRow, write_grid
+from ctseg.components.evaluation import format_evaluation, load_evaluation, metrics
+from ctseg.components.evaluation.figures import GridRow, write_grid
 from ctseg.errors import CtsegError
 
 SIZE = 64
@@ -126,7 +126,7 @@ def test_load_evaluation_errors_name_the_folder(tmp_path):
 def test_component_rejects_bad_parameters():
     from tfx.types import channel_utils, standard_artifacts
 
-    from components.evaluation import SegmentationEvaluator
+    from ctseg.components.evaluation import SegmentationEvaluator
     examples = channel_utils.as_channel([standard_artifacts.Examples()])
     model = channel_utils.as_channel([standard_artifacts.Model()])
     with pytest.raises(ValueError, match="dice_threshold"):
@@ -169,7 +169,7 @@ def write_eval_examples(phantom_root: Path, out_file: Path):
     """Ingest's own per-patient examples (`ingest_patient`), written to one plain TFRecord file."""
     import tensorflow as tf
 
-    from components.ingest.executor import ingest_patient
+    from ctseg.components.ingest.executor import ingest_patient
     from ctseg import ircad
 
     out_file.parent.mkdir(parents=True)
@@ -184,7 +184,7 @@ def eval_pipeline(name: str, root: Path, examples_dir: Path, model_dir: str, ser
                   dice_threshold: float):
     from tfx import v1 as tfx
 
-    from components.evaluation import SegmentationEvaluator, latest_blessed_model_resolver
+    from ctseg.components.evaluation import SegmentationEvaluator, latest_blessed_model_resolver
     example_gen = tfx.components.ImportExampleGen(
         input_base=str(examples_dir),
         input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="eval", pattern="eval/*")]),
@@ -305,7 +305,7 @@ def model_artifact(uri):
 
 
 def test_segmenter_adapts_to_the_trained_size(workspace):
-    from components.evaluation.executor import Segmenter
+    from ctseg.components.evaluation.executor import Segmenter
     segmenter = Segmenter(model_artifact(workspace["good"]))
     assert segmenter.size == (SIZE, SIZE)
     hu = np.full((2, SIZE // 2, SIZE // 2), 80.0, np.float32)
@@ -318,7 +318,7 @@ def test_bad_inputs_raise_errors_naming_the_path(workspace, tmp_path):
     import tensorflow as tf
     from tfx.types import standard_artifacts
 
-    from components.evaluation.executor import Segmenter, read_slices, split_files
+    from ctseg.components.evaluation.executor import Segmenter, read_slices, split_files
     with pytest.raises(CtsegError, match=str(tmp_path)):
         Segmenter(model_artifact(tmp_path))
     no_signature = tf.Module()

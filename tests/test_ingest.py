@@ -15,8 +15,8 @@ from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-from components.ingest.component import IrcadExampleGen
-from components.ingest.executor import assign_splits, parse_split_ratios
+from ctseg.components.ingest.component import IrcadExampleGen
+from ctseg.components.ingest.executor import assign_splits, parse_split_ratios
 from ctseg import dicom, ircad
 from ctseg.errors import CtsegError
 from ctseg.features import decode_example
@@ -274,8 +274,8 @@ def test_reports_left_in_the_tmp_dir_by_an_earlier_try_are_not_counted(small_pha
     from tfx.dsl.components.base import base_beam_executor
     from tfx.types import standard_artifacts
 
-    from components.ingest.executor import Executor
-    from pipeline.local_runner import LOCAL_BEAM_ARGS
+    from ctseg.components.ingest.executor import Executor
+    from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS
 
     stale = tmp_path / "tmp" / "retry" / "ingest" / "report-00001-of-00002.jsonl"
     stale.parent.mkdir(parents=True)

@@ -14,7 +14,7 @@ import yaml
 
 from ctseg.cli import main
 from ctseg.errors import CtsegError
-from kubeflow.runner import IMAGE_SCHEMA_FILE, StepResources, compile_pipeline, memory_gb
+from ctseg.pipeline.kubeflow_runner import IMAGE_SCHEMA_FILE, StepResources, compile_pipeline, memory_gb
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "ghcr.io/example/ctseg:0.1.0-test"
@@ -115,7 +115,7 @@ def json_format_value(value):
 
 def test_trainer_runs_the_full_preset_from_the_installed_module(spec):
     params = constants(spec, "Trainer")
-    assert params["run_fn"] == "models.unet.trainer.run_fn"
+    assert params["run_fn"] == "ctseg.models.unet.trainer.run_fn"
     config = json.loads(params["custom_config"])
     assert config["preset"] == "full" and config["image_size"] == 64
     assert constants(spec, "ImportSchemaGen")["schema_file"] == IMAGE_SCHEMA_FILE
@@ -195,6 +195,16 @@ def test_baseline_resolver_can_be_left_out_for_backends_without_resolver_tasks(s
     plain = client._extract_pipeline_yaml(str(out)).pipeline_spec
     assert not [e for e in plain.deployment_spec["executors"].values() if "resolver" in e]
     assert "SegmentationEvaluator" in container_tasks(plain) and "Pusher" in container_tasks(plain)
+
+
+def test_compile_without_output_writes_under_the_work_dir_not_the_source_tree(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", "--data", "gs://b/d.zip", "--pipeline-root", "gs://b/root", "--image", IMAGE]) == 0
+    written = tmp_path / "out" / "kubeflow" / "ctseg_pipeline.yaml"
+    assert f"to {Path('out') / 'kubeflow' / 'ctseg_pipeline.yaml'}" in capsys.readouterr().out and written.is_file()
+    assert main(["compile", "--data", "gs://b/d.zip", "--pipeline-root", "gs://b/root", "--image", IMAGE,
+                 "--workdir", "elsewhere"]) == 0
+    assert (tmp_path / "elsewhere" / "kubeflow" / "ctseg_pipeline.yaml").is_file()
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -16,8 +16,8 @@ import yaml
 
 from ctseg.cli import main
 from ctseg.errors import CtsegError
-from kubeflow.runner import compile_pipeline
-from kubeflow.submit import HEALTHZ_PATH, submit
+from ctseg.pipeline.kubeflow_runner import compile_pipeline
+from ctseg.pipeline.kubeflow_submit import HEALTHZ_PATH, submit
 
 RUN_ID = "5b0c6a4e-run"
 EXPERIMENT_ID = "e7a1-experiment"
@@ -145,7 +145,7 @@ def test_a_missing_spec_names_the_file(tmp_path):
 
 
 def test_not_a_pipelines_api(pipelines_api, any_spec, monkeypatch):
-    monkeypatch.setattr("kubeflow.submit.HEALTHZ_PATH", "/apis/v1/not-here")
+    monkeypatch.setattr("ctseg.pipeline.kubeflow_submit.HEALTHZ_PATH", "/apis/v1/not-here")
     with pytest.raises(CtsegError, match="has no Kubeflow Pipelines v2 API"):
         submit(any_spec, host=host_of(pipelines_api))
 

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from ctseg.features import slice_example
-from models.unet import data
-from models.unet.config import UnetConfig
+from ctseg.models.unet import data
+from ctseg.models.unet.config import UnetConfig
 
 SIZE = 32
 OFF = dict(flip_probability=0.0, rotate_probability=0.0, median_probability=0.0, noise_probability=0.0)

@@ -16,7 +16,7 @@ from ctseg import metadata
 from ctseg.cli import main as cli_main
 from ctseg.dicom import mask_from_dataset, read_dataset
 from ctseg.phantom import write_phantom
-from pipeline.local_runner import run_local
+from ctseg.pipeline.local_runner import run_local
 
 PATIENTS, SLICES, SOURCE_SIZE, IMAGE_SIZE = 10, 20, 128, 128
 # Every slice kept (no empty-slice dropping): on this small phantom it halves the model's over-segmentation.

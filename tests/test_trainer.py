@@ -12,7 +12,7 @@ from tfx import v1 as tfx
 
 from bench.phantom_examples import ingest_pipeline
 from ctseg.errors import CtsegError
-from models.unet import trainer
+from ctseg.models.unet import trainer
 
 SIZE = 64
 MODULE_FILE = str(Path(trainer.__file__).resolve())

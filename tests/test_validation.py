@@ -17,9 +17,9 @@ from tfx.dsl.component.experimental.annotations import OutputArtifact
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Model
 
-from components.ingest.component import IrcadExampleGen
-from components.validation import validation_stage
-from components.validation.executor import REPORT_FILE, SKEW_FILE
+from ctseg.components.ingest.component import IrcadExampleGen
+from ctseg.components.validation import validation_stage
+from ctseg.components.validation.executor import REPORT_FILE, SKEW_FILE
 from ctseg.errors import CtsegError
 from ctseg.phantom import write_phantom
 
@@ -201,8 +201,8 @@ def test_skew_fails_the_gate_only_when_asked(clean_run, tmp_path):
     """The gate's executor on the clean run's artifacts: skew above a zero threshold is fatal only with fail_on_skew."""
     from tfx.types import standard_artifacts
 
-    from components.validation.component import ValidationReport
-    from components.validation.executor import Executor
+    from ctseg.components.validation.component import ValidationReport
+    from ctseg.components.validation.executor import Executor
 
     root = clean_run["root"]
     inputs = {

@@ -2,7 +2,7 @@
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 from google.protobuf import text_format
 
-from components.validation import SCHEMA_FILE, report
+from ctseg.components.validation import SCHEMA_FILE, report
 
 
 def _stats(num_examples=10, **features) -> statistics_pb2.DatasetFeatureStatistics:

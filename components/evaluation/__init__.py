@@ -49,6 +49,6 @@ def format_evaluation(result: dict) -> str:
 
 def __getattr__(name):
     if name in ("SegmentationEvaluator", "SegmentationEvaluatorSpec", "latest_blessed_model_resolver"):
-        from components.evaluation import component
+        from ctseg.components.evaluation import component
         return getattr(component, name)
     raise AttributeError(name)

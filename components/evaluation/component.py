@@ -17,7 +17,7 @@ from tfx.types import standard_component_specs as keys
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.types.system_executions import Evaluate
 
-from components.evaluation import executor
+from ctseg.components.evaluation import executor
 
 DEFAULT_DICE_THRESHOLD = 0.90
 DEFAULT_DICE_TOLERANCE = 0.01

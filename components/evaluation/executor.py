@@ -16,7 +16,7 @@ from tfx.types import artifact_utils
 from tfx.types import standard_component_specs as keys
 from tfx.utils import io_utils, path_utils
 
-from components.evaluation import METRICS_FILE, figures, metrics
+from ctseg.components.evaluation import METRICS_FILE, figures, metrics
 from ctseg import features
 from ctseg.errors import CtsegError
 

@@ -7,7 +7,7 @@ from typing import Optional
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import channel, component_spec, standard_artifacts
 
-from components.ingest import executor
+from ctseg.components.ingest import executor
 from ctseg.errors import CtsegError
 
 DEFAULT_SPLIT_RATIOS = {"train": 0.75, "eval": 0.25}

@@ -1,17 +1,15 @@
 """The validation stage: statistics, inferred and curated schemas, anomalies, and the gate before training."""
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional
 
 from tfx import types
 from tfx.components import ExampleValidator, SchemaGen, StatisticsGen
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 
-from components.validation.component import ValidationGate, ValidationReport
+from ctseg.components.validation.component import ValidationGate, ValidationReport
 
-SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           "schemas", "schema.pbtxt")
+from ctseg.schemas import SCHEMA_FILE
 
 __all__ = ["SCHEMA_FILE", "ValidationGate", "ValidationReport", "ValidationStage", "validation_stage"]
 

@@ -8,7 +8,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.validation import executor
+from ctseg.components.validation import executor
 
 STATISTICS_KEY = "statistics"
 ANOMALIES_KEY = "anomalies"

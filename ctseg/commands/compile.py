@@ -1,6 +1,10 @@
 """`ctseg compile`: the `ctseg run` pipeline as a Kubeflow Pipelines (KFP v2) spec."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ctseg.commands import DEFAULT_WORKDIR
+
 
 def register(sub) -> None:
     p = sub.add_parser("compile", help="compile the pipeline into a Kubeflow Pipelines v2 spec",
@@ -13,7 +17,8 @@ def register(sub) -> None:
                    help="where the pods write artifacts: gs://..., s3://... or minio://...")
     p.add_argument("--image", help="the image built from the Dockerfile, pinned by tag or digest "
                                    "(default: ghcr.io/ctseg/ctseg:<version>)")
-    p.add_argument("--output", help="spec file to write (default: kubeflow/ctseg_pipeline.yaml)")
+    p.add_argument("--output", help="spec file to write (default: WORKDIR/kubeflow/ctseg_pipeline.yaml)")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="work dir the default spec file goes under (default: ./out)")
     p.add_argument("--serving-dir", help="where the Pusher exports blessed models (default: <pipeline root>/serving)")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="a Beam pipeline argument, repeated, e.g. --beam-arg=--runner=DataflowRunner "
@@ -37,11 +42,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from kubeflow.runner import DEFAULT_IMAGE, DEFAULT_SPEC_FILE, IMAGE_SCHEMA_FILE, StepResources, compile_pipeline
+    from ctseg.pipeline.kubeflow_runner import DEFAULT_IMAGE, IMAGE_SCHEMA_FILE, SPEC_FILE, StepResources, compile_pipeline
 
     path = compile_pipeline(
         image=args.image or DEFAULT_IMAGE,
-        output=args.output or DEFAULT_SPEC_FILE,
+        output=args.output or Path(args.workdir) / SPEC_FILE,
         data_root=args.data,
         pipeline_root=args.pipeline_root,
         serving_dir=args.serving_dir,

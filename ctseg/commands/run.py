@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-DEFAULT_WORKDIR = "out"
+from ctseg.commands import DEFAULT_WORKDIR
 
 
 def register(sub) -> None:
@@ -96,7 +96,7 @@ class StageProgress(threading.Thread):
 def run(args) -> int:
     from ctseg.errors import CtsegError
     from ctseg.summary import print_run_summary
-    from pipeline.local_runner import LocalPaths, run_local
+    from ctseg.pipeline.local_runner import LocalPaths, run_local
 
     data_root = Path(args.data) if args.data else _default_data(args)
     if not data_root.exists():

@@ -69,7 +69,7 @@ def write_html(stats_by_split: dict, out: str | Path) -> Path:
 
 
 def run(args) -> int:
-    from components.validation.report import statistics_summary
+    from ctseg.components.validation.report import statistics_summary
 
     artifact_dir = find_statistics_dir(args.path)
     stats_by_split = load_statistics_dir(artifact_dir)

@@ -13,7 +13,7 @@ import tensorflow_addons as tfa
 
 from ctseg import features
 from ctseg.errors import CtsegError
-from models.unet.config import UnetConfig
+from ctseg.models.unet.config import UnetConfig
 
 _FEATURE_SPEC = {
     features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from models.unet.config import UnetConfig
+from ctseg.models.unet.config import UnetConfig
 
 SMOOTH = 1.0  # the blog post's Dice smoothing term: keeps empty-vs-empty at Dice 1 and the gradient finite
 

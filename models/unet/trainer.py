@@ -1,5 +1,5 @@
 """TFX Trainer module file for the liver UNET (`module_file=models/unet/trainer.py`, or
-`run_fn='models.unet.trainer.run_fn'`), in the style of TFX's penguin example.
+`run_fn='ctseg.models.unet.trainer.run_fn'`), in the style of TFX's penguin example.
 
 `custom_config` keys (all optional; a `preset` sets the defaults, explicit keys override it):
   preset                   'small' (default: 128 px, depth 4, 8 base filters, dropout 0.1, for CPUs)
@@ -28,9 +28,9 @@ import os
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from models.unet import data
-from models.unet.config import UnetConfig
-from models.unet.model import build_unet, compile_model
+from ctseg.models.unet import data
+from ctseg.models.unet.config import UnetConfig
+from ctseg.models.unet.model import build_unet, compile_model
 
 log = logging.getLogger(__name__)
 SERVING_SIGNATURE = "serving_default"

@@ -1,6 +1,6 @@
 """Compiles the ctseg pipeline into a KFP v2 pipeline spec with TFX's KubeflowV2DagRunner.
 
-The pipeline object is the one `ctseg run` builds (`pipeline.pipeline.create_pipeline`); on a cluster
+The pipeline object is the one `ctseg run` builds (`ctseg.pipeline.pipeline.create_pipeline`); on a cluster
 only the paths, the Beam runner, the Trainer's preset and each step's container resources differ.
 The spec uses schema 2.1.0, the one KFP 2's SDK and backend speak, and is written as the YAML that
 `kfp.Client.create_run_from_pipeline_package` accepts: the `pipelineSpec` of TFX's PipelineJob,
@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 import ctseg
 from ctseg.errors import CtsegError
 
-KUBEFLOW_DIR = Path(__file__).resolve().parent
-DEFAULT_SPEC_FILE = KUBEFLOW_DIR / "ctseg_pipeline.yaml"
+# `ctseg compile` writes the spec here under its work dir (never into the installed package or the source tree).
+SPEC_FILE = Path("kubeflow") / "ctseg_pipeline.yaml"
 PIPELINE_NAME = "ctseg"
 DEFAULT_IMAGE = f"ghcr.io/ctseg/ctseg:{ctseg.__version__}"
 # Where the Dockerfile puts the curated schema inside the image.
@@ -108,8 +108,8 @@ def build_cluster_pipeline(
     **knobs: Any,
 ):
     """The `ctseg run` pipeline with cluster paths, the GPU preset and per-step container resources."""
-    from models.unet.config import PRESETS
-    from pipeline.pipeline import create_pipeline
+    from ctseg.models.unet.config import PRESETS
+    from ctseg.pipeline.pipeline import create_pipeline
     from tfx.dsl.components.base.base_component import BaseComponent
 
     if not data_root:
@@ -135,7 +135,7 @@ def build_cluster_pipeline(
     return pipeline
 
 
-def compile_pipeline(*, image: str = DEFAULT_IMAGE, output: str | Path = DEFAULT_SPEC_FILE, **pipeline_args: Any) -> Path:
+def compile_pipeline(*, output: str | Path, image: str = DEFAULT_IMAGE, **pipeline_args: Any) -> Path:
     """Builds the cluster pipeline (`build_cluster_pipeline` arguments) and writes its KFP v2 spec to `output`."""
     import yaml
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner

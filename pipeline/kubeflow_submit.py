@@ -29,6 +29,7 @@ class SubmittedRun:
     run_id: str
     link: str
     experiment: str
+    pipeline_root: str | None = None
 
 
 def resolve_host(host: str | None) -> str:
@@ -94,11 +95,19 @@ def submit(
     namespace: str | None = None,
     token: str | None = None,
     cookie: str | None = None,
+    pipeline_root: str | None = None,
 ) -> SubmittedRun:
-    """Creates a run of `spec_file` (written by `ctseg compile`) in `experiment` on the Pipelines at `host`."""
+    """Creates a run of `spec_file` (written by `ctseg compile`) in `experiment` on the Pipelines at `host`.
+
+    The run carries `pipeline_root`, by default the spec's `defaultPipelineRoot`: KFP's backend never
+    reads the latter (it takes the run's root, else its launcher config map's, else
+    minio://mlpipeline/v2/artifacts: backend/src/v2/driver/driver.go:151-172 at 2.5.0), so without it the
+    steps would write where TensorFlow's filesystems cannot.
+    """
     spec_file = Path(spec_file)
     if not spec_file.is_file():
         raise CtsegError(f"{spec_file}: no compiled spec there; write one with `ctseg compile`")
+    pipeline_root = pipeline_root or spec_pipeline_root(spec_file)
     host = resolve_host(host)
     check_host(host, token=token, cookie=cookie)
 
@@ -115,7 +124,7 @@ def submit(
                                 namespace=namespace or "kubeflow")
             result = client.create_run_from_pipeline_package(
                 str(spec_file), arguments={}, run_name=run_name, experiment_name=experiment,
-                namespace=namespace)
+                namespace=namespace, pipeline_root=pipeline_root)
     except kfp_server_api.ApiException as e:
         raise _api_error(host, e) from None
     except urllib3.exceptions.HTTPError as e:
@@ -124,4 +133,15 @@ def submit(
         raise CtsegError(f"{spec_file}: kfp cannot load it as a pipeline spec ({str(e).splitlines()[0]})") from None
     if not result.run_id:
         raise CtsegError(f"Kubeflow Pipelines at {host} accepted the request but returned no run id")
-    return SubmittedRun(run_id=result.run_id, link=f"{host}/#/runs/details/{result.run_id}", experiment=experiment)
+    return SubmittedRun(run_id=result.run_id, link=f"{host}/#/runs/details/{result.run_id}", experiment=experiment,
+                        pipeline_root=pipeline_root)
+
+
+def spec_pipeline_root(spec_file: Path) -> str | None:
+    import yaml
+
+    try:
+        spec = yaml.safe_load(spec_file.read_text())
+    except yaml.YAMLError:
+        return None  # kfp's loader reports what is wrong with the file
+    return spec.get("defaultPipelineRoot") if isinstance(spec, dict) else None

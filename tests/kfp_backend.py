@@ -217,6 +217,7 @@ class TaskRecord:
     returncode: int
     log: str
     executor_output: dict
+    seconds: float
 
 
 @dataclasses.dataclass
@@ -343,7 +344,8 @@ class KfpBackend:
         executor_output = self._read_output_file(Path(outputs["outputFile"]))
         recorded = self._upload_outputs(executor_input, executor_output, session_info)
         self.metadata.publish(execution, contexts, state.COMPLETE, recorded, executor_output.get("parameterValues", {}))
-        return TaskRecord(name, execution.id, executor_input, done.returncode, log, executor_output)
+        return TaskRecord(name, execution.id, executor_input, done.returncode, log, executor_output,
+                          time.time() - started)
 
     @staticmethod
     def _substitute(args: list[str], executor_input: dict) -> list[str]:

@@ -28,8 +28,6 @@ from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS
 from kfp_backend import (EXECUTOR_LOGS, KfpBackend, KfpMetadata, RunCreationRefused, check_executors,
                                download_blob)
 
-pytestmark = pytest.mark.slow
-
 IMAGE = "ghcr.io/example/ctseg:0.1.0-test"
 SPEC_ROOT = "gs://ctseg-test/root"      # what the spec says; KFP ignores it (driver.go:151-172)
 RUN_ID = "7d9c8c1e-0000-4000-8000-00000000kfp1"
@@ -38,16 +36,17 @@ CPU_STEP = StepResources(cpu="1", memory="2G")
 
 @pytest.fixture(scope="module")
 def kfp_run(installed_wheel, small_phantom, tmp_path_factory):
-    """The whole spec, once: compiled here, every task run from the wheel's venv."""
+    """The whole spec, once: compiled here, every task run by the wheel's venv (its `python` first on PATH)."""
     work = tmp_path_factory.mktemp("kfp_backend")
     spec_file = compile_pipeline(
         image=IMAGE, output=work / "ctseg.yaml", data_root=str(small_phantom), pipeline_root=SPEC_ROOT,
         serving_dir=str(work / "serving"), image_size=64, preset="small", custom_config={"epochs": 1},
         dice_threshold=0.0, beam_pipeline_args=list(LOCAL_BEAM_ARGS),
+        schema_file=str(installed_wheel.site_packages / "ctseg" / "schemas" / "schema.pbtxt"),
         trainer_resources=CPU_STEP, step_resources=CPU_STEP)
     backend = KfpBackend.from_file(
         spec_file, pipeline_root=str(work / "minio" / "mlpipeline"), metadata=KfpMetadata(work / "kfp.sqlite"),
-        python_bin=Path(installed_wheel).parent if Path(installed_wheel).is_file() else Path(installed_wheel) / "bin",
+        python_bin=installed_wheel.venv / "bin",
         work=work / "pods", env={"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     records = backend.run(RUN_ID)
     return {"work": work, "spec": yaml.safe_load(spec_file.read_text()), "records": records,
@@ -236,3 +235,23 @@ def test_pushed_model_answers_serving_default_without_custom_ops(kfp_run, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["shape"] == [1, 64, 64] and 0.0 <= answer["min"] <= answer["max"] <= 1.0
+
+
+def test_ingest_output_splits_patients_and_keeps_every_slice(kfp_run, small_phantom):
+    import tensorflow as tf
+
+    from ctseg.features import decode_example
+
+    artifact = kfp_run["records"]["IrcadExampleGen"].executor_output["artifacts"]["examples"]["artifacts"][0]
+    assert json.loads(artifact["metadata"]["split_names"]) == ["train", "eval"]
+    patients_by_split, slices = {}, 0
+    for split in ("train", "eval"):
+        files = sorted(tf.io.gfile.glob(f"{artifact['uri']}/Split-{split}/*.gz"))
+        assert files, f"no TFRecords in {artifact['uri']}/Split-{split}"
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            example = decode_example(record.numpy())
+            assert example["image_hu"].shape == (64, 64) and example["mask"].shape == (64, 64)
+            patients_by_split.setdefault(split, set()).add(example["patient_id"])
+            slices += 1
+    assert not patients_by_split["train"] & patients_by_split["eval"], "patients never straddle splits"
+    assert slices == sum(len(list(p.glob("PATIENT_DICOM/*"))) for p in Path(small_phantom).iterdir())

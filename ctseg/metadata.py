@@ -23,7 +23,7 @@ NODE_CONTEXT_TYPE = "node"
 DEFAULT_GRPC_PORT = 8080
 GRPC_TIMEOUT_S = 10.0
 
-_HIDDEN_PROPERTIES = ("tfx_version", "is_external")
+_HIDDEN_PROPERTIES = ("tfx_version", "is_external", "store_session_info")  # the last: KFP's object-store login
 _EXECUTION_RESULT = "__execution_result__"  # tfx.orchestration.portable.mlmd.execution_lib
 _METRICS_FILE = "metrics.json"  # components.evaluation.METRICS_FILE
 _ANOMALIES_FILE = "SchemaDiff.pb"  # tfx.components.example_validator.executor.DEFAULT_FILE_NAME
@@ -477,7 +477,8 @@ class _Graph:
         pipeline = next((c.name for c in contexts if c.type in PIPELINE_CONTEXT_TYPES), None)
         if node and pipeline and node.startswith(pipeline + "."):
             return node[len(pipeline) + 1:]
-        return node or _type_name(execution).split(".")[-1]
+        task = execution.custom_properties.get(_KFP_TASK_NAME)
+        return node or (task.string_value if task is not None else "") or _type_name(execution).split(".")[-1]
 
     def execution_record(self, execution) -> dict[str, Any]:
         return {"id": execution.id, "node_id": self.node_of(execution), "type": execution.type,

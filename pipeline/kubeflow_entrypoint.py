@@ -14,7 +14,7 @@ from typing import Any
 
 from absl import app, logging
 
-ENTRYPOINT_MODULE = __name__
+ENTRYPOINT_MODULE = "ctseg.pipeline.kubeflow_entrypoint"
 ENTRYPOINT_COMMAND = ["python", "-m", ENTRYPOINT_MODULE]
 INVOCATION_FLAG = "--json_serialized_invocation_args"
 INPUTS_SPEC_FLAG = "--json_serialized_inputs_spec_args"

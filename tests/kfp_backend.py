@@ -69,7 +69,7 @@ def dependency_order(tasks: dict) -> list[str]:
 
 
 def schema_title(artifact_type: dict) -> str:
-    """metadata/client.go:1002-1014 (SchemaToArtifactType) of launcher_v2.go:893-904 (getArtifactSchema)."""
+    """metadata/client.go:1003-1015 (SchemaToArtifactType) of component/launcher_v2.go:822-833 (getArtifactSchema)."""
     if "schemaTitle" in artifact_type:
         return artifact_type["schemaTitle"]
     title = (yaml.safe_load(artifact_type.get("instanceSchema") or "") or {}).get("title")
@@ -81,7 +81,7 @@ def schema_title(artifact_type: dict) -> str:
 # ---------------------------------------------------------------- value conversions (metadata/converter.go)
 
 def struct_to_mlmd(value: Any):
-    """converter.go:133-166 StructValueToMLMDValue: numbers become doubles, bools ints, lists and
+    """metadata/converter.go:133-166 StructValueToMLMDValue: numbers become doubles, bools ints, lists and
     structs are wrapped under "list"/"struct"; null is refused."""
     from google.protobuf import struct_pb2
     from ml_metadata.proto import metadata_store_pb2 as pb
@@ -100,7 +100,7 @@ def struct_to_mlmd(value: Any):
 
 
 def mlmd_to_json(value) -> Any:
-    """converter.go:176-217 toRuntimeArtifact: string, double, int (as a number), struct."""
+    """metadata/converter.go:176-216 toRuntimeArtifact: string, double, int (as a number), struct."""
     from google.protobuf import json_format
 
     kind = value.WhichOneof("value")
@@ -132,10 +132,10 @@ class KfpMetadata:
         put = {"context": (self.pb.ContextType, self.store.put_context_type),
                "execution": (self.pb.ExecutionType, self.store.put_execution_type),
                "artifact": (self.pb.ArtifactType, self.store.put_artifact_type)}[kind]
-        return put[1](put[0](name=name))  # client.go:62-80: all types are schemaless
+        return put[1](put[0](name=name))  # metadata/client.go:62-80: all types are schemaless
 
     def _context(self, type_name: str, name: str, properties: dict[str, str]):
-        """client.go:306-362 GetPipeline / getOrInsertContext."""
+        """metadata/client.go:306-364 GetPipeline / getOrInsertContext."""
         found = self.store.get_context_by_type_and_name(type_name, name)
         if found is not None:
             return found
@@ -155,7 +155,7 @@ class KfpMetadata:
 
     def create_execution(self, contexts, type_name: str, *, task_name: str, name: str = "",
                          properties: dict[str, Any], input_ids: dict[str, int]) -> Any:
-        """client.go:534-640 CreateExecution: RUNNING, task_name/display_name, INPUT events keyed by input name."""
+        """metadata/client.go:534-670 CreateExecution: RUNNING, task_name/display_name, INPUT events keyed by input name."""
         execution = self.pb.Execution(type_id=self._type_id("execution", type_name),
                                       last_known_state=self.pb.Execution.RUNNING)
         if name:
@@ -172,7 +172,7 @@ class KfpMetadata:
         return execution
 
     def _event(self, event_type, key: str, artifact_id: Optional[int] = None):
-        """client.go:435-443 eventPath: the artifact's name in this task is the event path's one key."""
+        """metadata/client.go:435-443 eventPath: the artifact's name in this task is the event path's one key."""
         event = self.pb.Event(type=event_type)
         event.path.steps.add().key = key
         if artifact_id is not None:
@@ -180,7 +180,7 @@ class KfpMetadata:
         return event
 
     def record_artifact(self, output_name: str, runtime_artifact: dict, session_info: str):
-        """client.go:1018-1078 RecordArtifact: type named by the schema title, metadata as custom properties."""
+        """metadata/client.go:1018-1078 RecordArtifact: type named by the schema title, metadata as custom properties."""
         artifact = self.pb.Artifact(uri=runtime_artifact["uri"], state=self.pb.Artifact.LIVE,
                                     type_id=self._type_id("artifact", schema_title(runtime_artifact["type"])))
         for k, v in (runtime_artifact.get("metadata") or {}).items():
@@ -193,7 +193,7 @@ class KfpMetadata:
         return artifact
 
     def publish(self, execution, contexts, state, outputs: list[tuple[str, Any]], parameters: dict) -> None:
-        """client.go:454-507 PublishExecution: final state, `outputs` parameters, OUTPUT events."""
+        """metadata/client.go:454-507 PublishExecution: final state, `outputs` parameters, OUTPUT events."""
         execution.last_known_state = state
         if parameters:
             execution.custom_properties["outputs"].struct_value.update(parameters)
@@ -201,7 +201,7 @@ class KfpMetadata:
         self.store.put_execution(execution, events, contexts, reuse_context_if_already_exist=True)
 
     def output_artifacts(self, execution_id: int) -> dict[str, Any]:
-        """client.go:917-951 GetOutputArtifactsByExecutionId."""
+        """metadata/client.go:917-952 GetOutputArtifactsByExecutionId."""
         events = [e for e in self.store.get_events_by_execution_ids([execution_id]) if e.type == self.pb.Event.OUTPUT]
         by_id = {a.id: a for a in self.store.get_artifacts_by_id([e.artifact_id for e in events])}
         return {e.path.steps[0].key: by_id[e.artifact_id] for e in events}
@@ -243,15 +243,15 @@ class KfpBackend:
         check_executors(self.spec)
         run_id = run_id or str(uuid.uuid4())
         pipeline_name = self.spec["pipelineInfo"]["name"]
-        # driver.go:151-172: the run's pipeline root, else the launcher config map's, else
+        # driver/driver.go:151-172: the run's pipeline root, else the launcher config map's, else
         # minio://mlpipeline/v2/artifacts (config/env.go:37,76-80); the spec's defaultPipelineRoot is not read.
         root = self.pipeline_root
-        # metadata/client.go:284-304,316: the run's root is <pipeline root>/<pipeline name>/<run id>
+        # metadata/client.go:287-302,316: the run's root is <pipeline root>/<pipeline name>/<run id>
         run_root = f"{root.rstrip('/')}/{pipeline_name}/{run_id}"
         session_info = json.dumps({"Provider": "local", "Params": {}})
         contexts = self.metadata.pipeline(pipeline_name, run_id, run_root, session_info)
         tasks = self.spec["root"]["dag"]["tasks"]
-        # driver.go:139-209 RootDAG: a system.DAGExecution named run/<run id>
+        # driver/driver.go:139-209 RootDAG: a system.DAGExecution named run/<run id>
         dag = self.metadata.create_execution(contexts, "system.DAGExecution", task_name="", name=f"run/{run_id}",
                                              properties={"total_dag_tasks": len(tasks)}, input_ids={})
         records: dict[str, TaskRecord] = {}
@@ -265,7 +265,7 @@ class KfpBackend:
         return records
 
     def _inputs(self, task: dict, records: dict[str, TaskRecord]) -> tuple[dict, dict[str, int]]:
-        """driver.go:1369-1589 resolveInputs: constants (with the job placeholders, 1645-1657), and each
+        """driver/driver.go:1369-1584 resolveInputs: constants (with the job placeholders, 1644-1657), and each
         upstream artifact as its producer recorded it (1927-2007 resolveUpstreamArtifacts), converted
         by ToRuntimeArtifact: name = MLMD id, metadata from the custom properties, instanceSchema ""."""
         parameters = {}
@@ -289,7 +289,7 @@ class KfpBackend:
         return {"parameterValues": parameters, "artifacts": artifacts}, ids
 
     def _outputs(self, name: str, component: dict, run_root: str, output_file: Path) -> dict:
-        """driver.go:2010-2063 provisionOutputs: `artifactType` verbatim, no name, the spec's metadata;
+        """driver/driver.go:2010-2061 provisionOutputs: `artifactType` verbatim, no name, the spec's metadata;
         URI <run root>/<task>/<uuid>/<key> (2.5.0; <run root>/<task>/<key> before); plus executor-logs."""
         definitions = dict(component.get("outputDefinitions", {}).get("artifacts", {}))
         if self.publish_logs:
@@ -316,7 +316,7 @@ class KfpBackend:
         shutil.rmtree(pod, ignore_errors=True)
         (pod / "tmp").mkdir(parents=True)
         inputs, input_ids = self._inputs(task, records)
-        # launcher_v2.go:458 OutputMetadataFilepath is /tmp/kfp_outputs/output_metadata.json in each pod
+        # component/launcher_v2.go:458 OutputMetadataFilepath is /tmp/kfp_outputs/output_metadata.json in each pod
         outputs = self._outputs(name, component, run_root, pod / "tmp" / "kfp_outputs" / "output_metadata.json")
         # Field names and values exactly as protojson gives them: parse strictly, print back.
         message = json_format.ParseDict({"inputs": inputs, "outputs": outputs}, pipeline_spec_pb2.ExecutorInput())
@@ -326,19 +326,20 @@ class KfpBackend:
             properties={"parent_dag_id": dag.id, "pod_name": f"{name}-pod", "pod_uid": str(uuid.uuid4()),
                         "namespace": "kubeflow", "image": container["image"], "inputs": inputs["parameterValues"]},
             input_ids=input_ids)
-        # launcher_v2.go:874-890 prepareOutputFolders (local paths of output URIs; here the URIs themselves)
+        # component/launcher_v2.go:898-925 prepareOutputFolders (local paths of output URIs; here the URIs themselves)
         for lst in outputs["artifacts"].values():
             Path(lst["artifacts"][0]["uri"]).parent.mkdir(parents=True, exist_ok=True)
+        (pod / "executor_input.json").write_text(json.dumps(executor_input, indent=1))  # for whoever debugs a step
         argv = [*container["command"], *self._substitute(container["args"], executor_input)]
         env = {"PATH": f"{self.python_bin}:/usr/bin:/bin", "HOME": str(pod), "TMPDIR": str(pod / "tmp"),
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", **self.env}
         started = time.time()
         done = subprocess.run(argv, cwd=pod, env=env, capture_output=True, text=True, timeout=self.timeout_s)
         log = done.stdout + done.stderr
-        if self.publish_logs:  # launcher_v2.go:467-488, 510-521: stdout and stderr go to the log artifact too
+        if self.publish_logs:  # component/launcher_v2.go:467-488, 511-521: stdout and stderr go to the log artifact too
             Path(outputs["artifacts"][EXECUTOR_LOGS]["artifacts"][0]["uri"]).write_text(log)
         state = self.metadata.pb.Execution
-        if done.returncode != 0:  # launcher_v2.go:180-184: published FAILED, no outputs
+        if done.returncode != 0:  # component/launcher_v2.go:183-185: published FAILED, no outputs
             self.metadata.publish(execution, contexts, state.FAILED, [], {})
             raise TaskFailed(f"task {name} exited with {done.returncode} after {time.time() - started:.0f}s:\n{log[-6000:]}")
         executor_output = self._read_output_file(Path(outputs["outputFile"]))
@@ -349,7 +350,7 @@ class KfpBackend:
 
     @staticmethod
     def _substitute(args: list[str], executor_input: dict) -> list[str]:
-        """launcher_v2.go:384-397, 786-863 getPlaceholders: `{{$}}` is the executor input as JSON."""
+        """component/launcher_v2.go:363-374, 736-820 getPlaceholders: `{{$}}` is the executor input as JSON."""
         placeholders = {"{{$}}": json.dumps(executor_input)}
         for key, lst in executor_input.get("inputs", {}).get("artifacts", {}).items():
             placeholders[f"{{{{$.inputs.artifacts['{key}'].uri}}}}"] = lst["artifacts"][0]["uri"]
@@ -368,7 +369,7 @@ class KfpBackend:
 
     @staticmethod
     def _read_output_file(path: Path) -> dict:
-        """launcher_v2.go:918-947 getExecutorOutputFile: missing is empty; otherwise strict protojson."""
+        """component/launcher_v2.go:851-880 getExecutorOutputFile: missing is empty; otherwise strict protojson."""
         from google.protobuf import json_format
         from kfp.pipeline_spec import pipeline_spec_pb2
 
@@ -378,8 +379,8 @@ class KfpBackend:
         return json_format.MessageToDict(message)
 
     def _upload_outputs(self, executor_input: dict, executor_output: dict, session_info: str) -> list:
-        """launcher_v2.go:537-588 uploadOutputArtifacts: every output of the executor input (not only
-        those the executor reported), merged with the executor's URI and metadata (906-916
+        """component/launcher_v2.go:540-592 uploadOutputArtifacts: every output of the executor input (not only
+        those the executor reported), merged with the executor's URI and metadata (835-849
         mergeRuntimeArtifacts), recorded by RecordArtifact."""
         recorded = []
         for key, lst in executor_input["outputs"].get("artifacts", {}).items():

@@ -25,7 +25,7 @@ def register(sub) -> None:
                    help="model preset: small for CPU (default), full for GPU")
     p.add_argument("--dice-threshold", type=float, default=0.90, help="bless only at or above this mean patient Dice")
     p.add_argument("--dice-tolerance", type=float, default=0.01,
-                   help="how much worse than the last blessed model a new one may be")
+                   help="how much worse than the model serving a new one may be")
     p.add_argument("--max-bad-fraction", type=float, default=0.0,
                    help="fraction of a patient's slices that may be quarantined before the run fails")
     p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")

@@ -25,20 +25,20 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
-from bench.phantom_examples import ingest_phantom  # noqa: E402
-from ctseg import features  # noqa: E402
+from ctseg import features, serving  # noqa: E402
 from ctseg.phantom import write_phantom  # noqa: E402
+from ctseg.pipeline.local_runner import run_ingest  # noqa: E402
 from ctseg.models.unet import trainer  # noqa: E402
 
 
 def per_patient_dice(serving_dir: str, eval_pattern: str) -> dict[str, float]:
     """Volumetric Dice per patient from the exported model's `serving_default` signature."""
-    serve = tf.saved_model.load(serving_dir).signatures[trainer.SERVING_SIGNATURE]
+    serve = tf.saved_model.load(serving_dir).signatures[serving.SERVING_SIGNATURE]
     counts = defaultdict(lambda: np.zeros(3))  # intersection, |P|, |T|
     records = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(eval_pattern), "GZIP")]
     for start in range(0, len(records), 64):
         batch = records[start:start + 64]
-        predicted = serve(examples=tf.constant(batch))["probabilities"].numpy() > 0.5
+        predicted = serving.is_organ(serve(examples=tf.constant(batch))[serving.OUTPUT].numpy())
         for serialized, p in zip(batch, predicted):
             ex = features.decode_example(serialized)
             t = ex[features.MASK_KEY] > 0
@@ -61,7 +61,7 @@ def main(argv=None):
     phantom = work / f"phantom-{args.patients}x{args.slices}-{args.phantom_size}-s{args.seed}"
     if not phantom.exists():
         write_phantom(phantom, patients=args.patients, slices=args.slices, size=args.phantom_size, seed=args.seed)
-    split = ingest_phantom(phantom, work / f"ingest-{phantom.name}-{args.image_size}", args.image_size)
+    split = run_ingest(data_root=phantom, workdir=work / f"ingest-{phantom.name}-{args.image_size}", image_size=args.image_size)
     custom = {"image_size": args.image_size, **json.loads(args.config)}
     run = work / f"run-{int(time.time())}"
     fn_args = tfx.components.FnArgs(

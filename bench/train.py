@@ -25,8 +25,8 @@ silence(False)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.phantom_examples import ingest_phantom  # noqa: E402
 from ctseg.phantom import write_phantom  # noqa: E402
+from ctseg.pipeline.local_runner import run_ingest  # noqa: E402
 from ctseg.models.unet import data, trainer  # noqa: E402
 from ctseg.models.unet.config import UnetConfig  # noqa: E402
 from ctseg.models.unet.model import flops_per_slice  # noqa: E402
@@ -55,7 +55,8 @@ def main(argv=None):
     phantom = work / f"phantom-{args.patients}x{args.slices}-{args.phantom_size}"
     if not phantom.exists():
         write_phantom(phantom, patients=args.patients, slices=args.slices, size=args.phantom_size, seed=0)
-    pattern = ingest_phantom(phantom, work / f"ingest-{phantom.name}-{config.image_size}", config.image_size)["train"]
+    pattern = run_ingest(data_root=phantom, workdir=work / f"ingest-{phantom.name}-{config.image_size}",
+                         image_size=config.image_size)["train"]
 
     strategy = trainer.distribution_strategy()
     batch_size = config.batch_size * strategy.num_replicas_in_sync

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 
 from ctseg.errors import CtsegError
 from ctseg.quiet import silence
 
-# Each name is `ctseg.commands.<name>`; a command appears once its module exists (nothing placeholder).
+# Each name is `ctseg.commands.<name>` (a module with `register`). A module that fails to import stops
+# the CLI with its error: a missing command would only be noticed as an unknown choice.
 COMMANDS = ("phantom", "run", "stats", "compile", "submit", "runs", "lineage", "predict")
 
 
@@ -22,8 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show TensorFlow/Beam logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        if importlib.util.find_spec(f"ctseg.commands.{name}") is not None:
-            importlib.import_module(f"ctseg.commands.{name}").register(sub)
+        try:
+            module = importlib.import_module(f"ctseg.commands.{name}")
+        except Exception as e:
+            raise ImportError(f"ctseg: the `{name}` command (ctseg.commands.{name}) failed to import: "
+                              f"{type(e).__name__}: {e}") from e
+        module.register(sub)
     return parser
 
 

@@ -63,11 +63,14 @@ def pixel_array(ds: pydicom.Dataset, name: str) -> np.ndarray:
         raise DicomError(name, f"multi-frame image ({frames} frames); expected one slice per file")
     if samples != 1:
         raise DicomError(name, "more than one sample per pixel; expected grey-scale")
+    rows, columns = ds.get("Rows"), ds.get("Columns")
+    if rows == 0 or columns == 0:
+        raise DicomError(name, f"image has {rows} rows and {columns} columns; no pixels to read")
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for truncated or undecodable pixel data
         raise DicomError(name, f"pixel data cannot be decoded ({type(e).__name__}: {e})") from e
-    if arr.ndim != 2:
+    if arr.ndim != 2 or not arr.size:
         raise DicomError(name, f"pixel array has shape {arr.shape}; expected a 2-D slice")
     return arr
 

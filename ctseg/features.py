@@ -2,7 +2,9 @@
 
 The image is kept in Hounsfield units as int16 bytes (CT values fit in int16), the mask as uint8
 bytes holding 0/1; both row-major with shape (`height`, `width`). The scalars are what the schema
-in `schemas/` validates.
+in `schemas/` validates. `FEATURE_TYPES` is the one definition of the keys and their types: the
+builder (`slice_example`), the tf parse spec (`feature_spec`, `parse_slices`) and the numpy reader
+(`decode_example`) all follow it.
 """
 from __future__ import annotations
 
@@ -22,8 +24,60 @@ LIVER_FRACTION_KEY = "liver_fraction"        # fraction of mask pixels that are 
 MASK_VALUES_KEY = "mask_distinct_values"     # distinct stored values in the mask DICOM: 1 or 2 for a binary mask
 HU_STATS_KEYS = ("hu_min", "hu_max", "hu_mean", "hu_std")
 
+# Bounds of the examples' side in pixels: one int16 slice of MAX_IMAGE_SIZE² is 2 MiB, and ingest holds a
+# patient's slices at that size (IRCAD's CT is 512x512; the models train at 128-256).
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 1024
+
+
+def check_image_size(size: int) -> int:
+    """The examples' side in pixels, or a CtsegError saying the bounds."""
+    from ctseg.errors import CtsegError
+
+    if not MIN_IMAGE_SIZE <= int(size) <= MAX_IMAGE_SIZE:
+        raise CtsegError(f"image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {size}")
+    return int(size)
+
+
 IMAGE_DTYPE = np.dtype("<i2")
 MASK_DTYPE = np.dtype("u1")
+
+# Every feature holds exactly one value of this kind.
+FEATURE_TYPES = {
+    IMAGE_KEY: "bytes", MASK_KEY: "bytes", HEIGHT_KEY: "int", WIDTH_KEY: "int", PATIENT_KEY: "bytes",
+    SLICE_KEY: "int", SPACING_KEY: "float", THICKNESS_KEY: "float", SOURCE_ROWS_KEY: "int",
+    SOURCE_COLUMNS_KEY: "int", LIVER_FRACTION_KEY: "float", MASK_VALUES_KEY: "int",
+    **{key: "float" for key in HU_STATS_KEYS},
+}
+PIXEL_KEYS = (IMAGE_KEY, MASK_KEY, HEIGHT_KEY, WIDTH_KEY)
+
+
+def feature_spec(keys=None) -> dict:
+    """`tf.io.parse_example` spec of `keys` (default: every feature)."""
+    import tensorflow as tf
+
+    dtypes = {"bytes": tf.string, "int": tf.int64, "float": tf.float32}
+    return {key: tf.io.FixedLenFeature([], dtypes[FEATURE_TYPES[key]]) for key in (keys or FEATURE_TYPES)}
+
+
+def parse_slices(serialized, image_size: int):
+    """Serialized examples (batch,) → HU int16 and mask uint8, each (batch, size, size), in the graph.
+
+    Fails (InvalidArgumentError naming the sizes) when an example's height/width differ from
+    `image_size`, the size a model is trained and served at.
+    """
+    import tensorflow as tf
+
+    parsed = tf.io.parse_example(serialized, feature_spec(PIXEL_KEYS))
+    expected = tf.constant(image_size, tf.int64)
+    checks = [tf.debugging.assert_equal(parsed[k], expected,
+                                        message=f"example {k} differs from the model's image_size {image_size}")
+              for k in (HEIGHT_KEY, WIDTH_KEY)]
+    with tf.control_dependencies(checks):
+        hu = tf.io.decode_raw(parsed[IMAGE_KEY], tf.int16, little_endian=True)
+        mask = tf.io.decode_raw(parsed[MASK_KEY], tf.uint8)
+    shape = [-1, image_size, image_size]
+    return tf.reshape(hu, shape), tf.reshape(mask, shape)
 
 
 def hu_statistics(hu: np.ndarray) -> dict[str, float]:
@@ -43,51 +97,46 @@ def slice_example(*, hu: np.ndarray, mask: np.ndarray, patient_id: str, slice_in
     hu16 = np.clip(np.rint(hu), -32768, 32767).astype(IMAGE_DTYPE)
     mask8 = (np.asarray(mask) != 0).astype(MASK_DTYPE)
 
-    def f(values):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
-
-    def i(values):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
-
-    def b(values):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
-
-    feats = {
-        IMAGE_KEY: b([hu16.tobytes()]),
-        MASK_KEY: b([mask8.tobytes()]),
-        HEIGHT_KEY: i([hu.shape[0]]),
-        WIDTH_KEY: i([hu.shape[1]]),
-        PATIENT_KEY: b([patient_id.encode()]),
-        SLICE_KEY: i([slice_index]),
-        SPACING_KEY: f([spacing_mm]),
-        THICKNESS_KEY: f([thickness_mm]),
-        SOURCE_ROWS_KEY: i([source_shape[0]]),
-        SOURCE_COLUMNS_KEY: i([source_shape[1]]),
-        LIVER_FRACTION_KEY: f([float(mask8.mean())]),
-        MASK_VALUES_KEY: i([mask_distinct_values]),
+    values = {
+        IMAGE_KEY: hu16.tobytes(), MASK_KEY: mask8.tobytes(), HEIGHT_KEY: hu.shape[0], WIDTH_KEY: hu.shape[1],
+        PATIENT_KEY: patient_id.encode(), SLICE_KEY: slice_index, SPACING_KEY: spacing_mm,
+        THICKNESS_KEY: thickness_mm, SOURCE_ROWS_KEY: source_shape[0], SOURCE_COLUMNS_KEY: source_shape[1],
+        LIVER_FRACTION_KEY: float(mask8.mean()), MASK_VALUES_KEY: mask_distinct_values, **hu_statistics(hu16),
     }
-    feats.update({k: f([v]) for k, v in hu_statistics(hu16).items()})
-    return tf.train.Example(features=tf.train.Features(feature=feats))
+    feature = {
+        "bytes": lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v])),
+        "int": lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)])),
+        "float": lambda v: tf.train.Feature(float_list=tf.train.FloatList(value=[float(v)])),
+    }
+    return tf.train.Example(features=tf.train.Features(
+        feature={key: feature[kind](values[key]) for key, kind in FEATURE_TYPES.items()}))
+
+
+def scalar_values(serialized: bytes) -> dict:
+    """The patient id and numeric features of one example, leniently: a feature that is missing or does
+    not hold exactly one value of its `FEATURE_TYPES` kind is left out. For validation, which must name
+    the patients of bad examples rather than fail on them."""
+    import tensorflow as tf
+
+    found = tf.train.Example.FromString(serialized).features.feature
+    lists = {"int": "int64_list", "float": "float_list", "bytes": "bytes_list"}
+    out = {}
+    for key, kind in FEATURE_TYPES.items():
+        values = getattr(found[key], lists[kind]).value if key in found else ()
+        if len(values) == 1 and (kind != "bytes" or key == PATIENT_KEY):
+            out[key] = values[0].decode(errors="replace") if kind == "bytes" else float(values[0])
+    return out
 
 
 def decode_example(serialized: bytes) -> dict:
-    """Parses one serialized example back to numpy (for tests, evaluation and tools, not the tf.data path)."""
+    """Parses one serialized example back to numpy with `feature_spec` (for tests and tools, not the
+    tf.data path): scalars as Python numbers, the patient id as str, image and mask as (height, width)."""
     import tensorflow as tf
 
-    ex = tf.train.Example.FromString(serialized)
-    fm = ex.features.feature
-
-    def scalar(key):
-        feat = fm[key]
-        for kind in ("int64_list", "float_list", "bytes_list"):
-            vals = getattr(feat, kind).value
-            if len(vals):
-                return vals[0]
-        return None
-
-    h, w = int(scalar(HEIGHT_KEY)), int(scalar(WIDTH_KEY))
-    out = {k: scalar(k) for k in fm.keys() if k not in (IMAGE_KEY, MASK_KEY)}
-    out[PATIENT_KEY] = out[PATIENT_KEY].decode()
-    out[IMAGE_KEY] = np.frombuffer(scalar(IMAGE_KEY), IMAGE_DTYPE).reshape(h, w)
-    out[MASK_KEY] = np.frombuffer(scalar(MASK_KEY), MASK_DTYPE).reshape(h, w)
+    parsed = {k: v.numpy() for k, v in tf.io.parse_single_example(serialized, feature_spec()).items()}
+    out = {k: v.item() for k, v in parsed.items() if FEATURE_TYPES[k] != "bytes"}
+    shape = (out[HEIGHT_KEY], out[WIDTH_KEY])
+    out[PATIENT_KEY] = parsed[PATIENT_KEY].decode()
+    out[IMAGE_KEY] = np.frombuffer(parsed[IMAGE_KEY], IMAGE_DTYPE).reshape(shape)
+    out[MASK_KEY] = np.frombuffer(parsed[MASK_KEY], MASK_DTYPE).reshape(shape)
     return out

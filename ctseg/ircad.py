@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
+import os
 import posixpath
+import re
+import shutil
+import tempfile
+import uuid
 import zipfile
+import zlib
 from typing import Iterator, Optional
 
 import numpy as np
@@ -27,18 +34,60 @@ from ctseg.errors import CtsegError
 IMAGES_DIR = "PATIENT_DICOM"
 MASKS_DIR = "MASKS_DICOM"
 HU_RANGE = (-32768.0, 32767.0)  # what the int16 example holds; anything outside would be clipped silently
+# Limits on what a file or zip member may inflate to, so a small hostile zip cannot exhaust memory. A DICOM
+# slice of IRCAD is 0.5 MiB and a patient's PATIENT_DICOM.zip about 100 MiB. Blank masks deflate about 1000:1,
+# so the ratio is only checked on members big enough to matter.
+MAX_MEMBER_BYTES = 1 << 30
+MAX_COMPRESSION_RATIO = 200
+RATIO_CHECKED_ABOVE_BYTES = 16 << 20
+SPOOL_BYTES = 64 << 20  # an inner zip inside the outer zip is held in memory up to this, then in a temporary file
+DEBRIS_NAMES = ("thumbs.db", "desktop.ini", "__macosx")  # with every dot-file (.DS_Store, ._image_0): skipped, listed
 
 
-def _skipped(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
+class MemberError(CtsegError):
+    """A file or zip member that cannot be read safely; `source` names it, `reason` says why, for a person."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
 
 
-class _FolderTree:
+def is_debris(name: str) -> bool:
+    """Operating-system files that are no part of a dataset (Windows thumbnails, macOS resource forks...)."""
+    return name.startswith(".") or name.lower() in DEBRIS_NAMES
+
+
+class _Tree:
+    """What both trees share: skipping (and remembering) operating-system debris."""
+
+    def __init__(self):
+        self.skipped: dict[str, None] = {}  # locations of debris seen while listing, in order, once each
+
+    def _listed(self, path: str, dirs, files) -> tuple[list[str], list[str]]:
+        for name in sorted({*dirs, *files}):
+            if is_debris(name):
+                self.skipped[self.location(posixpath.join(path, name))] = None
+        return sorted(d for d in dirs if not is_debris(d)), sorted(f for f in files if not is_debris(f))
+
+
+def _check_size(location: str, size: int, compressed: Optional[int] = None) -> None:
+    if size > MAX_MEMBER_BYTES:
+        raise MemberError(location, f"inflates to {size >> 20} MiB, over the limit of {MAX_MEMBER_BYTES >> 20} MiB "
+                                    f"for one file; not read")
+    if compressed is not None and size > RATIO_CHECKED_ABOVE_BYTES and size > MAX_COMPRESSION_RATIO * max(compressed, 1):
+        raise MemberError(location, f"inflates {compressed} bytes to {size >> 20} MiB, a compression ratio of "
+                                    f"{size // max(compressed, 1)}:1, over the limit of {MAX_COMPRESSION_RATIO}:1 for "
+                                    f"members over {RATIO_CHECKED_ABOVE_BYTES >> 20} MiB (a zip bomb?); not read")
+
+
+class _FolderTree(_Tree):
     """A folder read through tf.io.gfile; paths are relative to its root, '' is the root."""
 
     def __init__(self, root: str):
         import tensorflow as tf
 
+        super().__init__()
         self._gfile = tf.io.gfile
         self.root = root.rstrip("/") or "/"
 
@@ -46,42 +95,79 @@ class _FolderTree:
         return posixpath.join(self.root, path) if path else self.root
 
     def entries(self, path: str) -> tuple[list[str], list[str]]:
-        """(sub-folders, files) directly in `path`, sorted, hidden entries skipped."""
+        """(sub-folders, files) directly in `path`, sorted, debris skipped."""
         _, dirs, files = next(iter(self._gfile.walk(self.location(path))), (None, [], []))
-        return (sorted(d.rstrip("/") for d in dirs if not _skipped(d.rstrip("/"))),
-                sorted(f for f in files if not _skipped(f)))
+        return self._listed(path, [d.rstrip("/") for d in dirs], files)
+
+    def open(self, path: str):
+        """The file, unread (local files through the builtin open, a few times faster than GFile)."""
+        where = self.location(path)
+        _check_size(where, self._gfile.stat(where).length if "://" in self.root else os.path.getsize(where))
+        return open(where, "rb") if "://" not in self.root else self._gfile.GFile(where, "rb")
 
     def read(self, path: str) -> bytes:
-        if "://" not in self.root:  # local files: the builtin open is a few times faster than GFile
-            with open(self.location(path), "rb") as f:
-                return f.read()
-        with self._gfile.GFile(self.location(path), "rb") as f:
+        with self.open(path) as f:
             return f.read()
 
 
-class _ZipTree:
+def _unsafe_name(name: str) -> Optional[str]:
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
+        return "is an absolute path"
+    if ".." in name.split("/"):
+        return "climbs out of the archive with .."
+    return None
+
+
+class _ZipTree(_Tree):
     """A zip archive seen as folders; member paths are relative to the archive's root."""
 
     def __init__(self, archive: zipfile.ZipFile, label: str):
+        super().__init__()
         self._zip = archive
         self.label = label
+        for name in archive.namelist():
+            if _unsafe_name(name):
+                raise MemberError(label, f"member {name!r} {_unsafe_name(name)}; refusing the archive")
         self._files = {n.rstrip("/"): n for n in archive.namelist() if not n.endswith("/")}
-        self._dirs = {posixpath.dirname(n) for n in self._files}
-        for d in list(self._dirs):
-            while d:
-                d = posixpath.dirname(d)
-                self._dirs.add(d)
+        self._dirs = {""}
+        for name in [*self._files, *(n.rstrip("/") for n in archive.namelist() if n.endswith("/"))]:
+            parts = name.split("/")
+            self._dirs.update("/".join(parts[:k]) for k in range(1, len(parts)))
 
     def location(self, path: str) -> str:
         return f"{self.label}!{path}" if path else self.label
 
     def entries(self, path: str) -> tuple[list[str], list[str]]:
-        dirs = sorted(posixpath.basename(d) for d in self._dirs if d and posixpath.dirname(d) == path)
-        files = sorted(posixpath.basename(f) for f in self._files if posixpath.dirname(f) == path)
-        return [d for d in dirs if not _skipped(d)], [f for f in files if not _skipped(f)]
+        dirs = [posixpath.basename(d) for d in self._dirs if d and posixpath.dirname(d) == path]
+        files = [posixpath.basename(f) for f in self._files if posixpath.dirname(f) == path]
+        return self._listed(path, dirs, files)
+
+    def _info(self, path: str) -> zipfile.ZipInfo:
+        info = self._zip.getinfo(self._files[path])
+        _check_size(self.location(path), info.file_size, info.compress_size)
+        return info
 
     def read(self, path: str) -> bytes:
-        return self._zip.read(self._files[path])
+        info = self._info(path)
+        try:
+            return self._zip.read(info)
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise MemberError(self.location(path), f"damaged zip member ({e})") from e
+
+    def open(self, path: str):
+        """The member as a seekable file: in memory up to SPOOL_BYTES, beyond that in a temporary file."""
+        info = self._info(path)
+        if info.file_size <= SPOOL_BYTES:
+            return io.BytesIO(self.read(path))
+        spool = tempfile.TemporaryFile()  # Python 3.10's SpooledTemporaryFile is not seekable() for zipfile
+        try:
+            with self._zip.open(info) as member:
+                shutil.copyfileobj(member, spool, 1 << 20)
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            spool.close()
+            raise MemberError(self.location(path), f"damaged zip member ({e})") from e
+        spool.seek(0)
+        return spool
 
 
 @contextlib.contextmanager
@@ -94,13 +180,60 @@ def open_tree(root: str):
     if tf.io.gfile.isdir(root):
         yield _FolderTree(root)
         return
-    with tf.io.gfile.GFile(root, "rb") as f:
+    with contextlib.ExitStack() as stack:
+        # The builtin open for local files: tf.io.gfile cannot seek back from the end of a tiny file.
+        f = stack.enter_context(open(root, "rb") if "://" not in root else tf.io.gfile.GFile(root, "rb"))
         try:
-            archive = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, tf.errors.OpError, OSError) as e:  # tf.io.gfile raises OpError seeking a tiny file
+            archive = stack.enter_context(zipfile.ZipFile(f))
+        except (zipfile.BadZipFile, tf.errors.OpError, OSError) as e:
             raise CtsegError(f"{root} is neither a folder nor a readable zip archive ({e})") from e
-        with archive:
-            yield _ZipTree(archive, root)
+        yield _ZipTree(archive, root)
+
+
+UNREAD_PREFIX = "unread:"  # a fingerprint taken where the data could not be read: unique, so never cached
+
+
+def build_fingerprint(data_root: str) -> str:
+    """The data's fingerprint now or, when it cannot be read from here, one unique to this call, never cached."""
+    try:
+        return data_fingerprint(data_root)
+    except CtsegError:
+        return f"{UNREAD_PREFIX} {uuid.uuid4().hex}"
+
+
+def data_fingerprint(data_root: str) -> str:
+    """What the data at `data_root` is, cheaply: its files' paths, sizes and modification times, hashed.
+
+    Like TFX's FileBasedExampleGen (`tfx/utils/io_utils.py` `generate_fingerprint`, TFX 1.15.1 lines
+    202-220: file count, total bytes and mtimes), but per file, so that replacing one patient's data
+    by another's of the same size and second also changes it (mtimes to the nanosecond where the
+    filesystem keeps them). A zip is one file. A CtsegError when `data_root` cannot be read.
+    """
+    import tensorflow as tf
+
+    try:
+        if not tf.io.gfile.exists(data_root):
+            raise CtsegError(f"data root {data_root} does not exist")
+        root = data_root.rstrip("/") or "/"
+        if tf.io.gfile.isdir(root):
+            paths = sorted(posixpath.join(folder, f)[len(root) + 1:] for folder, _, files in tf.io.gfile.walk(root)
+                           for f in files)
+        else:
+            root, paths = posixpath.dirname(root), [posixpath.basename(root)]
+        digest, total = hashlib.sha256(), 0
+        for rel in paths:
+            where = posixpath.join(root, rel)
+            if "://" in where:
+                stat = tf.io.gfile.stat(where)
+                size, mtime_ns = stat.length, stat.mtime_nsec
+            else:
+                stat = os.stat(where)
+                size, mtime_ns = stat.st_size, stat.st_mtime_ns
+            total += size
+            digest.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
+    except (tf.errors.OpError, OSError) as e:
+        raise CtsegError(f"cannot list {data_root} to fingerprint it ({e})") from e
+    return f"files:{len(paths)},bytes:{total},sha256:{digest.hexdigest()[:16]}"
 
 
 def _patients_folder(tree) -> str:
@@ -131,13 +264,18 @@ class PatientRef:
     path: str
 
 
-def find_patients(data_root: str) -> list[PatientRef]:
-    """Lists the patients under `data_root` (folder or zip), sorted by id; a CtsegError when there are none."""
+def find_patients(data_root: str, skipped: Optional[list[str]] = None) -> list[PatientRef]:
+    """Lists the patients under `data_root` (folder or zip), sorted by id; a CtsegError when there are none.
+
+    Operating-system debris met on the way (`__MACOSX/`, `Thumbs.db`...) is appended to `skipped`.
+    """
     with open_tree(data_root) as tree:
         parent = _patients_folder(tree)
         dirs, _ = tree.entries(parent)
+        if skipped is not None:
+            skipped.extend(tree.skipped)
     if not dirs:
-        raise CtsegError(f"no patient folders found in {data_root}; expected <patient>/{IMAGES_DIR} "
+        raise CtsegError(f"no patients in {data_root}: no patient folders found; expected <patient>/{IMAGES_DIR} "
                          f"and <patient>/{MASKS_DIR} (the 3D-IRCADb-01 layout)")
     return [PatientRef(d, data_root, posixpath.join(parent, d)) for d in dirs]
 
@@ -153,16 +291,25 @@ class Series:
         return self.tree.read(posixpath.join(self.path, name))
 
 
-def _open_series(tree, patient_path: str, *parts: str) -> Optional[Series]:
+def _open_inner_zip(tree, zip_path: str, stack: contextlib.ExitStack) -> _ZipTree:
+    """An inner zip as a tree, read from its file (a folder's) or a spooled copy (the outer zip's), never whole."""
+    location = tree.location(zip_path)
+    f = stack.enter_context(tree.open(zip_path))
+    try:
+        archive = stack.enter_context(zipfile.ZipFile(f))
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise MemberError(location, f"not a readable zip archive ({e})") from e
+    return _ZipTree(archive, location)
+
+
+def _open_series(tree, patient_path: str, stack: contextlib.ExitStack, *parts: str) -> Optional[Series]:
     """`patient/PART/...` as a folder, or inside `patient/PART.zip` (whose members may or may not start with PART/)."""
     head, rest = parts[0], list(parts[1:])
     dirs, files = tree.entries(patient_path)
     if head in dirs:
         base_tree, base = tree, posixpath.join(patient_path, head)
     elif f"{head}.zip" in files:
-        zip_path = posixpath.join(patient_path, f"{head}.zip")
-        inner = zipfile.ZipFile(io.BytesIO(tree.read(zip_path)))
-        base_tree = _ZipTree(inner, tree.location(zip_path))
+        base_tree = _open_inner_zip(tree, posixpath.join(patient_path, f"{head}.zip"), stack)
         base = head if head in base_tree.entries("")[0] else ""
     else:
         return None
@@ -181,6 +328,7 @@ class PatientSeries:
     location: str
     images: Optional[Series]
     masks: Optional[Series]
+    skipped: list[str] = dataclasses.field(default_factory=list)  # operating-system debris, not read
 
     @property
     def image_files(self) -> dict[str, str]:
@@ -193,21 +341,27 @@ class PatientSeries:
 
 @contextlib.contextmanager
 def open_patient(ref: PatientRef, organ: str) -> Iterator[PatientSeries]:
-    """Opens a patient's PATIENT_DICOM and MASKS_DICOM/<organ> series (listing only; files are read on demand)."""
-    with open_tree(ref.data_root) as tree:
-        yield PatientSeries(ref, tree.location(ref.path), _open_series(tree, ref.path, IMAGES_DIR),
-                            _open_series(tree, ref.path, MASKS_DIR, organ))
+    """Opens a patient's PATIENT_DICOM and MASKS_DICOM/<organ> series (listing only; files are read on demand).
+
+    A MemberError names an inner zip that cannot be opened (damaged, unsafe names, over the limits).
+    """
+    with open_tree(ref.data_root) as tree, contextlib.ExitStack() as stack:
+        images = _open_series(tree, ref.path, stack, IMAGES_DIR)
+        masks = _open_series(tree, ref.path, stack, MASKS_DIR, organ)
+        skipped = [where for t in {id(s.tree): s.tree for s in (images, masks) if s}.values() if t is not tree
+                   for where in t.skipped]
+        yield PatientSeries(ref, tree.location(ref.path), images, masks, [*tree.skipped, *skipped])
 
 
 def read_series(path: str) -> dict[str, bytes]:
     """Every file of one image series, by file name: a patient folder or zip (its PATIENT_DICOM), a
     PATIENT_DICOM folder, a PATIENT_DICOM.zip, or any folder of DICOM files. For `ctseg predict`."""
-    with open_tree(path) as tree:
-        series = _open_series(tree, "", IMAGES_DIR)
+    with open_tree(path) as tree, contextlib.ExitStack() as stack:
+        series = _open_series(tree, "", stack, IMAGES_DIR)
         if series is None:
             _, names = tree.entries("")
             series = Series(tree, "", {n: tree.location(n) for n in names})
-        if series is None or not series.files:
+        if not series.files:
             raise CtsegError(f"no DICOM files found in {path}")
         return {name: series.read(name) for name in series.files}
 

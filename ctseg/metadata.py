@@ -13,7 +13,7 @@ import dataclasses
 import datetime
 import json
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from ctseg.errors import CtsegError
 
@@ -28,6 +28,7 @@ _EXECUTION_RESULT = "__execution_result__"  # tfx.orchestration.portable.mlmd.ex
 _METRICS_FILE = "metrics.json"  # components.evaluation.METRICS_FILE
 _ANOMALIES_FILE = "SchemaDiff.pb"  # tfx.components.example_validator.executor.DEFAULT_FILE_NAME
 _DATA_PATH_KEYS = ("data_root", "input_base")  # IrcadExampleGen, TFX's file-based ExampleGens
+_FINGERPRINT_KEYS = ("input_fingerprint",)  # both record TFX's example_gen.utils.FINGERPRINT_PROPERTY_NAME
 _DICE_KEY = "mean_patient_dice"
 _DATA_ARTIFACT_TYPES = ("ExampleStatistics", "Schema", "ExampleAnomalies")
 DEFAULT_SQLITE = os.path.join("out", "metadata.sqlite")
@@ -527,9 +528,9 @@ def _find_model_artifact(store, path_or_id: str):
                      "(give a pushed version's folder, a model's URI or a model artifact id)")
 
 
-def _data_path(examples_record: dict, producer: Optional[dict]) -> Optional[str]:
+def _data_property(examples_record: dict, producer: Optional[dict], keys: Sequence[str]) -> Optional[str]:
     sources = [producer["properties"] if producer else {}, examples_record["properties"]]
-    return next((s[k] for s in sources for k in _DATA_PATH_KEYS if s.get(k)), None)
+    return next((s[k] for s in sources for k in keys if s.get(k)), None)
 
 
 def lineage(store, path_or_id: str) -> dict[str, Any]:
@@ -538,7 +539,8 @@ def lineage(store, path_or_id: str) -> dict[str, Any]:
     Returns {query, pushed_model (artifact + pushed_by execution, or None), model (artifact), trainer
     (execution: node_id, state, run_id, properties), run_id (the run that trained the model: a cached
     rerun reuses it), hyperparameters (the Trainer's custom_config), trainer_inputs ({key: [artifact]}),
-    examples (list of artifact + producer execution + data_path), data_path (of the first examples),
+    examples (list of artifact + producer execution + data_path + data_fingerprint), data_path and
+    data_fingerprint (of the first examples),
     derived (artifacts computed from those examples in the training run, by type: ExampleStatistics,
     Schema, ExampleAnomalies)}.
     """
@@ -573,9 +575,14 @@ def lineage(store, path_or_id: str) -> dict[str, Any]:
         record = _artifact_record(artifact)
         made_by = graph.producers(artifact.id)
         record["producer"] = graph.execution_record(made_by[0]) if made_by else None
-        record["data_path"] = _data_path(record, record["producer"])
+        record["data_path"] = _data_property(record, record["producer"], _DATA_PATH_KEYS)
+        # What the data was when it was read: the artifact's (ingest's own look at the files) before the
+        # execution's (taken when the pipeline was built), as TFX's ExampleGen records both.
+        record["data_fingerprint"] = _data_property(record, None, _FINGERPRINT_KEYS) or _data_property(
+            record, record["producer"], _FINGERPRINT_KEYS)
         result["examples"].append(record)
-    result["data_path"] = next((e["data_path"] for e in result["examples"] if e["data_path"]), None)
+    for key in ("data_path", "data_fingerprint"):
+        result[key] = next((e[key] for e in result["examples"] if e[key]), None)
     result["derived"] = _derived(store, graph, [a.id for a in examples], trainers[0], trainer["run_id"])
     return result
 

@@ -35,14 +35,11 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, hu_from_dataset, read_dataset, slice_position_mm,
+from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, hu_from_dataset, read_dataset, rescale, slice_position_mm,
                          slice_sort_key, spacing_mm, thickness_mm, window)
 from ctseg.errors import CtsegError
+from ctseg.serving import ServedModel, load_model
 
-SIGNATURE = "segment_hu"
-INPUT_KEY = "hu"
-OUTPUT_KEY = "probabilities"
-THRESHOLD = 0.5
 ORGAN = "liver"
 READERS = ("tfio", "pydicom", "pydicom-fallback")  # index = the reader code `read_hu` yields per slice
 MASK_FOREGROUND = 255  # IRCAD stores mask foreground as 255
@@ -162,14 +159,10 @@ def load_series(src: str | os.PathLike) -> Series:
 
 # ---- the tf.data reader ---------------------------------------------------------------------------
 
-def _rescale(header: pydicom.Dataset) -> tuple[float, float]:
-    return float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0)
-
-
 def choose_reader(header: pydicom.Dataset) -> str:
     """'tfio' where DCMTK's rendering can be inverted exactly (see the module docstring), else 'pydicom'."""
     syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2")
-    slope, _ = _rescale(header)
+    slope, _ = rescale(header)
     ok = (syntax in TFIO_TRANSFER_SYNTAXES
           and str(header.get("PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME2"
           and int(header.get("BitsAllocated", 16)) <= 16
@@ -219,59 +212,15 @@ def read_hu(series: Series):
 
     headers = [s.header for s in series.slices]
     ranges = np.array([_stored_range(h) for h in headers], np.float32).reshape(-1, 2)
-    rescale = np.array([_rescale(h) for h in headers], np.float32).reshape(-1, 2)
+    slope_intercept = np.array([rescale(h) for h in headers], np.float32).reshape(-1, 2)
     columns = (np.arange(len(headers), dtype=np.int64), [s.data for s in series.slices],
                np.array([choose_reader(h) == "tfio" for h in headers]),
-               ranges[:, 0], ranges[:, 1], rescale[:, 0], rescale[:, 1])
+               ranges[:, 0], ranges[:, 1], slope_intercept[:, 0], slope_intercept[:, 1])
     return tf.data.Dataset.from_tensor_slices(columns).map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                                                            deterministic=True)
 
 
 # ---- the model ------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class ServedModel:
-    """The `segment_hu` signature of one pushed model version and the size it was trained on."""
-    path: Path
-    version: str
-    size: tuple[int, int]
-    fn: object
-
-    def __call__(self, hu):
-        return self.fn(**{INPUT_KEY: hu})[OUTPUT_KEY]
-
-
-def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """A version dir (holds saved_model.pb) as given, or a serving dir's highest numeric version."""
-    path = Path(model)
-    if (path / "saved_model.pb").is_file():
-        return path
-    if not path.is_dir():
-        raise CtsegError(f"{path}: no such model folder (give the Pusher's serving dir or one version in it)")
-    versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    if not versions:
-        raise CtsegError(f"{path}: neither a SavedModel nor a serving dir with numeric version folders")
-    return max(versions, key=lambda p: int(p.name))
-
-
-def load_model(model: str | os.PathLike) -> ServedModel:
-    import tensorflow as tf
-
-    path = resolve_model_dir(model)
-    try:
-        loaded = tf.saved_model.load(str(path))
-    except Exception as e:  # TF raises several types for a damaged or foreign SavedModel
-        raise CtsegError(f"{path}: cannot load the SavedModel ({type(e).__name__}: {e})") from e
-    if SIGNATURE not in loaded.signatures:
-        raise CtsegError(f"{path}: the model has no '{SIGNATURE}' signature "
-                         f"(has {', '.join(loaded.signatures) or 'none'})")
-    fn = loaded.signatures[SIGNATURE]
-    spec = fn.structured_input_signature[1].get(INPUT_KEY)
-    if spec is None or spec.shape.rank != 3 or None in spec.shape[1:]:
-        raise CtsegError(f"{path}: '{SIGNATURE}' needs input '{INPUT_KEY}' of shape [None, H, W], has {spec}")
-    fn._ctseg_owner = loaded  # the signature does not keep its SavedModel's variables alive by itself
-    return ServedModel(path, path.name, (int(spec.shape[1]), int(spec.shape[2])), fn)
-
 
 # ---- prediction -----------------------------------------------------------------------------------
 
@@ -289,18 +238,14 @@ class Prediction:
 
 
 def predict_series(series: Series, model: ServedModel, batch_size: int = 16, progress: bool = False) -> Prediction:
-    """Runs the model on every slice: HU resized to the trained size, probabilities resized back, > 0.5."""
+    """Runs the model on every slice at the series' size (`ServedModel.segment`: resized to the trained
+    size and back, organ where `serving.is_organ`)."""
     import tensorflow as tf
     from tqdm import tqdm
 
     rows, cols = series.shape
 
-    @tf.function
-    def segment(hu):
-        small = tf.image.resize(hu[..., None], model.size, antialias=True)[..., 0]  # ingest's kernel
-        probabilities = model(small)
-        back = tf.image.resize(probabilities[..., None], (rows, cols))[..., 0]
-        return tf.cast(back > THRESHOLD, tf.uint8)
+    segment = tf.function(lambda hu: model.segment(hu, (rows, cols)))
 
     masks, windowed, codes = [], [], []
     with tqdm(total=len(series.slices), unit="slice", desc="predict", disable=not progress) as bar:

@@ -122,7 +122,6 @@ def build_cluster_pipeline(
         raise CtsegError(f"Trainer preset {preset!r} is not one of {sorted(PRESETS)}")
     pipeline_root = check_pipeline_root(pipeline_root)
     trainer_spec, step_spec = trainer_resources.resource_spec(), step_resources.resource_spec()
-    knobs.setdefault("image_size", PRESETS[preset]["image_size"])
     pipeline = create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

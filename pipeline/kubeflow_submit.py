@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,12 +25,46 @@ CONNECT_TIMEOUT_S = 10
 AUTH_HINT = "pass a token with --token (or a session cookie with --cookie)"
 
 
+INGEST_TASK = "IrcadExampleGen"
+FINGERPRINT_PARAMETER = "input_fingerprint"
+
+
 @dataclasses.dataclass(frozen=True)
 class SubmittedRun:
     run_id: str
     link: str
     experiment: str
-    pipeline_root: str | None = None
+    fingerprint: str | None = None           # the ingest step's data fingerprint sent with this run
+    compiled_fingerprint: str | None = None  # the one `ctseg compile` recorded in the spec
+    pipeline_root: str | None = None         # where the run writes its artifacts
+
+
+def refresh_fingerprint(spec: dict) -> tuple[str | None, str | None]:
+    """Sets the ingest task's `input_fingerprint` to the data's fingerprint now; returns (compiled, now).
+
+    KFP caches a task on its inputs, so a spec compiled before the data changed would reuse the old
+    Examples; the data is fingerprinted again here (a unique value when it cannot be read from here,
+    so ingest then always runs). (None, None) for a spec without the ingest task.
+    """
+    from ctseg import ircad
+
+    params = _ingest_parameters(spec)
+    if FINGERPRINT_PARAMETER not in params or "data_root" not in params:
+        return None, None
+    value = params[FINGERPRINT_PARAMETER].setdefault("runtimeValue", {})
+    compiled = value.get("constant")
+    value["constant"] = ircad.build_fingerprint(params["data_root"]["runtimeValue"]["constant"])
+    return compiled, value["constant"]
+
+
+def _ingest_parameters(spec: dict) -> dict:
+    task = spec.get("root", {}).get("dag", {}).get("tasks", {}).get(INGEST_TASK)
+    return (task or {}).get("inputs", {}).get("parameters", {})
+
+
+def compiled_fingerprint(spec: dict) -> str | None:
+    """The data fingerprint a compiled spec's ingest task carries (the cache key KFP sees)."""
+    return _ingest_parameters(spec).get(FINGERPRINT_PARAMETER, {}).get("runtimeValue", {}).get("constant")
 
 
 def resolve_host(host: str | None) -> str:
@@ -107,7 +142,6 @@ def submit(
     spec_file = Path(spec_file)
     if not spec_file.is_file():
         raise CtsegError(f"{spec_file}: no compiled spec there; write one with `ctseg compile`")
-    pipeline_root = pipeline_root or spec_pipeline_root(spec_file)
     host = resolve_host(host)
     check_host(host, token=token, cookie=cookie)
 
@@ -117,13 +151,23 @@ def submit(
     import yaml
     from google.protobuf import json_format
 
+    try:
+        spec = yaml.safe_load(spec_file.read_text())
+    except yaml.YAMLError:
+        spec = None  # kfp's loader says what is wrong with it below
+    compiled, fingerprint = refresh_fingerprint(spec) if isinstance(spec, dict) else (None, None)
+    pipeline_root = pipeline_root or (spec.get("defaultPipelineRoot") if isinstance(spec, dict) else None)
     quiet = io.StringIO()  # kfp prints its own "Experiment details" lines; the CLI prints the run once
     try:
-        with contextlib.redirect_stdout(quiet):
+        with contextlib.redirect_stdout(quiet), tempfile.TemporaryDirectory() as tmp:
+            sent = spec_file
+            if fingerprint is not None:
+                sent = Path(tmp) / spec_file.name
+                sent.write_text(yaml.safe_dump(spec, sort_keys=True))
             client = kfp.Client(host=host, existing_token=token, cookies=cookie,
                                 namespace=namespace or "kubeflow")
             result = client.create_run_from_pipeline_package(
-                str(spec_file), arguments={}, run_name=run_name, experiment_name=experiment,
+                str(sent), arguments={}, run_name=run_name, experiment_name=experiment,
                 namespace=namespace, pipeline_root=pipeline_root)
     except kfp_server_api.ApiException as e:
         raise _api_error(host, e) from None
@@ -134,14 +178,4 @@ def submit(
     if not result.run_id:
         raise CtsegError(f"Kubeflow Pipelines at {host} accepted the request but returned no run id")
     return SubmittedRun(run_id=result.run_id, link=f"{host}/#/runs/details/{result.run_id}", experiment=experiment,
-                        pipeline_root=pipeline_root)
-
-
-def spec_pipeline_root(spec_file: Path) -> str | None:
-    import yaml
-
-    try:
-        spec = yaml.safe_load(spec_file.read_text())
-    except yaml.YAMLError:
-        return None  # kfp's loader reports what is wrong with the file
-    return spec.get("defaultPipelineRoot") if isinstance(spec, dict) else None
+                        fingerprint=fingerprint, compiled_fingerprint=compiled, pipeline_root=pipeline_root)

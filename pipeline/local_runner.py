@@ -34,12 +34,12 @@ class LocalPaths:
         return self.workdir / "serving"
 
 
-def run_local(*, data_root: str, workdir: str | Path, pipeline_name: str = PIPELINE_NAME, **knobs: Any) -> LocalPaths:
-    """Builds the pipeline with `knobs` (see `create_pipeline`) and runs it to the end or the first failure."""
+def build_local_pipeline(*, data_root: str, workdir: str | Path, pipeline_name: str = PIPELINE_NAME,
+                         **knobs: Any) -> tfx.dsl.Pipeline:
+    """The pipeline `create_pipeline` builds from `knobs`, with every path under `workdir`."""
     paths = LocalPaths(Path(workdir).resolve())
-    paths.workdir.mkdir(parents=True, exist_ok=True)
     knobs.setdefault("beam_pipeline_args", list(LOCAL_BEAM_ARGS))
-    pipeline = create_pipeline(
+    return create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=str(paths.pipeline_root),
         data_root=str(data_root),
@@ -48,12 +48,48 @@ def run_local(*, data_root: str, workdir: str | Path, pipeline_name: str = PIPEL
             str(paths.metadata_path)),
         **knobs,
     )
+
+
+def run_local(*, data_root: str, workdir: str | Path, **knobs: Any) -> LocalPaths:
+    """Builds the pipeline (`build_local_pipeline`) and runs it to the end or the first failure."""
+    paths = LocalPaths(Path(workdir).resolve())
+    paths.workdir.mkdir(parents=True, exist_ok=True)
+    pipeline = build_local_pipeline(data_root=data_root, workdir=paths.workdir, **knobs)
     try:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as e:
         _record_failure(paths, e)
         raise
     return paths
+
+
+def ingest_pipeline(*, data_root: str | Path, workdir: str | Path, image_size: int,
+                    split_ratios: dict[str, float] | None = None, pipeline_name: str = "ctseg-ingest"):
+    """Ingest alone (IrcadExampleGen) as a pipeline with its own MLMD store under `workdir`: for the
+    Trainer's tests and benchmarks, which append their own components. Returns (pipeline, example_gen)."""
+    from ctseg.components.ingest.component import IrcadExampleGen
+    from ctseg.pipeline.pipeline import DEFAULT_SPLITS
+
+    workdir = Path(workdir)
+    example_gen = IrcadExampleGen(data_root=str(data_root), image_size=image_size,
+                                  split_ratios=split_ratios or DEFAULT_SPLITS)
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name, pipeline_root=str(workdir / "root"), components=[example_gen],
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(workdir / "mlmd.sqlite")),
+        beam_pipeline_args=list(LOCAL_BEAM_ARGS))
+    return pipeline, example_gen
+
+
+def run_ingest(*, data_root: str | Path, workdir: str | Path, image_size: int,
+               split_ratios: dict[str, float] | None = None) -> dict[str, str]:
+    """Runs ingest once per work dir (a second call reuses its output); returns {split: gzipped example files}."""
+    workdir = Path(workdir)
+    found = lambda: sorted(workdir.glob("root/IrcadExampleGen/examples/*/Split-*"))  # noqa: E731
+    if not found():
+        tfx.orchestration.LocalDagRunner().run(ingest_pipeline(
+            data_root=data_root, workdir=workdir, image_size=image_size, split_ratios=split_ratios)[0])
+    return {p.name.removeprefix("Split-"): str(p / "*.gz") for p in found()}
 
 
 def _record_failure(paths: LocalPaths, error: Exception) -> None:

@@ -3,12 +3,11 @@ Kubeflow compiler build the same pipeline object (as in TFX's penguin example an
 """
 from __future__ import annotations
 
-import hashlib
-from importlib import resources
 from typing import Any, Sequence
 
 from tfx import v1 as tfx
 
+from ctseg.code_version import code_version
 from ctseg.schemas import SCHEMA_FILE
 
 TRAINER_RUN_FN = "ctseg.models.unet.trainer.run_fn"
@@ -21,17 +20,9 @@ def trainer_code_version() -> str:
     """A digest of the model code, passed to the Trainer so that TFX's cache notices code changes.
 
     The Trainer is given `run_fn` as an import path (it works unchanged inside the cluster's image),
-    so TFX cannot fingerprint a module file itself. The files are read through importlib.resources:
-    the installed package's own files, in a wheel install as in the work tree.
+    so TFX cannot fingerprint a module file itself.
     """
-    digest = hashlib.sha256()
-    for package in TRAINER_PACKAGES:
-        files = sorted((f for f in resources.files(package).iterdir() if f.name.endswith(".py")), key=lambda f: f.name)
-        if not files:
-            raise FileNotFoundError(f"no Python files found in {package}: cannot fingerprint the Trainer code")
-        for f in files:
-            digest.update(f"{package}/{f.name}".encode() + f.read_bytes())
-    return digest.hexdigest()[:16]
+    return code_version(*TRAINER_PACKAGES)
 
 
 def create_pipeline(
@@ -43,7 +34,7 @@ def create_pipeline(
     metadata_connection_config: Any = None,
     schema_file: str = SCHEMA_FILE,
     organ: str = "liver",
-    image_size: int = 128,
+    image_size: int | None = None,
     split_ratios: dict[str, float] | None = None,
     max_bad_fraction: float = 0.0,
     custom_config: dict[str, Any] | None = None,
@@ -58,6 +49,8 @@ def create_pipeline(
 ) -> tfx.dsl.Pipeline:
     """Ingest → statistics/schema/validation gate → Trainer → evaluation against the model serving → Pusher.
 
+    `image_size` (ingest's slice size, which the Trainer must match) defaults to the Trainer's: its
+    `custom_config` preset's size, or `custom_config["image_size"]`.
     The evaluator's baseline is the newest version under `serving_dir` (what the Pusher last pushed);
     `compare_to_serving=False` judges models on `dice_threshold` alone. `baseline_metadata`
     ("sqlite:PATH" or "grpc:HOST:PORT") is where the evaluator looks up the baseline's Model artifact
@@ -66,6 +59,10 @@ def create_pipeline(
     from ctseg.components.evaluation.component import SegmentationEvaluator
     from ctseg.components.ingest.component import IrcadExampleGen
     from ctseg.components.validation import validation_stage
+    from ctseg.models.unet.config import UnetConfig
+
+    if image_size is None:  # the Trainer's preset decides (custom_config "preset", default small)
+        image_size = UnetConfig.from_custom_config(custom_config).image_size
 
     example_gen = IrcadExampleGen(
         data_root=data_root, organ=organ, image_size=image_size,

@@ -227,6 +227,9 @@ def versions(serving_dir: Path) -> list[str]:
     return sorted(os.listdir(serving_dir)) if serving_dir.exists() else []
 
 
+SLOW_FIXTURES = {"workspace"}  # see tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     from ctseg.phantom import write_phantom

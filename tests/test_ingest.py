@@ -62,6 +62,9 @@ def _rewrite(path: Path, **changes):
     ds.save_as(path)
 
 
+SLOW_FIXTURES = {"folder_run", "zip_run"}  # see tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def damaged(small_phantom, tmp_path_factory):
     """The small phantom plus a damaged patient, an empty one and one without a liver folder; patient 2's
@@ -201,6 +204,7 @@ def test_statistics_gen_consumes_the_examples_unchanged(zip_run):
         assert stats.datasets[0].num_examples == props[f"slices_{split}"]
 
 
+@pytest.mark.slow  # runs ingest
 def test_too_many_bad_slices_fail_the_run_naming_the_file(small_phantom, tmp_path):
     root = tmp_path / "ircad"
     shutil.copytree(small_phantom / "3Dircadb1.1", root / "3Dircadb1.1")
@@ -269,6 +273,7 @@ def test_missing_or_unusable_data_root_is_a_clear_error(tmp_path):
         ircad.find_patients(str(tmp_path / "notes.zip"))
 
 
+@pytest.mark.slow  # runs ingest
 def test_reports_left_in_the_tmp_dir_by_an_earlier_try_are_not_counted(small_phantom, tmp_path):
     """A retried execution reuses its tmp dir; a stale report shard there must not add slices or quarantines."""
     from tfx.dsl.components.base import base_beam_executor

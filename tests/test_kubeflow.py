@@ -22,6 +22,9 @@ LOCAL_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 INGEST = "IrcadExampleGen"
 
 
+SLOW_FIXTURES = {"spec_file"}  # see tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def spec_file(small_phantom, tmp_path_factory):
     """Compiled once for the module: GPU Trainer, DirectRunner in the pod, the 64 px phantom as data."""

@@ -7,6 +7,7 @@ urllib3) runs for real.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,9 @@ import yaml
 from ctseg.cli import main
 from ctseg.errors import CtsegError
 from ctseg.pipeline.kubeflow_runner import compile_pipeline
-from ctseg.pipeline.kubeflow_submit import HEALTHZ_PATH, submit
+from ctseg.ircad import UNREAD_PREFIX, data_fingerprint
+from ctseg.phantom import write_phantom
+from ctseg.pipeline.kubeflow_submit import HEALTHZ_PATH, compiled_fingerprint, submit
 
 RUN_ID = "5b0c6a4e-run"
 EXPERIMENT_ID = "e7a1-experiment"
@@ -66,6 +69,9 @@ class FakePipelinesApi(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self._handle(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+
+SLOW_FIXTURES = {"compiled_spec"}  # see tests/conftest.py
 
 
 @pytest.fixture()
@@ -155,7 +161,8 @@ def test_submit_creates_experiment_and_run_and_prints_id_and_link(pipelines_api,
     assert main(["submit", "--host", host, "--spec", str(compiled_spec), "--experiment", "liver-gpu",
                  "--run-name", "nightly"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"run id: {RUN_ID}", f"link:   {host}/#/runs/details/{RUN_ID}", "pipeline root: gs://bucket/root"]
+    assert out[:3] == [f"run id: {RUN_ID}", f"link:   {host}/#/runs/details/{RUN_ID}", "root:   gs://bucket/root"]
+    assert out[3].startswith("data:   unread:") and len(out) == 4  # gs://bucket cannot be read from here
     posts = {path.split("?")[0]: body for method, path, body in FakePipelinesApi.requests if method == "POST"}
     assert posts["/apis/v2beta1/experiments"]["display_name"] == "liver-gpu"
     run = posts["/apis/v2beta1/runs"]
@@ -174,3 +181,39 @@ def test_submit_passes_another_pipeline_root_with_the_run(pipelines_api, compile
     submit(compiled_spec, host=host_of(pipelines_api), pipeline_root="s3://other/root")
     (run,) = [body for method, path, body in FakePipelinesApi.requests if path.startswith("/apis/v2beta1/runs")]
     assert run["runtime_config"]["pipeline_root"] == "s3://other/root"
+
+
+def _sent_fingerprint() -> str:
+    [run] = [body for method, path, body in FakePipelinesApi.requests if method == "POST" and "/runs" in path]
+    spec = run["pipeline_spec"].get("pipeline_spec", run["pipeline_spec"])
+    return compiled_fingerprint(spec)
+
+
+def test_submit_fingerprints_the_data_again_so_changed_data_is_not_served_from_kfp_cache(pipelines_api, tmp_path,
+                                                                                          capsys):
+    """KFP caches a task on its inputs: a spec compiled before the data changed must not reuse the old ingest."""
+    data = write_phantom(tmp_path / "ircad", patients=4, slices=2, size=16, seed=1)
+    spec = compile_pipeline(image="ghcr.io/example/ctseg:0.1.0", output=tmp_path / "ctseg.yaml", data_root=str(data),
+                            pipeline_root="gs://bucket/root")
+    compiled = compiled_fingerprint(yaml.safe_load(spec.read_text()))
+    assert compiled == data_fingerprint(str(data))
+    host = host_of(pipelines_api)
+    submit(spec, host=host)
+    assert _sent_fingerprint() == compiled  # unchanged data: the same cache key
+
+    shutil.rmtree(data)
+    write_phantom(data, patients=5, slices=2, size=16, seed=2)
+    FakePipelinesApi.requests = []
+    assert main(["submit", "--host", host, "--spec", str(spec)]) == 0
+    assert _sent_fingerprint() == data_fingerprint(str(data)) != compiled
+    assert "changed since the spec was compiled" in capsys.readouterr().out
+    assert compiled_fingerprint(yaml.safe_load(spec.read_text())) == compiled  # the spec file itself is left alone
+
+
+def test_data_unreadable_from_here_gets_a_new_fingerprint_per_submission(pipelines_api, compiled_spec):
+    sent = []
+    for _ in range(2):
+        FakePipelinesApi.requests = []
+        submit(compiled_spec, host=host_of(pipelines_api))
+        sent.append(_sent_fingerprint())
+    assert all(f.startswith(UNREAD_PREFIX) for f in sent) and sent[0] != sent[1]

@@ -109,6 +109,9 @@ def _write_examples(folder: Path) -> None:
                     mask_distinct_values=2).SerializeToString())
 
 
+SLOW_FIXTURES = {"runs"}  # see tests/conftest.py
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Runs the pipeline four times into one store; returns the root and the run ids by name."""
@@ -290,10 +293,13 @@ def test_cli_runs_show_and_lineage(runs, capsys):
 
     version = metadata.list_runs(metadata.connect(str(root / "metadata.sqlite")))[-1].pushed_version
     assert cli.main(["lineage", str(root / "serving" / version), *store_args, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["data_path"] == str(root / "data")
+    found = json.loads(capsys.readouterr().out)
+    assert found["data_path"] == str(root / "data")
     assert cli.main(["lineage", str(root / "serving" / version), *store_args]) == 0
     text = capsys.readouterr().out
     assert f"Input data          {root / 'data'}" in text and "learning_rate = 0.01" in text
+    # TFX's ImportExampleGen fingerprints its input files (io_utils.generate_fingerprint); lineage shows it.
+    assert f"Input fingerprint   {found['data_fingerprint']}" in text and found["data_fingerprint"].startswith("split:")
 
     assert cli.main(["runs", "show", "nope", *store_args]) == 2
     assert "no pipeline run 'nope'" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import tensorflow as tf
 from ctseg.dicom import window
 from ctseg.errors import CtsegError
 from ctseg.models.unet.config import UnetConfig
-from ctseg.models.unet.model import HuWindow, OverlapMetric, build_unet, dice_coefficient, dice_loss, make_loss
+from ctseg.models.unet.model import HuWindow, OverlapMetric, build_unet, compile_model, dice_coefficient, dice_loss, make_loss
 
 TINY = UnetConfig.from_custom_config({"image_size": 32, "depth": 2, "base_filters": 2})
 
@@ -88,12 +88,19 @@ def test_full_preset_is_the_blog_network():
     assert UnetConfig.from_custom_config(None) == UnetConfig()
 
 
+def test_jit_compile_is_a_knob_off_by_default():
+    assert UnetConfig.from_custom_config({"preset": "full"}).jit_compile is False
+    config = UnetConfig.from_custom_config({"image_size": 32, "depth": 2, "base_filters": 2, "jit_compile": True})
+    assert compile_model(build_unet(config), config).jit_compile is True
+
+
 @pytest.mark.parametrize("custom, words", [
     ({"image_size": 100}, "divisible"),
     ({"preset": "huge"}, "preset"),
     ({"epoch": 3}, "unknown keys"),
     ({"keep_empty_probability": 1.5}, "keep_empty_probability"),
     ({"batch_size": "many"}, "wrong type"),
+    ({"jit_compile": "false"}, r"\['jit_compile'\] must be true or false"),
 ])
 def test_bad_custom_config_is_a_clear_error(custom, words):
     with pytest.raises(CtsegError, match=words):

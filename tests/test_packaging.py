@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
+import pytest
 import tomli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,3 +58,43 @@ def test_no_module_imports_a_mapped_folder_by_its_bare_name():
 
 def test_kubeflow_folder_holds_no_python():
     assert not list((REPO / "kubeflow").glob("**/*.py"))
+
+
+BUILD_RUN_PIPELINE = """
+import json, sys
+import ctseg
+from ctseg.cli import build_parser
+from ctseg.commands.run import pipeline_knobs
+from ctseg.pipeline.local_runner import build_local_pipeline
+from ctseg.pipeline.pipeline import trainer_code_version
+
+args = build_parser().parse_args(["run", "--data", sys.argv[1], "--workdir", sys.argv[2]])
+pipeline = build_local_pipeline(data_root=args.data, workdir=args.workdir, **pipeline_knobs(args))
+by_id = {c.id: c for c in pipeline.components}
+config = by_id["Trainer"].exec_properties["custom_config"]
+print(json.dumps({"ctseg": ctseg.__file__, "schema_file": by_id["ImportSchemaGen"].exec_properties["schema_file"],
+                  "custom_config": json.loads(config) if isinstance(config, str) else config,
+                  "run_fn": by_id["Trainer"].exec_properties["run_fn"], "code_version": trainer_code_version()}))
+"""
+
+
+@pytest.mark.slow
+def test_ctseg_run_from_the_installed_wheel_finds_the_schema_and_hashes_the_trainer_code(installed_wheel, small_phantom):
+    import zipfile
+
+    from ctseg.pipeline.pipeline import trainer_code_version
+
+    with zipfile.ZipFile(installed_wheel.wheel) as wheel:
+        top_level = {name.split("/")[0] for name in wheel.namelist()}
+    assert top_level == {"ctseg", installed_wheel.wheel.name.split("-py3")[0] + ".dist-info"}, top_level
+
+    assert "compile" in installed_wheel.run("ctseg", "--help").stdout
+    built = json.loads(installed_wheel.run("python", "-c", BUILD_RUN_PIPELINE, str(small_phantom), "out").stdout
+                       .strip().splitlines()[-1])
+    assert Path(built["ctseg"]).is_relative_to(installed_wheel.site_packages)
+    schema = Path(built["schema_file"])
+    assert schema.is_relative_to(installed_wheel.site_packages / "ctseg" / "schemas") and schema.is_file()
+    assert schema.read_text() == (REPO / "schemas" / "schema.pbtxt").read_text()
+    # The same files installed give the same digest as the work tree: the Trainer's cache key is the code's.
+    assert built["code_version"] == built["custom_config"]["code_version"] == trainer_code_version()
+    assert built["run_fn"] == "ctseg.models.unet.trainer.run_fn"

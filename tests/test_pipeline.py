@@ -23,6 +23,9 @@ PATIENTS, SLICES, SOURCE_SIZE, IMAGE_SIZE = 10, 20, 128, 128
 KNOBS = dict(image_size=IMAGE_SIZE, dice_threshold=0.6, custom_config={"epochs": 40, "keep_empty_probability": 1.0})
 
 
+pytestmark = pytest.mark.slow  # every test here runs a TFX pipeline
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return write_phantom(tmp_path_factory.mktemp("pipeline") / "ircad", patients=PATIENTS, slices=SLICES,

@@ -17,6 +17,7 @@ import pydicom
 import pytest
 
 from ctseg import predict as P
+from ctseg.serving import HU_SIGNATURE, OUTPUT, resolve_model_dir
 from ctseg.cli import main as cli_main
 from ctseg.dicom import hu_from_dataset, mask_from_dataset, read_dataset
 from ctseg.errors import CtsegError
@@ -27,6 +28,9 @@ MODEL_SIZE = 48
 VERSION = "1700000001"
 TEST_PATIENT = f"3Dircadb1.{PATIENTS}"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+SLOW_FIXTURES = {"tiny_model"}  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +83,10 @@ def _train_tiny_unet(phantom: Path, serving: Path) -> Path:
 
     @tf.function(input_signature=[tf.TensorSpec([None, MODEL_SIZE, MODEL_SIZE], tf.float32, name="hu")])
     def segment_hu(hu):
-        return {"probabilities": model(hu)}
+        return {OUTPUT: model(hu)}
 
     version_dir = serving / VERSION
-    tf.saved_model.save(model, str(version_dir), signatures={P.SIGNATURE: segment_hu})
+    tf.saved_model.save(model, str(version_dir), signatures={HU_SIGNATURE: segment_hu})
     return serving
 
 
@@ -393,11 +397,11 @@ def test_model_dir_resolution(tmp_path):
     for version in ("9", "10", "not_a_version"):
         (tmp_path / version).mkdir()
         (tmp_path / version / "saved_model.pb").write_bytes(b"")
-    assert P.resolve_model_dir(tmp_path).name == "10"
-    assert P.resolve_model_dir(tmp_path / "9").name == "9"
+    assert resolve_model_dir(tmp_path).name == "10"
+    assert resolve_model_dir(tmp_path / "9").name == "9"
     (tmp_path / "bare").mkdir()
     with pytest.raises(CtsegError, match="neither a SavedModel nor a serving dir"):
-        P.resolve_model_dir(tmp_path / "bare")
+        resolve_model_dir(tmp_path / "bare")
 
 
 def test_cli_reports_bad_input_in_one_line(phantom, tiny_model, tmp_path, capsys):

@@ -1,29 +1,34 @@
 """The UNET module file as a real TFX Trainer in a LocalDagRunner pipeline, and its exported model
 loaded in a fresh process through both signatures of docs/DESIGN.md."""
 import json
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from bench.phantom_examples import ingest_pipeline
 from ctseg.errors import CtsegError
 from ctseg.models.unet import trainer
+from ctseg.pipeline.local_runner import ingest_pipeline
 
 SIZE = 64
 MODULE_FILE = str(Path(trainer.__file__).resolve())
 CUSTOM = {"image_size": SIZE, "depth": 2, "base_filters": 4, "epochs": 2, "batch_size": 4}
 
 
+pytestmark = pytest.mark.slow  # every test here runs a TFX pipeline
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(small_phantom, tmp_path_factory):
     """IrcadExampleGen → Trainer(module_file) under LocalDagRunner with ML Metadata in SQLite."""
     root = tmp_path_factory.mktemp("pipeline")
-    pipeline, example_gen = ingest_pipeline(small_phantom, root, SIZE)
+    pipeline, example_gen = ingest_pipeline(data_root=small_phantom, workdir=root, image_size=SIZE)
     pipeline.components.append(tfx.components.Trainer(
         module_file=MODULE_FILE, examples=example_gen.outputs["examples"],
         train_args=tfx.proto.TrainArgs(num_steps=4), eval_args=tfx.proto.EvalArgs(num_steps=2),
@@ -91,3 +96,58 @@ def test_run_fn_rejects_examples_of_another_size(examples, tmp_path):
     with pytest.raises(CtsegError, match="64x64 but the model's image_size is 32"):
         trainer.run_fn(fn_args)
     assert not tf.io.gfile.exists(fn_args.serving_model_dir)
+
+
+# The GPU path without a GPU (issue 17). On a GPU machine `distribution_strategy()` picks
+# MirroredStrategy over every logical GPU plus the mixed_float16 policy; here the CPU is split into two
+# logical devices and handed to the same function, so strategy, policy, per-replica batching, sync-on-read
+# metric variables and the export run exactly that code. Logical devices can only be configured before
+# TensorFlow starts, hence the fresh process. FnArgs is a plain attrs record of which run_fn reads these
+# fields; the child gets them as a namespace because importing TFX would double its start-up (~15 s).
+# The real FnArgs from the real Trainer component is covered by the LocalDagRunner tests above.
+GPU_PATH_SCRIPT = """
+import json, sys, types
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from ctseg.models.unet import trainer
+train, eval_, serving, logs, custom = json.loads(sys.argv[1])
+fn_args = types.SimpleNamespace(train_files=[train], eval_files=[eval_], serving_model_dir=serving,
+                                model_run_dir=logs, train_steps=4, eval_steps=2, custom_config=custom)
+trainer.run_fn(fn_args, devices=tf.config.list_logical_devices("CPU"))
+"""
+
+
+def _half_precision_convs(saved_model_dir: Path) -> int:
+    """Conv2D nodes computing in float16 anywhere in the SavedModel's functions."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((saved_model_dir / "saved_model.pb").read_bytes())
+    nodes = [n for g in proto.meta_graphs for f in g.graph_def.library.function for n in f.node_def]
+    return sum(n.op == "Conv2D" and n.attr["T"].type == tf.float16.as_datatype_enum for n in nodes)
+
+
+def test_gpu_path_mirrored_mixed_precision_trains_exports_and_serves_float32(examples, tmp_path):
+    from ctseg.serving import load_model
+
+    serving = tmp_path / "serving"
+    args = [examples["train"], examples["eval"], str(serving), str(tmp_path / "logs"), CUSTOM]
+    done = subprocess.run([sys.executable, "-c", GPU_PATH_SCRIPT, json.dumps(args)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = done.stdout + done.stderr
+    assert "device:CPU:0, /job:localhost/replica:0/task:0/device:CPU:1 with MirroredStrategy: 2 replica(s), " \
+           "global batch 8 (4 per replica), policy mixed_float16, jit_compile off" in out, out[-3000:]
+    rates = re.findall(r"epoch (\d): ([\d.]+) training slices/s \(16 slices in", out)
+    assert [epoch for epoch, _ in rates] == ["1", "2"] and all(float(r) > 0 for _, r in rates), out[-3000:]
+    assert _half_precision_convs(serving) > 0, "the exported model does not compute in float16: mixed precision was off"
+
+    model = load_model(serving)  # this process's policy is float32, as in serving
+    hu = np.random.default_rng(0).uniform(-1000, 1000, (3, SIZE, SIZE)).astype(np.float32)
+    probabilities = model.fn(hu=tf.constant(hu))["probabilities"]
+    assert probabilities.dtype == tf.float32 and probabilities.shape == (3, SIZE, SIZE)
+    assert 0.0 <= float(tf.reduce_min(probabilities)) <= float(tf.reduce_max(probabilities)) <= 1.0
+    loaded = tf.saved_model.load(str(serving))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(examples["eval"]), "GZIP").take(2)]
+    by_example = loaded.signatures["serving_default"](examples=tf.constant(records))["probabilities"]
+    assert by_example.dtype == tf.float32 and by_example.shape == (2, SIZE, SIZE)

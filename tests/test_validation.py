@@ -105,6 +105,9 @@ def gate_error(outcome) -> CtsegError:
     return err
 
 
+pytestmark = pytest.mark.slow  # every test here runs a TFX pipeline
+
+
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
     return run_validation(tmp_path_factory.mktemp("clean"))

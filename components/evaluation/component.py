@@ -20,11 +20,14 @@ from tfx.types import standard_component_specs as keys
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.types.system_executions import Evaluate
 
+from ctseg.code_version import code_version
 from ctseg.components.evaluation import executor
 
 DEFAULT_DICE_THRESHOLD = 0.90
 DEFAULT_DICE_TOLERANCE = 0.01
 DEFAULT_BATCH_SIZE = 32
+CODE_VERSION_KEY = "code_version"
+EVALUATOR_MODULES = ("ctseg.components.evaluation", "ctseg.predict", "ctseg.features", "ctseg.dicom")
 
 
 class SegmentationEvaluatorSpec(types.ComponentSpec):
@@ -35,6 +38,7 @@ class SegmentationEvaluatorSpec(types.ComponentSpec):
         executor.BATCH_SIZE_KEY: ExecutionParameter(type=int),
         executor.SERVING_DIR_KEY: ExecutionParameter(type=str, optional=True),
         executor.METADATA_KEY: ExecutionParameter(type=str, optional=True),
+        CODE_VERSION_KEY: ExecutionParameter(type=str, optional=True),  # in TFX's cache key: changed code reruns
     }
     INPUTS = {
         keys.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
@@ -72,7 +76,7 @@ class SegmentationEvaluator(base_component.BaseComponent):
         spec = SegmentationEvaluatorSpec(
             examples=examples, model=model, serving_dir=serving_dir, metadata=metadata,
             split=split, dice_threshold=float(dice_threshold), dice_tolerance=float(dice_tolerance),
-            batch_size=int(batch_size),
+            batch_size=int(batch_size), code_version=code_version(*EVALUATOR_MODULES),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         super().__init__(spec=spec)

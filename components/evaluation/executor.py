@@ -30,15 +30,17 @@ METADATA_KEY = "metadata"
 SAVED_MODEL_FILE = "saved_model.pb"
 
 GRID_FILE = "eval_grid.png"
+# What evaluation reads of each example: pixels, patient and slice, and the geometry for volumes in ml.
+EVAL_KEYS = (*features.PIXEL_KEYS, features.PATIENT_KEY, features.SLICE_KEY, features.SPACING_KEY,
+             features.THICKNESS_KEY, features.SOURCE_ROWS_KEY, features.SOURCE_COLUMNS_KEY)
 
 
 class Segmenter:
-    """A Model artifact's `segment_hu` signature (loaded and checked by `ctseg.predict.load_model`),
-    fed in batches; adapts to the trained size when the examples differ (e.g. a baseline trained at
-    another `image_size`), resizing down with ingest's antialiased kernel as predict does."""
+    """A SavedModel folder's served model (`ctseg.serving.load_model`), fed in batches at the examples'
+    size (a baseline trained at another `image_size` is resized in and out by `ServedModel.probabilities`)."""
 
     def __init__(self, path: str):
-        from ctseg.predict import load_model
+        from ctseg.serving import load_model
 
         self.path = path
         self._served = load_model(self.path)
@@ -47,13 +49,7 @@ class Segmenter:
     def probabilities(self, hu: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
-        x = tf.constant(hu, tf.float32)
-        if self.size != hu.shape[1:]:
-            x = tf.image.resize(x[..., None], self.size, antialias=True)[..., 0]
-        p = self._served(x)
-        if tuple(p.shape[1:]) != hu.shape[1:]:
-            p = tf.image.resize(p[..., None], hu.shape[1:])[..., 0]
-        return p.numpy()
+        return self._served.probabilities(tf.constant(hu, tf.float32)).numpy()
 
 
 def model_path(model: types.Artifact) -> str:
@@ -118,18 +114,7 @@ def read_slices(files: list[str], batch_size: int) -> Iterator[dict[str, np.ndar
     """Batches of decoded slices: HU (N, H, W) float32, mask (N, H, W) uint8, patient ids, voxel volumes."""
     import tensorflow as tf
 
-    spec = {
-        features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-        features.MASK_KEY: tf.io.FixedLenFeature([], tf.string),
-        features.HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
-        features.WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
-        features.PATIENT_KEY: tf.io.FixedLenFeature([], tf.string),
-        features.SLICE_KEY: tf.io.FixedLenFeature([], tf.int64),
-        features.SPACING_KEY: tf.io.FixedLenFeature([], tf.float32),
-        features.THICKNESS_KEY: tf.io.FixedLenFeature([], tf.float32),
-        features.SOURCE_ROWS_KEY: tf.io.FixedLenFeature([], tf.int64),
-        features.SOURCE_COLUMNS_KEY: tf.io.FixedLenFeature([], tf.int64),
-    }
+    spec = features.feature_spec(EVAL_KEYS)
     compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
     ds = (tf.data.TFRecordDataset(files, compression_type=compression).batch(batch_size)
           .map(lambda s: tf.io.parse_example(s, spec)))

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from ctseg.dicom import window
+from ctseg.serving import is_organ
 
 TRUTH_RGB = (0.1, 0.85, 0.2)
 PREDICTION_RGB = (0.95, 0.15, 0.1)
@@ -47,7 +48,7 @@ def write_grid(rows: list[GridRow], path: str | os.PathLike, title: str = "") ->
         raise ValueError("no rows to draw")
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.1 * len(rows) + 0.4), squeeze=False)
     for ax_row, row in zip(axes, rows):
-        predicted = np.asarray(row.probabilities) >= 0.5
+        predicted = is_organ(np.asarray(row.probabilities))
         ax_row[0].imshow(window(row.hu), cmap="gray", vmin=0, vmax=1)
         ax_row[0].set_ylabel(row.label, fontsize=9)
         ax_row[1].imshow(overlay(row.hu, row.truth, TRUTH_RGB))

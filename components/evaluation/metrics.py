@@ -1,7 +1,7 @@
 """Overlap metrics for binary segmentation, in pure numpy, and the blessing rule.
 
 Conventions (the ones MONAI calls `ignore_empty=False`):
-- A prediction is organ where its probability is >= 0.5.
+- A prediction is organ where `ctseg.serving.is_organ` says so (probability >= `serving.THRESHOLD`).
 - Dice = 2|P∩T| / (|P| + |T|), IoU = |P∩T| / |P∪T|. When prediction and truth are both empty the
   model agreed perfectly that there is no organ, so Dice = IoU = 1.0; such slices are counted in the
   slice means (their number is reported as `empty_slices`).
@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-PROBABILITY_THRESHOLD = 0.5
+from ctseg.serving import is_organ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class SliceOverlap:
 
 def slice_overlap(probabilities: np.ndarray, truth: np.ndarray) -> SliceOverlap:
     """Counts for a batch of slices: `probabilities` (N, H, W) in [0, 1], `truth` (N, H, W) 0/1."""
-    pred = np.asarray(probabilities) >= PROBABILITY_THRESHOLD
+    pred = is_organ(np.asarray(probabilities))
     true = np.asarray(truth) != 0
     if pred.shape != true.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from mask shape {true.shape}")

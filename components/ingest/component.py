@@ -7,10 +7,14 @@ from typing import Optional
 from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import channel, component_spec, standard_artifacts
 
+from ctseg import ircad
+from ctseg.code_version import code_version
 from ctseg.components.ingest import executor
 from ctseg.errors import CtsegError
+from ctseg.features import check_image_size
 
 DEFAULT_SPLIT_RATIOS = {"train": 0.75, "eval": 0.25}
+INGEST_MODULES = ("ctseg.components.ingest", "ctseg.ircad", "ctseg.dicom", "ctseg.features")
 
 
 class IrcadExampleGenSpec(component_spec.ComponentSpec):
@@ -20,6 +24,9 @@ class IrcadExampleGenSpec(component_spec.ComponentSpec):
         "image_size": component_spec.ExecutionParameter(type=int),
         "split_ratios": component_spec.ExecutionParameter(type=str),  # JSON: {"train": 0.75, "eval": 0.25}
         "max_bad_fraction": component_spec.ExecutionParameter(type=float),
+        # Part of TFX's cache key, so that changed data or changed ingest code is ingested again.
+        executor.FINGERPRINT_KEY: component_spec.ExecutionParameter(type=str, optional=True),
+        executor.CODE_VERSION_KEY: component_spec.ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {}
     OUTPUTS = {executor.EXAMPLES_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples)}
@@ -43,23 +50,31 @@ class IrcadExampleGen(base_component.BaseComponent):
     go to `<examples.uri>/quarantine.jsonl` (patient_id, file, reason) and the log. The run fails
     with a CtsegError naming the worst files when more than `max_bad_fraction` of any patient's
     slices are bad. Custom properties on the artifact: patients, slices_<split>, slices_with_liver,
-    quarantined, data_root.
+    quarantined, skipped, data_root, input_fingerprint.
+
+    `input_fingerprint` (default: `ircad.data_fingerprint(data_root)`, taken when the component is
+    built, i.e. before the step runs) and `code_version` (a digest of the ingest code) are exec
+    properties: TFX's cache key includes them, so a rerun on changed data, or with changed ingest
+    code, ingests again instead of reusing the old Examples. Data that cannot be read when the
+    pipeline is built gets a fingerprint unique to this build, so it is never served from the cache.
     """
 
     SPEC_CLASS = IrcadExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
     def __init__(self, data_root: str, organ: str = "liver", image_size: int = 256,
-                 split_ratios: Optional[dict[str, float]] = None, max_bad_fraction: float = 0.0):
+                 split_ratios: Optional[dict[str, float]] = None, max_bad_fraction: float = 0.0,
+                 input_fingerprint: Optional[str] = None):
         ratios = dict(split_ratios or DEFAULT_SPLIT_RATIOS)
         executor.parse_split_ratios(ratios)
         if not organ or "/" in organ or organ.startswith("."):
             raise CtsegError(f"organ must be the name of a MASKS_DICOM folder such as 'liver', got {organ!r}")
-        if int(image_size) < 8:
-            raise CtsegError(f"image_size must be at least 8 pixels, got {image_size}")
+        check_image_size(image_size)
         if not 0.0 <= float(max_bad_fraction) <= 1.0:
             raise CtsegError(f"max_bad_fraction must be between 0 and 1, got {max_bad_fraction}")
         super().__init__(spec=IrcadExampleGenSpec(
             data_root=str(data_root), organ=organ, image_size=int(image_size),
             split_ratios=json.dumps(ratios), max_bad_fraction=float(max_bad_fraction),
+            input_fingerprint=input_fingerprint or ircad.build_fingerprint(str(data_root)),
+            code_version=code_version(*INGEST_MODULES),
             examples=channel.Channel(type=standard_artifacts.Examples)))

@@ -30,10 +30,13 @@ from tfx.types import artifact_utils
 from ctseg import ircad
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
-from ctseg.features import slice_example
+from ctseg.features import check_image_size, slice_example
 
 EXAMPLES_KEY = "examples"
+FINGERPRINT_KEY = "input_fingerprint"  # TFX's name (example_gen/utils.py FINGERPRINT_PROPERTY_NAME)
+CODE_VERSION_KEY = "code_version"
 QUARANTINE_FILE = "quarantine.jsonl"
+SKIPPED_FILE = "skipped.jsonl"  # operating-system debris (Thumbs.db, .DS_Store, __MACOSX/...): listed, not read
 SPLITS = ("train", "eval", "test")
 WORST_FILES_SHOWN = 5
 _QUARANTINE, _SUMMARY = "quarantine", "summary"  # side outputs: one record per bad file, one per patient
@@ -108,7 +111,7 @@ def _decode_pair(patient: ircad.PatientSeries, name: str, organ: str, size: int)
         return None, None, [(masks[name], f"mask without its slice: no {ircad.IMAGES_DIR}/{name}")]
     try:
         ct = ircad.decode_slice(patient.images.read(name), images[name], size)
-    except DicomError as e:
+    except (DicomError, ircad.MemberError) as e:
         problems.append((e.source, e.reason))
     if name not in masks:
         problems.append((images[name], f"slice without its mask: no {ircad.MASKS_DIR}/{organ}/{name}" if patient.masks
@@ -116,7 +119,7 @@ def _decode_pair(patient: ircad.PatientSeries, name: str, organ: str, size: int)
     elif ct is not None:
         try:
             mask = ircad.decode_mask(patient.masks.read(name), masks[name], size)
-        except DicomError as e:
+        except (DicomError, ircad.MemberError) as e:
             problems.append((e.source, e.reason))
         if mask is not None and mask.source_shape != ct.source_shape:
             problems.append((masks[name], f"mask is {mask.source_shape[0]}x{mask.source_shape[1]} "
@@ -125,30 +128,60 @@ def _decode_pair(patient: ircad.PatientSeries, name: str, organ: str, size: int)
     return ct, mask, problems
 
 
+def _same_position(ordered: dict[str, tuple]) -> dict[str, list[str]]:
+    """Slice name → the other slices at its ImagePositionPatient (to 1 µm along the normal), for every shared one."""
+    at: dict[float, list[str]] = {}
+    for name, (ct, _) in ordered.items():
+        has_position, position_mm = ct.sort_key[:2]
+        if has_position == 0:
+            at.setdefault(round(position_mm, 3), []).append(name)
+    return {n: [o for o in names if o != n] for names in at.values() if len(names) > 1 for n in names}
+
+
+def _summary(pid: str, split: str, slices: int, bad: int, skipped: list[str], written: int = 0, with_organ: int = 0):
+    return beam.pvalue.TaggedOutput(_SUMMARY, {"patient_id": pid, "split": split, "slices": max(slices, 1),
+                                              "written": written, "with_organ": with_organ, "bad": bad,
+                                              "skipped": skipped})
+
+
 def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> Iterator[Any]:
     """Yields (split, serialized example) per good slice, and tagged quarantine records and one summary.
 
     Slices pair by file name (`PATIENT_DICOM/image_N` with `MASKS_DICOM/<organ>/image_N`);
     `slice_index` is the rank by position among the patient's readable images, so a quarantined
-    slice leaves a gap instead of shifting its neighbours.
+    slice leaves a gap instead of shifting its neighbours. Slices sharing one ImagePositionPatient are
+    quarantined (a duplicated file or a second series mixed in); operating-system debris is listed in
+    the summary, not counted. A series zip that cannot be opened quarantines the patient under its name.
     """
     pid = ref.patient_id
-    with ircad.open_patient(ref, organ) as patient:
-        names = sorted(set(patient.image_files) | set(patient.mask_files))
-        bad: set[str] = set()
-        if not names:
-            bad.add("")
-            yield _quarantine(pid, patient.location, f"empty patient folder: no {ircad.IMAGES_DIR} images "
-                                                     f"and no {ircad.MASKS_DIR}/{organ} masks")
-        ordered = {}  # name -> (CtSlice, Mask or None): every readable image takes part in the ordering
-        for name in names:
-            ct, mask, problems = _decode_pair(patient, name, organ, size)
-            for location, reason in problems:
-                yield _quarantine(pid, location, reason)
-            if problems:
+    try:
+        with ircad.open_patient(ref, organ) as patient:
+            skipped = patient.skipped
+            names = sorted(set(patient.image_files) | set(patient.mask_files))
+            bad: set[str] = set()
+            if not names:
+                bad.add("")
+                yield _quarantine(pid, patient.location, f"empty patient folder: no {ircad.IMAGES_DIR} images "
+                                                         f"and no {ircad.MASKS_DIR}/{organ} masks")
+            ordered = {}  # name -> (CtSlice, Mask or None): every readable image takes part in the ordering
+            for name in names:
+                ct, mask, problems = _decode_pair(patient, name, organ, size)
+                for location, reason in problems:
+                    yield _quarantine(pid, location, reason)
+                if problems:
+                    bad.add(name)
+                if ct is not None:
+                    ordered[name] = (ct, mask)
+            for name, others in sorted(_same_position(ordered).items()):
+                yield _quarantine(pid, patient.image_files[name],
+                                  f"same ImagePositionPatient as {', '.join(others)}: two slices at one position "
+                                  f"(a duplicated file, or a second series mixed in)")
                 bad.add(name)
-            if ct is not None:
-                ordered[name] = (ct, mask)
+                ordered[name] = (ordered[name][0], None)
+    except ircad.MemberError as e:
+        yield _quarantine(pid, e.source, e.reason)
+        yield _summary(pid, split, 1, 1, [])
+        return
     written = with_organ = 0
     for index, name in enumerate(sorted(ordered, key=lambda n: ordered[n][0].sort_key)):
         ct, mask = ordered[name]
@@ -160,10 +193,9 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
         written += 1
         with_organ += int(mask.mask.any())
         yield split, example.SerializeToString()
-    log.info("ingest %s (%s): %d slices written, %d with %s, %d bad of %d", pid, split, written, with_organ,
-             organ, len(bad), max(len(names), 1))
-    yield beam.pvalue.TaggedOutput(_SUMMARY, {"patient_id": pid, "split": split, "slices": max(len(names), 1),
-                                              "written": written, "with_organ": with_organ, "bad": len(bad)})
+    log.info("ingest %s (%s): %d slices written, %d with %s, %d bad of %d, %d operating-system files skipped",
+             pid, split, written, with_organ, organ, len(bad), max(len(names), 1), len(skipped))
+    yield _summary(pid, split, len(names), len(bad), skipped, written, with_organ)
 
 
 class _ClosingGzipFile(gzip.GzipFile):
@@ -227,7 +259,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
            exec_properties: dict[str, Any]) -> None:
         data_root = exec_properties["data_root"]
         organ = exec_properties["organ"]
-        size = int(exec_properties["image_size"])
+        size = check_image_size(exec_properties["image_size"])
         ratios = parse_split_ratios(exec_properties["split_ratios"])
         max_bad_fraction = float(exec_properties["max_bad_fraction"])
         examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
@@ -235,7 +267,14 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples.split_names = artifact_utils.encode_split_names(splits)
         examples.span = 0
 
-        patients = ircad.find_patients(data_root)
+        fingerprint = ircad.data_fingerprint(data_root)
+        expected = exec_properties.get(FINGERPRINT_KEY) or ""
+        if expected and not expected.startswith(ircad.UNREAD_PREFIX) and expected != fingerprint:
+            log.warning("ingest %s: the data changed after the pipeline was built (fingerprint %s, now %s); "
+                        "ingesting what is there now", data_root, expected, fingerprint)
+        examples.set_string_custom_property(FINGERPRINT_KEY, fingerprint)
+        skipped = []
+        patients = ircad.find_patients(data_root, skipped)
         split_of = assign_splits([p.patient_id for p in patients], ratios)
         log.info("ingest %s: %d patients, splits %s", data_root, len(patients),
                  {s: sum(v == s for v in split_of.values()) for s in splits})
@@ -264,9 +303,17 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         quarantine = sorted((r[_QUARANTINE] for r in report if _QUARANTINE in r),
                             key=lambda q: (q["patient_id"], q["file"]))
         summaries = [r[_SUMMARY] for r in report if _SUMMARY in r]
-        with tf.io.gfile.GFile(os.path.join(examples.uri, QUARANTINE_FILE), "w") as f:
-            f.write("".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantine))
+        skipped = [{"patient_id": "", "file": where} for where in skipped] + sorted(
+            ({"patient_id": s["patient_id"], "file": where} for s in summaries for where in s["skipped"]),
+            key=lambda r: (r["patient_id"], r["file"]))
+        for name, records in ((QUARANTINE_FILE, quarantine), (SKIPPED_FILE, skipped)):
+            with tf.io.gfile.GFile(os.path.join(examples.uri, name), "w") as f:
+                f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        if skipped:
+            log.info("ingest: skipped %d operating-system files (not counted as bad slices), listed in %s: %s",
+                     len(skipped), SKIPPED_FILE, ", ".join(r["file"] for r in skipped[:WORST_FILES_SHOWN]))
         _record_counts(examples, data_root, splits, summaries, quarantine)
+        examples.set_int_custom_property("skipped", len(skipped))
         check_bad_fraction(summaries, quarantine, max_bad_fraction)
 
 

@@ -46,13 +46,7 @@ def scalar_rows(examples: types.Artifact):
     for split in artifact_utils.decode_split_names(examples.split_names):
         files = tf.io.gfile.glob(os.path.join(artifact_utils.get_split_uri([examples], split), "*"))
         for record in tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator():
-            feats = tf.train.Example.FromString(record).features.feature
-            row = {F.PATIENT_KEY: feats[F.PATIENT_KEY].bytes_list.value[0].decode()}
-            for name, feat in feats.items():
-                values = feat.float_list.value or feat.int64_list.value
-                if len(values) == 1:
-                    row[name] = float(values[0])
-            yield row
+            yield F.scalar_values(record)
 
 
 def compute_skews(stats_by_split, schema, threshold):

@@ -59,4 +59,10 @@ def run(args) -> int:
         baseline_metadata=args.baseline_metadata,
     )
     print(f"wrote the Kubeflow pipeline spec to {path}")
+    import yaml
+
+    from ctseg.pipeline.kubeflow_submit import compiled_fingerprint
+
+    print(f"data fingerprint in the spec: {compiled_fingerprint(yaml.safe_load(path.read_text()))} "
+          f"(`ctseg submit` takes it again, so changed data is ingested again)")
     return 0

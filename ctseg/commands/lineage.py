@@ -69,4 +69,5 @@ def format_lineage(d: dict[str, Any]) -> str:
             if a["type"] == "Schema":
                 lines.append(_artifact_line(f"Trained with {key}", a))
     lines.append(f"{'Input data':<20}{d['data_path'] or '(not recorded)'}")
+    lines.append(f"{'Input fingerprint':<20}{d.get('data_fingerprint') or '(not recorded)'}")
     return "\n".join(lines)

@@ -93,15 +93,8 @@ class StageProgress(threading.Thread):
             pass
 
 
-def run(args) -> int:
-    from ctseg.errors import CtsegError
-    from ctseg.summary import print_run_summary
-    from ctseg.pipeline.local_runner import LocalPaths, run_local
-
-    data_root = Path(args.data) if args.data else _default_data(args)
-    if not data_root.exists():
-        raise CtsegError(f"--data {data_root} does not exist (give an IRCAD folder or 3Dircadb1.zip)")
-    paths = LocalPaths(Path(args.workdir).resolve())
+def pipeline_knobs(args) -> dict:
+    """`create_pipeline` keyword arguments from the parsed command line."""
     config = {"preset": args.preset}
     if args.epochs is not None:
         config["epochs"] = args.epochs
@@ -110,6 +103,19 @@ def run(args) -> int:
                  enable_cache=not args.no_cache)
     if args.image_size:
         knobs["image_size"] = args.image_size
+    return knobs
+
+
+def run(args) -> int:
+    from ctseg.errors import CtsegError
+    from ctseg.pipeline.local_runner import LocalPaths, run_local
+    from ctseg.summary import print_run_summary
+
+    data_root = Path(args.data) if args.data else _default_data(args)
+    if not data_root.exists():
+        raise CtsegError(f"--data {data_root} does not exist (give an IRCAD folder or 3Dircadb1.zip)")
+    paths = LocalPaths(Path(args.workdir).resolve())
+    knobs = pipeline_knobs(args)
     print(f"running the ctseg pipeline on {data_root} (work dir {paths.workdir})", flush=True)
     progress = StageProgress(paths.metadata_path)
     progress.start()

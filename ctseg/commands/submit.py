@@ -26,6 +26,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ctseg.pipeline.kubeflow_runner import SPEC_FILE
+    from ctseg.ircad import UNREAD_PREFIX
     from ctseg.pipeline.kubeflow_submit import DEFAULT_EXPERIMENT, submit
 
     submitted = submit(args.spec or Path(args.workdir) / SPEC_FILE, host=args.host, experiment=args.experiment or DEFAULT_EXPERIMENT,
@@ -33,5 +34,12 @@ def run(args) -> int:
                        pipeline_root=args.pipeline_root)
     print(f"run id: {submitted.run_id}")
     print(f"link:   {submitted.link}")
-    print(f"pipeline root: {submitted.pipeline_root}")
+    print(f"root:   {submitted.pipeline_root}")
+    if submitted.fingerprint:
+        unread = submitted.fingerprint.startswith(UNREAD_PREFIX)
+        print(f"data:   {submitted.fingerprint} (" + (
+            "the data cannot be read from here, so the ingest step runs again rather than reuse a cached result"
+            if unread else "as compiled: KFP may reuse the cached ingest step" if submitted.fingerprint
+            == submitted.compiled_fingerprint else "changed since the spec was compiled: the ingest step runs again")
+            + ")")
     return 0

@@ -43,6 +43,7 @@ class UnetConfig:
     early_stopping_patience: int = 10
     shuffle_buffer: int = 1024
     seed: int = 0
+    jit_compile: bool = False  # XLA for the train step; off until a GPU measurement says it helps (docs/BENCHMARKS.md)
     code_version: str = ""  # digest of models/unet set by the pipeline, so TFX's cache notices code changes
 
     @classmethod
@@ -58,6 +59,9 @@ class UnetConfig:
             raise CtsegError(f"custom_config has unknown keys {unknown}; known keys: {sorted(names)}")
         values = {**PRESETS[preset], **custom, "preset": preset}
         types = {f.name: type(f.default) for f in dataclasses.fields(cls)}
+        not_bool = sorted(k for k, v in values.items() if types[k] is bool and not isinstance(v, bool))
+        if not_bool:  # bool("false") is True: only real booleans are accepted
+            raise CtsegError(f"custom_config {not_bool} must be true or false")
         try:
             values = {k: types[k](v) for k, v in values.items()}
         except (TypeError, ValueError) as e:

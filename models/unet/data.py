@@ -15,31 +15,6 @@ from ctseg import features
 from ctseg.errors import CtsegError
 from ctseg.models.unet.config import UnetConfig
 
-_FEATURE_SPEC = {
-    features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-    features.MASK_KEY: tf.io.FixedLenFeature([], tf.string),
-    features.HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
-    features.WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
-}
-
-
-def parse_examples(serialized, image_size: int):
-    """Serialized examples (batch,) → HU int16 and mask uint8, each (batch, size, size).
-
-    Fails (InvalidArgumentError naming the sizes) when an example's height/width differ from the
-    size the model is trained at.
-    """
-    parsed = tf.io.parse_example(serialized, _FEATURE_SPEC)
-    expected = tf.constant(image_size, tf.int64)
-    checks = [tf.debugging.assert_equal(parsed[k], expected, message=f"example {k} differs from the model's image_size {image_size}")
-              for k in (features.HEIGHT_KEY, features.WIDTH_KEY)]
-    with tf.control_dependencies(checks):
-        hu = tf.io.decode_raw(parsed[features.IMAGE_KEY], tf.int16, little_endian=True)
-        mask = tf.io.decode_raw(parsed[features.MASK_KEY], tf.uint8)
-    shape = [-1, image_size, image_size]
-    return tf.reshape(hu, shape), tf.reshape(mask, shape)
-
-
 def to_float(hu, mask):
     return tf.cast(hu, tf.float32), tf.cast(mask, tf.float32)
 
@@ -100,7 +75,7 @@ def check_image_size(patterns, image_size: int) -> None:
     """Reads the first example of each file: a size other than the model's is a CtsegError naming the file."""
     for path in example_files(patterns):
         for serialized in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
-            parsed = tf.io.parse_single_example(serialized, _FEATURE_SPEC)
+            parsed = tf.io.parse_single_example(serialized, features.feature_spec(features.PIXEL_KEYS))
             shape = (int(parsed[features.HEIGHT_KEY]), int(parsed[features.WIDTH_KEY]))
             if shape != (image_size, image_size):
                 raise CtsegError(f"{path}: examples are {shape[0]}x{shape[1]} but the model's image_size is "
@@ -111,7 +86,7 @@ def parsed_dataset(patterns, image_size: int) -> tf.data.Dataset:
     """(HU int16, mask uint8) per slice, cached in memory after the first pass."""
     files = example_files(patterns)
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
-    ds = ds.batch(256).map(lambda s: parse_examples(s, image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(256).map(lambda s: features.parse_slices(s, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.unbatch().cache()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from ctseg.models.unet.config import UnetConfig
+from ctseg.serving import THRESHOLD
 
 SMOOTH = 1.0  # the blog post's Dice smoothing term: keeps empty-vs-empty at Dice 1 and the gradient finite
 
@@ -95,11 +96,16 @@ class OverlapMetric(tf.keras.metrics.Metric):
 
     Pooling (rather than averaging per batch) makes it the volumetric score of the evaluated slices;
     when neither prediction nor truth has a foreground pixel, the overlap is perfect (1).
+
+    Always float32: under the `mixed_float16` policy its counters would otherwise become
+    AutoCastVariables, and reading those sync-on-read variables in `result()` under MirroredStrategy
+    raises NotImplementedError at the end of the first epoch (issue 17). Pixel counts belong in float32 anyway.
     """
 
-    def __init__(self, kind: str = "dice", threshold: float = 0.5, name: str | None = None, **kwargs):
+    def __init__(self, kind: str = "dice", threshold: float = THRESHOLD, name: str | None = None, **kwargs):
         if kind not in ("dice", "iou"):
             raise ValueError(f"kind must be 'dice' or 'iou', not {kind!r}")
+        kwargs["dtype"] = "float32"
         super().__init__(name=name or kind, **kwargs)
         self.kind, self.threshold = kind, threshold
         self.intersection = self.add_weight(name="intersection", initializer="zeros")
@@ -108,7 +114,7 @@ class OverlapMetric(tf.keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         t, p = _flat(y_true, y_pred)
         t = tf.cast(t > 0.5, tf.float32)
-        p = tf.cast(p > self.threshold, tf.float32)
+        p = tf.cast(p >= self.threshold, tf.float32)
         self.intersection.assign_add(tf.reduce_sum(t * p))
         self.total.assign_add(tf.reduce_sum(t) + tf.reduce_sum(p))
 
@@ -127,13 +133,15 @@ class OverlapMetric(tf.keras.metrics.Metric):
 
 def compile_model(model: tf.keras.Model, config: UnetConfig, decay_steps: int | None = None) -> tf.keras.Model:
     """Adam; with `decay_steps`, the learning rate follows a cosine to zero over them, which settles
-    the oscillation of the validation Dice that a constant rate leaves late in short runs."""
+    the oscillation of the validation Dice that a constant rate leaves late in short runs.
+    `config.jit_compile` compiles the train step with XLA (off by default: see docs/BENCHMARKS.md)."""
     rate = config.learning_rate
     if decay_steps:
         rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps)
     model.compile(optimizer=tf.keras.optimizers.Adam(rate),
                   loss=make_loss(config.bce_weight),
-                  metrics=[OverlapMetric("dice"), OverlapMetric("iou")])
+                  metrics=[OverlapMetric("dice"), OverlapMetric("iou")],
+                  jit_compile=config.jit_compile)
     return model
 
 

@@ -15,6 +15,7 @@
   noise_probability (noise_std_hu)   augmentation probabilities
   early_stopping_patience  epochs without val_loss improvement before stopping (best weights kept)
   shuffle_buffer, seed
+  jit_compile              compile the train step with XLA (default false; docs/BENCHMARKS.md says why)
 
 `fn_args.train_steps` / `eval_steps`, when set, fix the number of batches (split evenly over the
 epochs); otherwise each epoch is one pass over the balanced training split.
@@ -24,17 +25,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
-from tfx import v1 as tfx
 
+from ctseg import serving
 from ctseg.models.unet import data
 from ctseg.models.unet.config import UnetConfig
 from ctseg.models.unet.model import build_unet, compile_model
 
+if TYPE_CHECKING:  # importing TFX doubles a fresh process's start-up, and run_fn only reads FnArgs' fields
+    from tfx import v1 as tfx
+
 log = logging.getLogger(__name__)
-SERVING_SIGNATURE = "serving_default"
-HU_SIGNATURE = "segment_hu"
 
 
 def _input_fn(file_pattern, config: UnetConfig, batch_size: int, training: bool, steps: int | None = None):
@@ -46,23 +50,61 @@ def _build_model(config: UnetConfig, total_steps: int | None = None) -> tf.keras
     return compile_model(build_unet(config), config, decay_steps=total_steps)
 
 
-def distribution_strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over every GPU with mixed precision; the default (single-device) strategy on CPU."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if gpus:
+def distribution_strategy(devices=None) -> tf.distribute.Strategy:
+    """MirroredStrategy over `devices` (default: every logical GPU) with the `mixed_float16` policy;
+    the default single-device strategy with float32 when there are none.
+
+    Sets Keras's global policy, so call it before building the model. Tests pass logical CPU devices
+    to take the GPU path on a machine without one.
+    """
+    devices = list(tf.config.list_logical_devices("GPU") if devices is None else devices)
+    if devices:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
-        strategy = tf.distribute.MirroredStrategy([d.name for d in gpus])
-        log.warning("training on %d GPU(s) with mixed precision: %s", len(gpus), ", ".join(d.name for d in gpus))
+        return tf.distribute.MirroredStrategy([getattr(d, "name", d) for d in devices])
+    tf.keras.mixed_precision.set_global_policy("float32")
+    return tf.distribute.get_strategy()
+
+
+def describe_training(strategy: tf.distribute.Strategy, config: UnetConfig, global_batch: int) -> str:
+    """One line a user on a cluster reads to see whether the GPU was used, and how."""
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        devices = ", ".join(strategy.extended.worker_devices)
     else:
-        tf.keras.mixed_precision.set_global_policy("float32")
-        strategy = tf.distribute.get_strategy()
-        log.warning("training on CPU (no GPU found), %d threads", os.cpu_count() or 1)
-    return strategy
+        devices = f"{tf.config.list_logical_devices()[0].name} (no GPU found; {os.cpu_count() or 1} CPU threads)"
+    replicas = strategy.num_replicas_in_sync
+    return (f"training on {devices} with {type(strategy).__name__}: {replicas} replica(s), global batch "
+            f"{global_batch} ({global_batch // replicas} per replica), policy "
+            f"{tf.keras.mixed_precision.global_policy().name}, jit_compile {'on' if config.jit_compile else 'off'}")
 
 
-def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: bool):
+class SlicesPerSecond(tf.keras.callbacks.Callback):
+    """Logs each epoch's training slices per second (validation excluded) and adds it to the epoch's
+    logs, so TensorBoard and the History record it too. Epoch 1 includes tracing (and XLA compilation)."""
+
+    def __init__(self, global_batch: int, steps_per_epoch: int):
+        super().__init__()
+        self.slices = global_batch * steps_per_epoch
+        self.started = self.trained = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started, self.trained = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self.started is not None and self.trained is None:
+            self.trained = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = (self.trained or time.perf_counter()) - self.started
+        rate = self.slices / seconds
+        if logs is not None:
+            logs["slices_per_second"] = rate
+        log.warning("epoch %d: %.1f training slices/s (%d slices in %.2f s)", epoch + 1, rate, self.slices, seconds)
+
+
+def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: bool, global_batch: int, steps: int):
     monitor = "val_loss" if has_eval else "loss"
     return [
+        SlicesPerSecond(global_batch, steps),
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         tf.keras.callbacks.ModelCheckpoint(os.path.join(fn_args.model_run_dir, "checkpoints", "best"),
                                            monitor=monitor, save_best_only=True, save_weights_only=True),
@@ -72,33 +114,24 @@ def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: boo
 
 
 def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> None:
-    """SavedModel with the two signatures of docs/DESIGN.md; the fixed input shape records the trained size."""
-    size = config.image_size
-    model = tf.keras.Model(model.inputs, model.outputs)  # drops compile state (custom loss) from the export
-
-    @tf.function(input_signature=[tf.TensorSpec([None, size, size], tf.float32, name="hu")])
-    def segment_hu(hu):
-        return {"probabilities": tf.cast(model(hu, training=False), tf.float32)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve_examples(examples):
-        hu, _ = data.parse_examples(examples, size)
-        return segment_hu(tf.cast(hu, tf.float32))
-
-    model.save(export_dir, save_format="tf", include_optimizer=False,
-               signatures={SERVING_SIGNATURE: serve_examples, HU_SIGNATURE: segment_hu})
+    """The served model of `ctseg.serving` (both signatures), at the trained size."""
+    serving.export_model(model, config.image_size, export_dir)
 
 
-def run_fn(fn_args: tfx.components.FnArgs):
-    """Trains the UNET on the train split, validates on eval, and exports to `serving_model_dir`."""
+def run_fn(fn_args: tfx.components.FnArgs, devices=None):
+    """Trains the UNET on the train split, validates on eval, and exports to `serving_model_dir`.
+
+    `devices` overrides which devices count as accelerators (see `distribution_strategy`); TFX passes none.
+    """
     config = UnetConfig.from_custom_config(fn_args.custom_config)
     log.info("UNET config: %s", config)
     tf.keras.utils.set_random_seed(config.seed)  # weights, balancing and augmentation repeat run to run
     for split_files in (fn_args.train_files, fn_args.eval_files):
         if split_files:
             data.check_image_size(split_files, config.image_size)
-    strategy = distribution_strategy()
+    strategy = distribution_strategy(devices)
     batch_size = config.batch_size * strategy.num_replicas_in_sync
+    log.warning(describe_training(strategy, config, batch_size))
     epochs = min(config.epochs, fn_args.train_steps) if fn_args.train_steps else config.epochs
     if fn_args.train_steps:
         train_steps = math.ceil(fn_args.train_steps / epochs)
@@ -113,5 +146,5 @@ def run_fn(fn_args: tfx.components.FnArgs):
     with strategy.scope():
         model = _build_model(config, total_steps=epochs * train_steps)
     model.fit(train_ds, epochs=epochs, steps_per_epoch=train_steps, validation_data=eval_ds,
-              validation_steps=eval_steps, callbacks=_callbacks(fn_args, config, has_eval), verbose=2)
+              validation_steps=eval_steps, callbacks=_callbacks(fn_args, config, has_eval, batch_size, train_steps), verbose=2)
     export_model(model, config, fn_args.serving_model_dir)

@@ -1,0 +1,115 @@
+"""The served model's contract: what the Trainer exports, and how evaluation and `ctseg predict` call it.
+
+A SavedModel with two signatures; the CT window is inside the model, so inputs are raw Hounsfield units:
+
+- `serving_default` (`SERVING_SIGNATURE`): input `examples` (tf.string, [None], serialized slice
+  examples of `ctseg.features`) → output `probabilities` (float32, [None, H, W]);
+- `segment_hu` (`HU_SIGNATURE`): input `hu` (float32, [None, H, W]) → output `probabilities`.
+
+H and W are the trained size, recorded as the signature's fixed input shape. A pixel is organ where its
+probability is at least `THRESHOLD`. Slices of another size are resized to the trained size with
+ingest's antialiased kernel and the probabilities resized back (`ServedModel.probabilities`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from ctseg.errors import CtsegError
+
+SERVING_SIGNATURE = "serving_default"
+HU_SIGNATURE = "segment_hu"
+EXAMPLES_INPUT = "examples"
+HU_INPUT = "hu"
+OUTPUT = "probabilities"
+THRESHOLD = 0.5
+
+
+def is_organ(probabilities):
+    """The one decision rule, for numpy arrays and tensors alike: probability >= THRESHOLD."""
+    return probabilities >= THRESHOLD
+
+
+def export_model(model, image_size: int, export_dir: str) -> None:
+    """Writes `model` (a Keras model from HU (batch, size, size) to probabilities) with both signatures."""
+    import tensorflow as tf
+
+    from ctseg import features
+
+    model = tf.keras.Model(model.inputs, model.outputs)  # drops compile state (custom loss) from the export
+
+    @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size], tf.float32, name=HU_INPUT)])
+    def segment_hu(hu):
+        return {OUTPUT: tf.cast(model(hu, training=False), tf.float32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    def serve_examples(examples):
+        hu, _ = features.parse_slices(examples, image_size)
+        return segment_hu(tf.cast(hu, tf.float32))
+
+    model.save(export_dir, save_format="tf", include_optimizer=False,
+               signatures={SERVING_SIGNATURE: serve_examples, HU_SIGNATURE: segment_hu})
+
+
+@dataclasses.dataclass
+class ServedModel:
+    """The `segment_hu` signature of one exported model version and the size it was trained on."""
+    path: Path
+    version: str
+    size: tuple[int, int]
+    fn: object
+
+    def __call__(self, hu):
+        """Probabilities for HU already at the trained size."""
+        return self.fn(**{HU_INPUT: hu})[OUTPUT]
+
+    def probabilities(self, hu, size: tuple[int, int] | None = None):
+        """Probabilities at the slices' own `size` (default: `hu`'s static shape), resizing in and out
+        when it differs from the trained size."""
+        import tensorflow as tf
+
+        size = tuple(size or hu.shape[1:3])
+        if size == self.size:
+            return self(hu)
+        small = tf.image.resize(hu[..., None], self.size, antialias=True)[..., 0]  # ingest's kernel
+        return tf.image.resize(self(small)[..., None], size)[..., 0]
+
+    def segment(self, hu, size: tuple[int, int] | None = None):
+        """uint8 0/1 organ mask at the slices' own size."""
+        import tensorflow as tf
+
+        return tf.cast(is_organ(self.probabilities(hu, size)), tf.uint8)
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path:
+    """A version dir (holds saved_model.pb) as given, or a serving dir's highest numeric version."""
+    path = Path(model)
+    if (path / "saved_model.pb").is_file():
+        return path
+    if not path.is_dir():
+        raise CtsegError(f"{path}: no such model folder (give the Pusher's serving dir or one version in it)")
+    versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    if not versions:
+        raise CtsegError(f"{path}: neither a SavedModel nor a serving dir with numeric version folders")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def load_model(model: str | os.PathLike) -> ServedModel:
+    """Loads a version dir or a serving dir's newest version and checks its `segment_hu` signature."""
+    import tensorflow as tf
+
+    path = resolve_model_dir(model)
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as e:  # TF raises several types for a damaged or foreign SavedModel
+        raise CtsegError(f"{path}: cannot load the SavedModel ({type(e).__name__}: {e})") from e
+    if HU_SIGNATURE not in loaded.signatures:
+        raise CtsegError(f"{path}: the model has no '{HU_SIGNATURE}' signature "
+                         f"(has {', '.join(loaded.signatures) or 'none'})")
+    fn = loaded.signatures[HU_SIGNATURE]
+    spec = fn.structured_input_signature[1].get(HU_INPUT)
+    if spec is None or spec.shape.rank != 3 or None in spec.shape[1:]:
+        raise CtsegError(f"{path}: '{HU_SIGNATURE}' needs input '{HU_INPUT}' of shape [None, H, W], has {spec}")
+    fn._ctseg_owner = loaded  # the signature does not keep its SavedModel's variables alive by itself
+    return ServedModel(path, path.name, (int(spec.shape[1]), int(spec.shape[2])), fn)

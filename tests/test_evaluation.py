@@ -304,13 +304,13 @@ def test_worse_model_than_blessed_baseline_is_not_pushed(history):
         load_evaluation(first["ModelEvaluation"].uri)["mean_patient_dice"])
     assert result["baseline"]["id"] == first["Model"].id
     (version,) = history["pushed_after_first"]
-    assert result["baseline"]["uri"] == str(history["serving"] / version) == custom(blessing, "baseline_model_uri")
+    assert result["baseline"]["uri"] == str(history["serving"] / version) == custom(blessing, "baseline_model")
 
 
 def test_the_model_serving_is_not_blessed_or_pushed_again(history):
     blessing, evaluation = history["third"]["ModelBlessing"], history["third"]["ModelEvaluation"]
     assert blessing.id != history["first"]["ModelBlessing"].id, "the evaluator ran again"
-    assert custom(blessing, "blessed") == 0 and "baseline_model_uri" not in blessing.custom_properties
+    assert custom(blessing, "blessed") == 0 and "baseline_model" not in blessing.custom_properties
     result = load_evaluation(evaluation.uri)
     assert "already the one serving" in result["reason"] and result["baseline"] is None
     (version,) = history["pushed_after_first"]

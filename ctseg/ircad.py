@@ -7,8 +7,11 @@ Accepted layouts (any path `tf.io.gfile` reads, so `gs://` works too):
 - `3Dircadb1.zip` itself: `3Dircadb1/<patient>/PATIENT_DICOM.zip` and `MASKS_DICOM.zip`, read in memory.
 
 A single wrapper folder (`3Dircadb1/`) above the patients is looked through. Every other folder at
-the patients' level is a patient, named by its folder (`3Dircadb1.1`...); hidden entries and macOS
-`__MACOSX` folders are skipped. Locations inside zips are written `outer.zip!inner/path.zip!member`.
+the patients' level is a patient, named by its folder (`3Dircadb1.1`...); operating-system debris
+(dot-files, `__MACOSX/`, `Thumbs.db`, `desktop.ini`) is skipped and remembered for the report. Locations
+inside zips are written `outer.zip!inner/path.zip!member`. Hostile archives are refused with the
+member named: absolute or `..` member names, members over MAX_MEMBER_BYTES or, above
+RATIO_CHECKED_ABOVE_BYTES, a compression ratio over MAX_COMPRESSION_RATIO.
 """
 from __future__ import annotations
 

@@ -126,3 +126,29 @@ def installed_wheel(tmp_path_factory) -> InstalledWheel:
     cwd = base / "elsewhere"
     cwd.mkdir()
     return InstalledWheel(venv=venv, wheel=wheel, site_packages=site_packages, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def run_ingest():
+    """`run_ingest(tmp, data_root, image_size=32, max_bad_fraction=1.0)`: the ingest executor alone."""
+    return _run_ingest
+
+
+def _run_ingest(tmp: Path, data_root, *, image_size: int = 32, max_bad_fraction: float = 1.0):
+    """Runs IrcadExampleGen's executor alone (real Beam DirectRunner, no orchestrator); returns its Examples."""
+    import json
+
+    from tfx.dsl.components.base import base_beam_executor
+    from tfx.types import standard_artifacts
+
+    from ctseg.components.ingest.executor import Executor
+    from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS
+
+    executor = Executor(base_beam_executor.BaseBeamExecutor.Context(
+        beam_pipeline_args=list(LOCAL_BEAM_ARGS), tmp_dir=str(tmp / "tmp") + "/", unique_id="1"))
+    examples = standard_artifacts.Examples()
+    examples.uri = str(tmp / "out")
+    executor.Do({}, {"examples": [examples]}, {
+        "data_root": str(data_root), "organ": "liver", "image_size": image_size,
+        "split_ratios": json.dumps({"train": 0.75, "eval": 0.25}), "max_bad_fraction": max_bad_fraction})
+    return examples

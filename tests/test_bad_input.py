@@ -7,20 +7,14 @@ import signal
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 import tensorflow as tf
-from tfx.dsl.components.base import base_beam_executor
-from tfx.types import standard_artifacts
 
 from ctseg.components.ingest.component import IrcadExampleGen
-from ctseg.components.ingest.executor import Executor
 from ctseg import ircad
 from ctseg.errors import CtsegError
 from ctseg.features import MAX_IMAGE_SIZE, decode_example
-from ctseg.phantom import write_phantom
-from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS
 
 
 @contextlib.contextmanager
@@ -36,18 +30,6 @@ def _deadline(seconds: int):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-
-
-def _ingest(tmp: Path, data_root: Path, *, image_size: int = 32, max_bad_fraction: float = 1.0):
-    """Runs the ingest executor (real Beam DirectRunner) and returns the Examples artifact."""
-    executor = Executor(base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=list(LOCAL_BEAM_ARGS), tmp_dir=str(tmp / "tmp") + "/", unique_id="1"))
-    examples = standard_artifacts.Examples()
-    examples.uri = str(tmp / "out")
-    executor.Do({}, {"examples": [examples]}, {
-        "data_root": str(data_root), "organ": "liver", "image_size": image_size,
-        "split_ratios": json.dumps({"train": 0.75, "eval": 0.25}), "max_bad_fraction": max_bad_fraction})
-    return examples
 
 
 def _examples(examples) -> list[dict]:
@@ -94,7 +76,7 @@ def bomb_patient(small_phantom, tmp_path_factory):
     return root
 
 
-def test_oversized_or_highly_compressed_members_are_refused_naming_them(bomb_patient, tmp_path):
+def test_oversized_or_highly_compressed_members_are_refused_naming_them(bomb_patient, tmp_path, run_ingest):
     big, ratio = (bomb_patient / p / "PATIENT_DICOM.zip" for p in ("3Dircadb1.1", "3Dircadb1.2"))
     assert big.stat().st_size < 10 << 20
     with pytest.raises(CtsegError, match=rf"{big}!PATIENT_DICOM/image_0: inflates to 1536 MiB, over the limit of "
@@ -103,7 +85,7 @@ def test_oversized_or_highly_compressed_members_are_refused_naming_them(bomb_pat
     with pytest.raises(CtsegError, match=rf"{ratio}!PATIENT_DICOM/image_0: .*compression ratio of \d+:1, over the "
                                          rf"limit of {ircad.MAX_COMPRESSION_RATIO}:1"):
         ircad.read_series(str(ratio))
-    examples = _ingest(tmp_path, bomb_patient)
+    examples = run_ingest(tmp_path, bomb_patient)
     reasons = {Path(q["file"]).relative_to(bomb_patient).as_posix(): q["reason"] for q in _report(examples)}
     assert "over the limit" in reasons["3Dircadb1.1/PATIENT_DICOM.zip!PATIENT_DICOM/image_0"]
     assert "compression ratio" in reasons["3Dircadb1.2/PATIENT_DICOM.zip!PATIENT_DICOM/image_0"]
@@ -120,11 +102,11 @@ def test_inner_zips_of_a_folder_are_read_from_disk_not_memory(small_phantom_zip,
     assert pydicom.dcmread(io.BytesIO(data)).Rows == 64
 
 
-def test_image_size_has_an_upper_bound_in_the_component_and_the_executor(small_phantom, tmp_path):
+def test_image_size_has_an_upper_bound_in_the_component_and_the_executor(small_phantom, tmp_path, run_ingest):
     with pytest.raises(CtsegError, match=rf"image_size must be between 8 and {MAX_IMAGE_SIZE}.*100000"):
         IrcadExampleGen(data_root=str(small_phantom), image_size=100000)
     with _deadline(120), pytest.raises(CtsegError, match=rf"image_size.*{MAX_IMAGE_SIZE}"):
-        _ingest(tmp_path, small_phantom, image_size=100000)
+        run_ingest(tmp_path, small_phantom, image_size=100000)
 
 
 # ---- bad DICOM that used to skip quarantine
@@ -158,8 +140,8 @@ def hostile(small_phantom, small_phantom_zip, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hostile_run(hostile, tmp_path_factory):
-    examples = _ingest(tmp_path_factory.mktemp("hostile_run"), hostile)
+def hostile_run(hostile, tmp_path_factory, run_ingest):
+    examples = run_ingest(tmp_path_factory.mktemp("hostile_run"), hostile)
     return examples, {(q["patient_id"], Path(q["file"]).relative_to(hostile).as_posix()): q["reason"]
                       for q in _report(examples)}
 
@@ -169,9 +151,9 @@ def test_corrupt_inner_zip_is_quarantined_naming_it(hostile_run):
     assert "not a readable zip" in reasons[("3Dircadb1.2", "3Dircadb1.2/PATIENT_DICOM.zip")]
 
 
-def test_corrupt_inner_zip_fails_the_run_naming_it_under_the_default_policy(hostile, tmp_path):
+def test_corrupt_inner_zip_fails_the_run_naming_it_under_the_default_policy(hostile, tmp_path, run_ingest):
     with pytest.raises(CtsegError, match=r"3Dircadb1.2 1/1.*3Dircadb1.2/PATIENT_DICOM.zip \(not a readable zip"):
-        _ingest(tmp_path, hostile, max_bad_fraction=0.0)
+        run_ingest(tmp_path, hostile, max_bad_fraction=0.0)
 
 
 def test_zero_rows_slice_is_quarantined(hostile_run):

@@ -1,8 +1,9 @@
 """SegmentationEvaluator: metrics in numpy, the picture, and real LocalDagRunner pipelines with Pusher.
 
 The pipelines import fixed-rule SavedModels (the two signatures of docs/DESIGN.md): a "good" rule
-(liver HU window on the patient's right side, volumetric Dice about 0.76 on the phantom) and a
-"worse" one (the HU window alone, about 0.62, fooled by spleen and kidneys).
+(liver HU window on the patient's right side) and a "worse" one (the HU window alone, fooled by
+spleen, kidneys, heart and bowel). On the phantom the good rule's volumetric Dice is about 0.68 (0.50-0.78
+per patient), no better than a threshold does on real CT; the test recomputes it in numpy.
 """
 import json
 import os
@@ -165,6 +166,32 @@ def window_rule_model(path, *, right_side_only: bool):
     return str(path)
 
 
+def window_rule_dice(phantom_root: Path, *, right_side_only: bool) -> dict[str, float]:
+    """Volumetric Dice per patient of window_rule_model's rule, in numpy on the DICOM files."""
+    from ctseg import ircad
+    from ctseg.dicom import hu_from_dataset, mask_from_dataset, read_dataset
+
+    columns = (np.arange(SIZE) + 0.5) / SIZE * 2 - 1
+    side = (columns < 0.0) if right_side_only else np.ones(SIZE, bool)
+    out = {}
+    for ref in ircad.find_patients(str(phantom_root)):
+        folder = Path(phantom_root) / ref.patient_id
+        hit = predicted = true = 0
+        for image in (folder / "PATIENT_DICOM").iterdir():
+            hu = hu_from_dataset(read_dataset(image)).astype(np.float64)
+            truth = mask_from_dataset(read_dataset(folder / "MASKS_DICOM/liver" / image.name)).astype(bool)
+            # 3x3 mean over the pixels inside the image, as avg_pool2d with SAME padding takes it
+            padded, ones = np.pad(hu, 1), np.pad(np.ones_like(hu), 1)
+            shifts = [(r, c) for r in range(3) for c in range(3)]
+            smooth = (sum(padded[r:r + SIZE, c:c + SIZE] for r, c in shifts)
+                      / sum(ones[r:r + SIZE, c:c + SIZE] for r, c in shifts))
+            prob = 1 / (1 + np.exp(-(smooth - 40.0))) / (1 + np.exp(-(130.0 - smooth))) * side
+            pred = prob >= 0.5
+            hit, predicted, true = hit + int((pred & truth).sum()), predicted + int(pred.sum()), true + int(truth.sum())
+        out[ref.patient_id] = 1.0 if predicted + true == 0 else 2 * hit / (predicted + true)
+    return out
+
+
 def write_eval_examples(phantom_root: Path, out_file: Path):
     """Ingest's own per-patient examples (`ingest_patient`), written to one plain TFRecord file."""
     import tensorflow as tf
@@ -236,7 +263,7 @@ def workspace(tmp_path_factory):
     base = tmp_path_factory.mktemp("evaluation")
     phantom = write_phantom(base / "ircad", patients=4, slices=10, size=SIZE, seed=3)
     write_eval_examples(phantom, base / "examples" / "eval" / "slices.tfrecord")
-    return {"base": base, "examples": base / "examples",
+    return {"base": base, "examples": base / "examples", "phantom": phantom,
             "good": window_rule_model(base / "good_model", right_side_only=True),
             "worse": window_rule_model(base / "worse_model", right_side_only=False)}
 
@@ -255,7 +282,7 @@ def history(workspace):
     third = run_and_collect(eval_pipeline("ctseg-eval-history", root, workspace["examples"], workspace["good"],
                                           serving, dice_threshold=0.5, dice_tolerance=0.02), root)
     return {"first": first, "second": second, "third": third, "serving": serving,
-            "pushed_after_first": pushed_after_first}
+            "pushed_after_first": pushed_after_first, "phantom": workspace["phantom"]}
 
 
 def test_good_model_is_blessed_and_pushed(history):
@@ -271,9 +298,13 @@ def test_good_model_is_blessed_and_pushed(history):
     result = load_evaluation(evaluation.uri)
     assert result["blessed"] is True and "threshold alone" in result["reason"]
     assert result["mean_patient_dice"] == pytest.approx(custom(evaluation, "mean_patient_dice"))
-    assert 0.70 < result["mean_patient_dice"] < 0.85
-    assert len(result["patients"]) == 4
-    assert all(0.6 < p["dice"] < 0.9 and p["true_volume_ml"] > 0 for p in result["patients"])
+    # the evaluator's Dice against the same rule computed here in numpy, patient by patient
+    expected = window_rule_dice(history["phantom"], right_side_only=True)
+    assert sorted(p["patient_id"] for p in result["patients"]) == sorted(expected)
+    for p in result["patients"]:
+        assert p["dice"] == pytest.approx(expected[p["patient_id"]], abs=0.01) and p["true_volume_ml"] > 0
+    assert result["mean_patient_dice"] == pytest.approx(np.mean(list(expected.values())), abs=0.01)
+    assert result["mean_patient_dice"] > 0.5
     assert result["slices"] == sum(p["slices"] for p in result["patients"])
     assert result["baseline"] is None
 

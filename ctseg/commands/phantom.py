@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser("phantom", help="write a synthetic CT phantom in the 3D-IRCADb-01 layout",
-                       description="Write a synthetic CT phantom (HU, liver/spleen masks) in the exact "
+                       description="Write a synthetic abdominal CT phantom (HU, organ and lesion masks) in the exact "
                                    "3D-IRCADb-01 layout, as folders or as the published nested zips.")
     p.add_argument("out", help="output folder (or .zip path with --zip)")
     p.add_argument("--patients", type=int, default=3, help="number of patients (default 3)")
@@ -12,6 +12,10 @@ def register(sub) -> None:
     p.add_argument("--size", type=int, default=512, help="rows and columns of each slice (default 512)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same pixels")
     p.add_argument("--zip", action="store_true", help="write the published 3Dircadb1.zip form with nested zips")
+    p.add_argument("--phases", nargs="+", choices=("native", "arterial", "portal"), default=None,
+                   help="contrast phases patients draw from (default: all three)")
+    p.add_argument("--noise-hu", nargs=2, type=float, metavar=("LOW", "HIGH"), default=(8.0, 25.0),
+                   help="range of the per-patient noise standard deviation in HU (default 8 25)")
     p.set_defaults(func=run)
 
 
@@ -19,8 +23,10 @@ def run(args) -> int:
     import sys
 
     from ctseg.phantom import write_phantom
+    from ctseg.phantom.tissues import PHASES
 
     path = write_phantom(args.out, patients=args.patients, slices=args.slices, size=args.size,
-                         seed=args.seed, as_zip=args.zip, progress=sys.stderr.isatty())
+                         seed=args.seed, as_zip=args.zip, progress=sys.stderr.isatty(),
+                         phases=tuple(args.phases or PHASES), noise_hu=tuple(args.noise_hu))
     print(f"wrote {args.patients} phantom patients to {path}")
     return 0

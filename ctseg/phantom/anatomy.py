@@ -1,0 +1,330 @@
+"""Abdominal anatomy of one phantom patient as tissue label maps, slice by slice.
+
+Coordinates: u, v span the field of view from -1 to 1 (columns: patient right to left, rows: anterior to
+posterior, the radiological view); organs are placed in body coordinates x = (u - ox) / bx and
+y = (v - oy) / by, so they follow the patient's body size and position. t runs 0 (inferior end of the
+scan) to 1 (superior end); the liver spans [liver_lo, liver_hi] and the lung bases and heart sit above
+its dome. Every shape is a deformed ellipse whose boundary drifts smoothly with t.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ctseg.phantom.tissues import LABEL
+
+
+@dataclasses.dataclass
+class Shape:
+    """A rotated ellipse in body coordinates with a wobbly boundary (angular harmonics drifting in t)."""
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+    angle: float = 0.0
+    k: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    amp: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    phase: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    drift: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    @classmethod
+    def wobbly(cls, rng, cx, cy, rx, ry, angle=0.0, strength=0.08, harmonics=(2, 3, 4)):
+        k = np.array(harmonics, float)
+        return cls(cx, cy, rx, ry, angle, k, rng.uniform(0.3, 1.0, len(k)) * strength / np.sqrt(k),
+                   rng.uniform(0, 2 * np.pi, len(k)), rng.uniform(-4, 4, len(k)))
+
+    def scaled(self, s: float, dx: float = 0.0, dy: float = 0.0) -> "Shape":
+        return dataclasses.replace(self, cx=self.cx + dx, cy=self.cy + dy, rx=self.rx * s, ry=self.ry * s)
+
+
+class Canvas:
+    """One slice's label map at the internal resolution, painted shape by shape (later shapes on top)."""
+
+    def __init__(self, n: int, body: tuple[float, float, float, float], t: float):
+        self.n, self.t = n, t
+        self.ox, self.oy, self.bx, self.by = body
+        self.axis = (np.arange(n) + 0.5) / n * 2 - 1
+        self.labels = np.zeros((n, n), np.uint8)
+
+    def _index(self, lo: float, hi: float) -> slice:
+        a = int(np.clip(np.floor((lo + 1) / 2 * self.n - 0.5), 0, self.n))
+        b = int(np.clip(np.ceil((hi + 1) / 2 * self.n + 0.5), 0, self.n))
+        return slice(a, b)
+
+    def region(self, s: Shape) -> tuple[tuple[slice, slice], np.ndarray]:
+        """(row, column) slices of the shape's bounding box and the inside mask within it."""
+        if s.rx <= 0 or s.ry <= 0:
+            return (slice(0, 0), slice(0, 0)), np.zeros((0, 0), bool)
+        reach = 1.0 + float(np.sum(s.amp))
+        uc, vc = self.ox + s.cx * self.bx, self.oy + s.cy * self.by
+        ru, rv = s.rx * self.bx * reach, s.ry * self.by * reach
+        r = max(ru, rv)
+        rows, cols = self._index(vc - r, vc + r), self._index(uc - r, uc + r)
+        du = (self.axis[cols][None, :] - uc) / self.bx
+        dv = (self.axis[rows][:, None] - vc) / self.by
+        c, sn = np.cos(s.angle), np.sin(s.angle)
+        a, b = (c * du + sn * dv) / s.rx, (-sn * du + c * dv) / s.ry
+        rho2 = a * a + b * b
+        if len(s.k):
+            theta = np.arctan2(b, a)
+            boundary = 1.0 + np.sum(s.amp[:, None, None] * np.cos(s.k[:, None, None] * theta
+                                                                 + (s.phase + s.drift * self.t)[:, None, None]), 0)
+            inside = rho2 < boundary * boundary
+        else:
+            inside = rho2 < 1.0
+        return (rows, cols), inside
+
+    def paint(self, tissue: str, s: Shape, within: np.ndarray | None = None) -> np.ndarray:
+        """Paints the shape (optionally only where `within` is true); returns its full-size mask."""
+        box, inside = self.region(s)
+        if within is not None:
+            inside = inside & within[box]
+        self.labels[box][inside] = LABEL[tissue]
+        out = np.zeros((self.n, self.n), bool)
+        out[box] = inside
+        return out
+
+    def paint_mask(self, tissue: str, mask: np.ndarray) -> None:
+        self.labels[mask] = LABEL[tissue]
+
+
+def _bump(t: float, lo: float, hi: float, power: float = 0.5) -> float:
+    """0 outside [lo, hi], rising to 1 in the middle: how wide an organ is at height t."""
+    if not lo < t < hi:
+        return 0.0
+    return float(np.sin(np.pi * (t - lo) / (hi - lo)) ** power)
+
+
+@dataclasses.dataclass
+class Tube:
+    """A vessel or bowel segment: a straight 3D segment in (x, y, t) with a radius in body units."""
+    p0: tuple[float, float, float]
+    p1: tuple[float, float, float]
+    radius: float
+    tissue: str = ""
+
+    def at(self, t: float) -> Shape | None:
+        (x0, y0, t0), (x1, y1, t1) = self.p0, self.p1
+        if not min(t0, t1) <= t <= max(t0, t1) or t0 == t1:
+            return None
+        f = (t - t0) / (t1 - t0)
+        return Shape(x0 + f * (x1 - x0), y0 + f * (y1 - y0), self.radius, self.radius * 1.1)
+
+
+@dataclasses.dataclass
+class Lesion:
+    x: float
+    y: float
+    t: float
+    radius: float        # in-plane, body units
+    height: float        # half extent in t
+    tissue: str          # lesion_hypo, lesion_hyper or cyst
+
+    def at(self, t: float) -> Shape | None:
+        f = 1 - ((t - self.t) / self.height) ** 2
+        return Shape(self.x, self.y, self.radius * np.sqrt(f), self.radius * np.sqrt(f)) if f > 0 else None
+
+
+class Anatomy:
+    """The patient-specific organs; `render(t)` paints one slice and returns its labels and organ masks."""
+
+    def __init__(self, rng: np.random.Generator, n: int):
+        self.n = n
+        U = rng.uniform
+        bx, by = U(0.74, 0.93), U(0.55, 0.70)
+        self.body = (U(-0.06, 0.06), U(-0.10, 0.02), bx, by)
+        self.subcut = U(0.04, 0.16)                # subcutaneous fat thickness (body units)
+        self.wall = U(0.035, 0.06)                 # abdominal wall muscle
+        self.lo, self.hi = U(0.10, 0.32), U(0.80, 0.90)
+        lo, hi = self.lo, self.hi
+        span = hi - lo
+        self.liver_scale = U(0.88, 1.08)
+        self.right_lobe = Shape.wobbly(rng, U(-0.46, -0.38), U(-0.08, 0.06), 0.44, 0.66, U(-0.2, 0.2), 0.07)
+        self.left_lobe = Shape.wobbly(rng, 0.0, U(-0.55, -0.42), 0.40, 0.24, U(-0.35, 0.0), 0.10)
+        self.left_reach = U(0.55, 1.15)            # how far the left lobe crosses the midline
+        self.caudate = Shape.wobbly(rng, -0.08, 0.12, 0.11, 0.12, 0.0, 0.1)
+        self.spleen = Shape.wobbly(rng, U(0.56, 0.66), U(0.25, 0.42), U(0.15, 0.2), U(0.24, 0.32), U(-0.7, -0.3), 0.08)
+        self.spleen_span = (lo + U(0.25, 0.45) * span, hi - U(0.0, 0.1))
+        self.stomach = Shape.wobbly(rng, U(0.22, 0.36), U(-0.25, -0.05), U(0.18, 0.26), U(0.2, 0.3), U(-0.5, 0.3), 0.1)
+        self.stomach_span = (lo + U(0.35, 0.55) * span, hi + U(0.0, 0.04))
+        self.stomach_air, self.stomach_food = U(0.0, 0.5), rng.uniform() < 0.4
+        self.gallbladder = Shape.wobbly(rng, U(-0.32, -0.2), U(-0.35, -0.15), U(0.07, 0.11), U(0.1, 0.15), U(-0.6, 0.6), 0.06)
+        self.gallbladder_span = (lo + U(0.0, 0.1) * span, lo + U(0.3, 0.45) * span) if rng.uniform() < 0.85 else (2, 2)
+        kr = U(-0.05, 0.12)
+        self.kidney_spans = ((kr, kr + U(0.3, 0.4)), (kr + U(0.02, 0.1), kr + U(0.35, 0.45)))
+        self.kidneys = tuple(Shape.wobbly(rng, side * U(0.4, 0.5), U(0.38, 0.5), U(0.11, 0.14), U(0.16, 0.2),
+                                          side * U(0.3, 0.6), 0.05) for side in (-1, 1))
+        pz = lo + U(0.2, 0.4) * span
+        self.pancreas = (Tube((-0.16, 0.02, pz - 0.12), (-0.1, 0.05, pz + 0.05), 0.09),
+                         Tube((-0.1, 0.05, pz - 0.02), (0.45, 0.2, pz + 0.14), U(0.05, 0.08)))
+        self.spine = (U(-0.03, 0.03), U(0.55, 0.62))
+        self.aorta = Shape(U(0.04, 0.12), self.spine[1] - U(0.24, 0.3), 0.055, 0.07)
+        self.ivc = Shape(U(-0.2, -0.12), self.spine[1] - U(0.3, 0.38), 0.075, 0.055)
+        self.portal = [Tube((0.0, 0.05, lo + 0.35 * span), (-0.25, -0.02, lo + 0.5 * span), 0.045)]
+        for _ in range(rng.integers(8, 14)):
+            a = (-0.25, -0.02, lo + 0.5 * span)
+            self.portal.append(Tube(a, (U(-0.8, 0.15), U(-0.55, 0.4), lo + U(0.2, 0.95) * span), U(0.018, 0.04)))
+        top = (self.ivc.cx, self.ivc.cy, lo + 0.92 * span)
+        self.hepatic = [Tube(top, (U(-0.85, 0.2), U(-0.6, 0.3), lo + U(0.3, 0.75) * span), U(0.02, 0.045))
+                        for _ in range(rng.integers(4, 8))]
+        self.lesions = []
+        for _ in range(rng.choice([0, 1, 2, 2, 3, 4, 6])):
+            r = U(0.025, 0.12)
+            self.lesions.append(Lesion(U(-0.65, -0.2), U(-0.35, 0.3), lo + U(0.3, 0.85) * span, r,
+                                       r * U(0.6, 1.4) * 0.5, str(rng.choice(["lesion_hypo", "lesion_hypo",
+                                                                               "lesion_hyper", "cyst"]))))
+        self.bowel = self._bowel(rng)
+        self.ribs = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(9, 14)))
+        self.rib_start = lo + U(0.2, 0.45) * span
+        self.heart = Shape.wobbly(rng, U(0.0, 0.15), U(-0.45, -0.3), 0.42, 0.34, U(-0.4, 0.0), 0.05)
+        self.lung_start = hi - U(0.06, 0.12)
+
+    def _bowel(self, rng) -> list[Tube]:
+        """Loops of small bowel and colon below and beside the liver, each with a wall and a content."""
+        U = rng.uniform
+        loops = [Tube((-0.62, U(-0.1, 0.2), -0.1), (U(-0.6, -0.45), U(-0.1, 0.2), self.lo + 0.25 * (self.hi - self.lo)), U(0.1, 0.15)),
+                 Tube((0.65, U(0.0, 0.3), -0.1), (0.62, U(0.0, 0.3), self.lo + 0.6 * (self.hi - self.lo)), U(0.08, 0.12)),
+                 Tube((U(-0.5, -0.2), U(-0.7, -0.5), self.lo + 0.2), (U(0.2, 0.5), U(-0.7, -0.5), self.lo + 0.3), U(0.08, 0.13))]
+        for _ in range(rng.integers(90, 130)):
+            x, y, t = U(-0.6, 0.6), U(-0.8, 0.35), U(-0.1, self.lo + 0.6 * (self.hi - self.lo))
+            loops.append(Tube((x, y, t - U(0.06, 0.18)), (x + U(-0.25, 0.25), y + U(-0.25, 0.25), t + U(0.06, 0.18)),
+                              U(0.06, 0.13)))
+        for tube in loops:
+            tube.tissue = str(rng.choice(["gas", "fluid", "bowel_content", "bowel_wall"], p=[0.15, 0.3, 0.25, 0.3]))
+        return loops
+
+    def liver_shapes(self, t: float) -> list[Shape]:
+        s = (t - self.lo) / (self.hi - self.lo)
+        if not 0 < s < 1:
+            return []
+        width = min(1.0, (s / 0.3) ** 0.6) * (np.sqrt(max(0.0, 1 - ((s - 0.75) / 0.25) ** 2)) if s > 0.75 else 1.0)
+        k = self.liver_scale * width
+        shapes = [self.right_lobe.scaled(k, 0.1 * (1 - width))]
+        left = _bump(s, 0.4, 1.02, 0.7) * self.left_reach * self.liver_scale
+        if left > 0:
+            shapes.append(dataclasses.replace(self.left_lobe, cx=self.left_lobe.cx - 0.3 + 0.45 * self.left_reach,
+                                              rx=self.left_lobe.rx * left, ry=self.left_lobe.ry * min(1.0, left + 0.2)))
+        caudate = _bump(s, 0.45, 0.85)
+        if caudate > 0:
+            shapes.append(self.caudate.scaled(caudate))
+        return shapes
+
+    def render(self, t: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Labels (uint8, tissues.LABEL) and organ masks (bool) at height t, at the internal resolution."""
+        c = Canvas(self.n, self.body, t)
+        ox, oy, bx, by = self.body
+        body = Shape(0.0, 0.0, 1.0, 1.0)
+        c.paint("skin", body)
+        c.paint("fat", body.scaled(1 - 0.02 / bx))
+        inner = body.scaled(1 - self.subcut)
+        wall = c.paint("muscle", dataclasses.replace(inner, cy=0.02, ry=inner.ry * 0.98))
+        cavity = c.paint("visceral_fat", dataclasses.replace(inner, rx=inner.rx - self.wall, ry=inner.ry - self.wall - 0.02,
+                                                             cy=-0.01), within=wall)
+        self._spine_and_back(c, t, c.labels != LABEL["air"])
+        self._ribs(c, t)
+        if t > self.lung_start:
+            grow = min(1.0, (t - self.lung_start) / 0.08)
+            for side in (-1, 1):
+                c.paint("lung", Shape(side * 0.42, 0.2, 0.35 * grow + 0.05, 0.45 * grow + 0.05), within=cavity)
+            heart = _bump(t, self.hi - 0.04, 1.6, 0.5)
+            if heart > 0:
+                h = self.heart.scaled(heart)
+                c.paint("myocardium", h, within=cavity)
+                c.paint("blood_artery", h.scaled(0.7), within=cavity)
+        for tube in self.bowel:
+            s = tube.at(t)
+            if s is not None:
+                wall_mask = c.paint("bowel_wall", s, within=cavity)
+                c.paint(tube.tissue, s.scaled(0.7), within=wall_mask)
+        masks: dict[str, np.ndarray] = {}
+        for name, shape, (klo, khi) in zip(("rightkidney", "leftkidney"), self.kidneys, self.kidney_spans):
+            k = _bump(t, klo, khi, 0.6)
+            if k > 0:
+                ks = shape.scaled(k)
+                masks[name] = c.paint("kidney_cortex", ks, within=cavity)
+                c.paint("kidney_medulla", ks.scaled(0.6), within=cavity)
+                c.paint("visceral_fat", Shape(ks.cx - np.sign(ks.cx) * ks.rx * 0.5, ks.cy, ks.rx * 0.35, ks.ry * 0.3))
+        for tube in self.pancreas:
+            s = tube.at(t)
+            if s is not None:
+                c.paint("pancreas", s, within=cavity)
+        sp = _bump(t, *self.spleen_span, 0.6)
+        if sp > 0:
+            masks["spleen"] = c.paint("spleen", self.spleen.scaled(sp), within=cavity)
+        st = _bump(t, *self.stomach_span, 0.5)
+        if st > 0:
+            shift = (t - self.stomach_span[0]) / (self.stomach_span[1] - self.stomach_span[0])
+            shape = self.stomach.scaled(st, 0.1 * shift, 0.2 * shift)
+            wall_mask = c.paint("bowel_wall", shape, within=cavity)
+            lumen = c.paint("bowel_content" if self.stomach_food else "fluid", shape.scaled(0.85), within=wall_mask)
+            level = shape.cy - shape.ry * 0.85 * (1 - 2 * self.stomach_air)
+            c.paint_mask("gas", lumen & (c.axis[:, None] < oy + level * by))
+        c.paint("blood_artery", self.aorta)
+        c.paint("blood_vein", self.ivc)
+        liver = np.zeros((self.n, self.n), bool)
+        for shape in self.liver_shapes(t):
+            liver |= c.paint("liver", shape, within=cavity)
+        if liver.any():
+            for tube in self.portal:
+                s = tube.at(t)
+                if s is not None:
+                    c.paint("portal_vein", s, within=liver if tube is not self.portal[0] else cavity)
+            for tube in self.hepatic:
+                s = tube.at(t)
+                if s is not None:
+                    c.paint("hepatic_vein", s, within=liver)
+            for i, lesion in enumerate(self.lesions):
+                s = lesion.at(t)
+                if s is not None:
+                    masks[f"livertumor{i + 1:02d}"] = c.paint(lesion.tissue, s, within=liver)
+            gb = _bump(t, *self.gallbladder_span, 0.6)
+            if gb > 0:
+                masks["gallbladder"] = c.paint("fluid", self.gallbladder.scaled(gb), within=cavity)
+                liver &= ~masks["gallbladder"]
+            liver &= ~c.paint("blood_vein", self.ivc)
+            for name in masks:
+                if name.startswith("livertumor"):
+                    masks[name] &= liver
+        masks["liver"] = liver
+        if "spleen" in masks:
+            masks["spleen"] &= ~liver
+        self._table(c)
+        return c.labels, masks
+
+    def _spine_and_back(self, c: Canvas, t: float, body: np.ndarray) -> None:
+        sx, sy = self.spine
+        low = max(0.0, 0.5 - t) * 2          # psoas and quadratus grow towards the pelvis
+        for side in (-1, 1):
+            c.paint("muscle", Shape(sx + side * 0.2, sy + 0.26, 0.16, 0.19, side * 0.3), within=body)
+            if low > 0:
+                c.paint("muscle", Shape(sx + side * (0.13 + 0.05 * low), sy - 0.02, 0.05 + 0.07 * low, 0.07 + 0.06 * low))
+                c.paint("muscle", Shape(sx + side * 0.38, sy + 0.15, 0.04 + 0.08 * low, 0.06 + 0.05 * low, side * 0.5))
+        c.paint("bone_cortical", Shape(sx, sy, 0.125, 0.15))
+        c.paint("bone_trabecular", Shape(sx, sy, 0.105, 0.125))
+        c.paint("bone_cortical", Shape(sx, sy + 0.25, 0.075, 0.09))
+        for side in (-1, 1):
+            c.paint("bone_cortical", Shape(sx + side * 0.12, sy + 0.22, 0.07, 0.025, side * 0.4))
+        c.paint("bone_cortical", Shape(sx, sy + 0.38, 0.025, 0.08))
+        c.paint("csf", Shape(sx, sy + 0.24, 0.05, 0.06))
+
+    def _ribs(self, c: Canvas, t: float) -> None:
+        if t < self.rib_start:
+            return
+        inner = 1 - self.subcut - self.wall * 0.5
+        for a in self.ribs:
+            x, y = inner * np.cos(a), inner * np.sin(a) * 0.97
+            if y > 0.75 or abs(x) < 0.25 and y < 0:
+                continue
+            rib = Shape(x, y, 0.045, 0.03, a + np.pi / 2)
+            c.paint("bone_cortical", rib)
+            c.paint("bone_trabecular", rib.scaled(0.55))
+
+    def _table(self, c: Canvas) -> None:
+        """The patient table: a thin curved shell below the back, in air."""
+        ox, oy, bx, by = self.body
+        top = oy + by + 0.03
+        u, v = c.axis[None, :], c.axis[:, None]
+        curve = top + 0.12 * ((u - ox) / 0.95) ** 2
+        shell = (np.abs(v - curve) < 0.012) & (np.abs(u - ox) < 0.95) & (c.labels == 0)
+        c.labels[shell] = LABEL["table"]

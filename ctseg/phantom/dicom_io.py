@@ -1,0 +1,159 @@
+"""Writing the phantom as DICOM in the 3D-IRCADb-01 layout: folders, or the published nested zips.
+
+Values are Hounsfield units stored as IRCAD stores them (unsigned, intercept -1024).
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from ctseg.dicom import CT_IMAGE_STORAGE
+from ctseg.phantom.render import PatientGeometry, PatientPhantom, patient_geometries
+from ctseg.phantom.tissues import PHASES
+
+HU_INTERCEPT = -1024.0
+ZIP_DATE = (2010, 1, 1, 0, 0, 0)
+
+
+def _uid(*parts) -> str:
+    return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+def _dataset(g: PatientGeometry, size: int, index: int, pixels: np.ndarray, *, seed: int,
+             series: str, is_mask: bool) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = _uid(seed, g.patient_id, series, index)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.Manufacturer = "ctseg synthetic phantom"
+    ds.PatientName = g.patient_id
+    ds.PatientID = g.patient_id
+    ds.StudyDate = ds.SeriesDate = "20100101"
+    ds.StudyInstanceUID = _uid(seed, g.patient_id, "study")
+    ds.SeriesInstanceUID = _uid(seed, g.patient_id, series)
+    ds.FrameOfReferenceUID = _uid(seed, g.patient_id, "frame")
+    ds.SeriesDescription = series
+    ds.SeriesNumber = 2 if is_mask else 1
+    ds.InstanceNumber = index + 1
+    half = size * g.spacing_mm / 2
+    ds.ImagePositionPatient = [-half, -half, round(-index * g.thickness_mm, 3)]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceLocation = ds.ImagePositionPatient[2]
+    ds.PixelSpacing = [g.spacing_mm, g.spacing_mm]
+    ds.SliceThickness = g.thickness_mm
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelRepresentation = 0
+    if is_mask:
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelData = pixels.astype(np.uint8).tobytes()
+    else:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.RescaleIntercept = HU_INTERCEPT
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.WindowCenter, ds.WindowWidth = 60, 400
+        if g.phase != "native":
+            ds.ContrastBolusAgent = "IV iodinated contrast"
+        ds.ImageComments = f"contrast phase: {g.phase}"
+        ds.PixelData = pixels.astype("<u2").tobytes()
+    return ds
+
+
+def _to_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, write_like_original=False)
+    return buf.getvalue()
+
+
+def render_patient(g: PatientGeometry, size: int, seed: int) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """Yields (slice index, {relative IRCAD path: DICOM bytes}) for one patient.
+
+    Slice 0 is the most superior, as ImagePositionPatient z decreases with the index; the phantom's
+    own index runs inferior to superior, so organs are rendered at t = 1 - i/(n-1).
+    """
+    phantom = PatientPhantom(g, size)
+    for i in range(g.num_slices):
+        rendered = phantom.slice(g.num_slices - 1 - i)
+        stored = np.rint(rendered.hu - HU_INTERCEPT).astype(np.uint16)
+        files = {f"PATIENT_DICOM/image_{i}": _to_bytes(_dataset(g, size, i, stored, seed=seed, series="PATIENT_DICOM", is_mask=False))}
+        for organ, m in rendered.masks.items():
+            files[f"MASKS_DICOM/{organ}/image_{i}"] = _to_bytes(
+                _dataset(g, size, i, m.astype(np.uint8) * 255, seed=seed, series=f"MASKS_DICOM/{organ}", is_mask=True))
+        yield i, files
+
+
+def _zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, entries[name])
+    return buf.getvalue()
+
+
+def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60, size: int = 512,
+                  seed: int = 0, as_zip: bool = False, progress: bool = False, phases: tuple[str, ...] = PHASES,
+                  noise_hu: tuple[float, float] = (8.0, 25.0)) -> Path:
+    """Writes the phantom; returns the dataset folder, or the outer zip with `as_zip`.
+
+    `phases` and `noise_hu` narrow the contrast phases and noise levels patients draw from (default:
+    all three phases, 8-25 HU, as real scans vary); a narrower phantom is an easier one.
+
+    Folder form: OUT/3Dircadb1.<k>/PATIENT_DICOM/image_<i> and OUT/3Dircadb1.<k>/MASKS_DICOM/<organ>/image_<i>.
+    Zip form: OUT (or OUT/3Dircadb1.zip when OUT is not a .zip path) holding
+    3Dircadb1/3Dircadb1.<k>/PATIENT_DICOM.zip and MASKS_DICOM.zip, as the published archive does.
+    """
+    if patients < 1 or slices < 1 or size < 16:
+        raise ValueError("need at least 1 patient, 1 slice and a size of 16 pixels")
+    out = Path(out)
+    geometries = patient_geometries(patients, slices, seed, phases=phases, noise_hu=noise_hu)
+    total = sum(g.num_slices for g in geometries)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="slice", desc="phantom")
+    outer: dict[str, bytes] = {}
+    for g in geometries:
+        per_patient: dict[str, bytes] = {}
+        for _, files in render_patient(g, size, seed):
+            if as_zip:
+                per_patient.update(files)
+            else:
+                for rel, data in files.items():
+                    path = out / g.patient_id / rel
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
+            if bar:
+                bar.update(1)
+        if as_zip:
+            for part in ("PATIENT_DICOM", "MASKS_DICOM"):
+                inner = {k: v for k, v in per_patient.items() if k.startswith(part + "/")}
+                outer[f"3Dircadb1/{g.patient_id}/{part}.zip"] = _zip_bytes(inner)
+    if bar:
+        bar.close()
+    if not as_zip:
+        return out
+    zip_path = out if out.suffix == ".zip" else out / "3Dircadb1.zip"
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as zf:  # inner zips are already deflated
+        for name in sorted(outer):
+            zf.writestr(zipfile.ZipInfo(name, date_time=ZIP_DATE), outer[name])
+    return zip_path

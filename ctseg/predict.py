@@ -65,9 +65,11 @@ class SliceFile:
 
 @dataclasses.dataclass(frozen=True)
 class Series:
-    """One CT series in position order (`ctseg.dicom.slice_sort_key`)."""
+    """One CT series in position order (`ctseg.dicom.slice_sort_key`); `generated` says which UIDs the
+    files lacked and were filled in (`complete_uids`)."""
     source: str
     slices: tuple[SliceFile, ...]
+    generated: tuple[str, ...] = ()
 
     @property
     def uid(self) -> str:
@@ -152,9 +154,57 @@ def load_series(src: str | os.PathLike) -> Series:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         what = "no CT DICOM slices" if not slices else f"{len(bad)} file(s) that are not CT slices"
         raise CtsegError(f"{src}: {what}: " + "; ".join(str(e) for e in bad[:3]) + more)
+    slices, generated = complete_uids(slices)
     _check_one_series(slices, str(src))
     slices.sort(key=lambda s: slice_sort_key(s.header, s.name))
-    return Series(str(src), tuple(slices))
+    return Series(str(src), tuple(slices), tuple(generated))
+
+
+def _blank(header: pydicom.Dataset, keyword: str) -> bool:
+    return not str(header.get(keyword, "") or "").strip()
+
+
+def complete_uids(slices: Sequence[SliceFile]) -> tuple[list[SliceFile], list[str]]:
+    """Headers with the UIDs a DICOM Segmentation needs, and a sentence for each one filled in.
+
+    De-identification often blanks SOPClassUID, SOPInstanceUID, SeriesInstanceUID and
+    StudyInstanceUID while the file meta keeps MediaStorageSOPClassUID/MediaStorageSOPInstanceUID;
+    older exports lack FrameOfReferenceUID. highdicom 0.22 looks the SOP class up in a table
+    (highdicom/_module_utils.py:207 `SOP_CLASS_UID_IOD_KEY_MAP[sop_class_uid]`: KeyError '' for a blank
+    one) and refuses CT without a frame of reference (highdicom/seg/sop.py:1502-1525, "Source images
+    have no Frame Of Reference UID, but it is required by the IOD"). The file meta's values come
+    first; series-level UIDs are generated once for the whole series, an instance UID per file.
+    """
+    missing = {k for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
+                           "FrameOfReferenceUID") if any(_blank(s.header, k) for s in slices)}
+    if not missing:
+        return list(slices), []
+    shared = {k: generate_uid() for k in ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")}
+    notes: dict[str, str] = {}
+    completed = []
+    for s in slices:
+        header = _copy_header(s.header)
+        header.file_meta = getattr(s.header, "file_meta", pydicom.dataset.FileMetaDataset())
+        meta = header.file_meta
+        for keyword, from_meta in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                   ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not _blank(header, keyword):
+                continue
+            if not _blank(meta, from_meta):
+                setattr(header, keyword, str(meta.get(from_meta)))
+                notes.setdefault(keyword, f"{keyword} blank: taken from the file meta's {from_meta}")
+            elif keyword == "SOPClassUID":
+                header.SOPClassUID = CT_IMAGE_STORAGE
+                notes.setdefault(keyword, "SOPClassUID blank here and in the file meta: CT Image Storage assumed")
+            else:
+                header.SOPInstanceUID = generate_uid()
+                notes.setdefault(keyword, "SOPInstanceUID blank here and in the file meta: generated per file")
+        for keyword, uid in shared.items():
+            if _blank(header, keyword):
+                setattr(header, keyword, uid)
+                notes.setdefault(keyword, f"{keyword} missing: generated one for the series ({uid})")
+        completed.append(SliceFile(s.name, s.data, header))
+    return completed, list(notes.values())
 
 
 # ---- the tf.data reader ---------------------------------------------------------------------------
@@ -418,12 +468,50 @@ def summary(prediction: Prediction) -> dict:
         "spacing_mm": [row_mm, col_mm],
         "slice_spacing_mm": round(slice_spacing_mm(series), 6),
         "readers": reader_counts(prediction.readers),
+        "generated_uids": list(series.generated),
     }
 
 
-def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
-    """Writes seg.dcm, MASKS_DICOM/liver/image_N, summary.json and overlay.png into `out`; returns the summary."""
+def check_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """`out` if it is missing or empty (or `overwrite`); a CtsegError before any work otherwise."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CtsegError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CtsegError(f"--out {out} is not empty (an earlier prediction?); give an empty or new folder, "
+                         f"or --overwrite to replace its contents")
+    return out
+
+
+def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
+    """Writes seg.dcm, MASKS_DICOM/liver/image_N, summary.json and overlay.png as the folder `out`
+    (replacing what was there); returns the summary.
+
+    Everything is written into a temporary folder beside `out` and renamed into place at the end, so a
+    failure leaves no half-written output and no earlier prediction's files mixed with new ones.
+    """
+    import shutil
+    import tempfile
+
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = _write_into(prediction, partial)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            partial.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return result
+
+
+def _write_into(prediction: Prediction, out: Path) -> dict:
     masks_dir = out / "MASKS_DICOM" / ORGAN
     masks_dir.mkdir(parents=True, exist_ok=True)
     segmentation_dataset(prediction).save_as(out / "seg.dcm")
@@ -437,8 +525,9 @@ def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
 
 
 def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
-            batch_size: int = 16, progress: bool = False) -> dict:
+            batch_size: int = 16, progress: bool = False, overwrite: bool = False) -> dict:
     """The whole command: load, predict, write; returns the summary."""
+    check_output_dir(out, overwrite)
     series = load_series(series_src)
     served = load_model(model)
     return write_outputs(predict_series(series, served, batch_size, progress), out)

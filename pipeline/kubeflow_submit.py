@@ -13,16 +13,21 @@ import json
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from ctseg.errors import CtsegError
 
 HOST_ENV = "KF_PIPELINES_ENDPOINT"  # the variable kfp.Client itself reads
+# Credentials from the environment rather than the command line (where `ps` and shell history see them).
+# ctseg reads these; kfp.Client has no variable of its own for a bearer token or cookie.
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
+COOKIE_ENV = "KF_PIPELINES_COOKIE"
 HEALTHZ_PATH = "/apis/v2beta1/healthz"
 DEFAULT_EXPERIMENT = "ctseg"
 CONNECT_TIMEOUT_S = 10
-AUTH_HINT = "pass a token with --token (or a session cookie with --cookie)"
+AUTH_HINT = "pass a token with --token or $KF_PIPELINES_TOKEN (or a session cookie with --cookie or $KF_PIPELINES_COOKIE)"
 
 
 INGEST_TASK = "IrcadExampleGen"
@@ -72,6 +77,13 @@ def resolve_host(host: str | None) -> str:
     if not host:
         raise CtsegError(f"no Kubeflow Pipelines host: pass --host URL (e.g. http://localhost:8080 after "
                          f"`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`) or set {HOST_ENV}")
+    parts = urllib.parse.urlsplit(host)
+    if parts.username is not None or parts.password is not None:
+        # Never echoed: the URL would carry a password into terminals, logs and error messages.
+        shown = urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+        raise CtsegError(f"the Kubeflow Pipelines URL {shown} was given with a user name or password in it (not "
+                         f"shown); the Pipelines API does not take them there: pass a bearer token with --token "
+                         f"or ${TOKEN_ENV}, or a session cookie with --cookie or ${COOKIE_ENV}")
     if not host.startswith(("http://", "https://")):
         raise CtsegError(f"host {host!r} must be a URL starting with http:// or https://")
     return host.rstrip("/")
@@ -143,6 +155,8 @@ def submit(
     if not spec_file.is_file():
         raise CtsegError(f"{spec_file}: no compiled spec there; write one with `ctseg compile`")
     host = resolve_host(host)
+    token = token or os.environ.get(TOKEN_ENV) or None
+    cookie = cookie or os.environ.get(COOKIE_ENV) or None
     check_host(host, token=token, cookie=cookie)
 
     import kfp

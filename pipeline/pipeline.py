@@ -8,12 +8,12 @@ from typing import Any, Sequence
 from tfx import v1 as tfx
 
 from ctseg.code_version import code_version
+from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE
 from ctseg.schemas import SCHEMA_FILE
 
 TRAINER_RUN_FN = "ctseg.models.unet.trainer.run_fn"
 # The packages whose code the Trainer runs: their files make up the Trainer's code_version.
 TRAINER_PACKAGES = ("ctseg.models.unet",)
-DEFAULT_SPLITS = {"train": 0.75, "eval": 0.25}
 
 
 def trainer_code_version() -> str:
@@ -40,8 +40,8 @@ def create_pipeline(
     custom_config: dict[str, Any] | None = None,
     train_steps: int | None = None,
     eval_steps: int | None = None,
-    dice_threshold: float = 0.90,
-    dice_tolerance: float = 0.01,
+    dice_threshold: float = DEFAULT_DICE_THRESHOLD,
+    dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
     beam_pipeline_args: Sequence[str] | None = None,
     enable_cache: bool = True,
     compare_to_serving: bool = True,
@@ -50,7 +50,8 @@ def create_pipeline(
     """Ingest → statistics/schema/validation gate → Trainer → evaluation against the model serving → Pusher.
 
     `image_size` (ingest's slice size, which the Trainer must match) defaults to the Trainer's: its
-    `custom_config` preset's size, or `custom_config["image_size"]`.
+    `custom_config` preset's size, or `custom_config["image_size"]`. `split_ratios` defaults to
+    IrcadExampleGen's (`DEFAULT_SPLIT_RATIOS`).
     The evaluator's baseline is the newest version under `serving_dir` (what the Pusher last pushed);
     `compare_to_serving=False` judges models on `dice_threshold` alone. `baseline_metadata`
     ("sqlite:PATH" or "grpc:HOST:PORT") is where the evaluator looks up the baseline's Model artifact
@@ -66,7 +67,7 @@ def create_pipeline(
 
     example_gen = IrcadExampleGen(
         data_root=data_root, organ=organ, image_size=image_size,
-        split_ratios=split_ratios or DEFAULT_SPLITS, max_bad_fraction=max_bad_fraction)
+        split_ratios=split_ratios, max_bad_fraction=max_bad_fraction)
     examples = example_gen.outputs["examples"]
     validation = validation_stage(examples, schema_file)
     import_schema, gate = validation[2], validation[-1]

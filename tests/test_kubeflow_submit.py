@@ -30,6 +30,7 @@ class FakePipelinesApi(BaseHTTPRequestHandler):
     """Answers like KFP's API server in `mode`: "ok", "unauthorized" (401) or "login" (302 to a Dex page)."""
     mode = "ok"
     requests: list = []
+    authorization: list = []  # the Authorization header of each request
 
     def log_message(self, *args):
         pass
@@ -46,6 +47,7 @@ class FakePipelinesApi(BaseHTTPRequestHandler):
 
     def _handle(self, body=None):
         self.requests.append((self.command, self.path, body))
+        self.authorization.append(self.headers.get("Authorization"))
         if self.path.startswith("/dex"):
             return self._send(200, b"<html><form>Log in to Your Account</form></html>", "text/html")
         if self.mode == "unauthorized":
@@ -143,6 +145,32 @@ def test_a_login_page_is_reported_as_missing_auth(pipelines_api, any_spec):
             submit(any_spec, host=host_of(pipelines_api))
     finally:
         FakePipelinesApi.mode = "ok"
+
+
+def test_a_password_in_the_host_is_refused_and_never_echoed(any_spec, capsys):
+    assert main(["submit", "--host", "http://alice:s3cret-pw@127.0.0.1:8080", "--spec", str(any_spec)]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret-pw" not in err and "alice" not in err
+    assert "http://127.0.0.1:8080 was given with a user name or password in it (not shown)" in err
+    assert "--token or $KF_PIPELINES_TOKEN" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_token_can_come_from_the_environment(pipelines_api, any_spec, monkeypatch, capsys):
+    """$KF_PIPELINES_TOKEN (read by ctseg; kfp.Client has no variable for a token) keeps it off the command line."""
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", "from-the-env")
+    FakePipelinesApi.mode, FakePipelinesApi.authorization = "unauthorized", []
+    try:
+        assert main(["submit", "--host", host_of(pipelines_api), "--spec", str(any_spec)]) == 2
+    finally:
+        FakePipelinesApi.mode = "ok"
+    assert FakePipelinesApi.authorization == ["Bearer from-the-env"]
+    assert "from-the-env" not in capsys.readouterr().err
+    FakePipelinesApi.mode, FakePipelinesApi.authorization = "unauthorized", []
+    try:
+        assert main(["submit", "--host", host_of(pipelines_api), "--spec", str(any_spec), "--token", "flag"]) == 2
+    finally:
+        FakePipelinesApi.mode = "ok"
+    assert FakePipelinesApi.authorization == ["Bearer flag"]  # the command line wins
 
 
 def test_a_missing_spec_names_the_file(tmp_path):

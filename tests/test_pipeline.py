@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctseg import metadata
+from ctseg import ircad, metadata
 from ctseg.cli import main as cli_main
 from ctseg.dicom import mask_from_dataset, read_dataset
 from ctseg.phantom import write_phantom
@@ -111,6 +111,7 @@ def test_lineage_of_the_pushed_model_reaches_the_input_data(workdir, data_root):
     found = metadata.lineage(store, str(work / "serving" / runs["first"]["pushed_version"]))
     assert str(data_root) in json.dumps(found)
     assert runs["first"]["run_id"] in json.dumps(found)
+    assert found["data_fingerprint"] == ircad.data_fingerprint(str(data_root))  # what ingest read, in MLMD
 
 
 @pytest.mark.xfail(strict=True, reason=(

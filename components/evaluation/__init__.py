@@ -11,6 +11,9 @@ import os
 from ctseg.errors import CtsegError
 
 METRICS_FILE = "metrics.json"
+# SegmentationEvaluator's blessing rule, here so that the CLI shows them without importing TFX.
+DEFAULT_DICE_THRESHOLD = 0.90
+DEFAULT_DICE_TOLERANCE = 0.01
 
 
 def load_evaluation(uri: str | os.PathLike) -> dict:

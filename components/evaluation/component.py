@@ -21,10 +21,8 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.types.system_executions import Evaluate
 
 from ctseg.code_version import code_version
-from ctseg.components.evaluation import executor
+from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE, executor
 
-DEFAULT_DICE_THRESHOLD = 0.90
-DEFAULT_DICE_TOLERANCE = 0.01
 DEFAULT_BATCH_SIZE = 32
 CODE_VERSION_KEY = "code_version"
 EVALUATOR_MODULES = ("ctseg.components.evaluation", "ctseg.predict", "ctseg.features", "ctseg.dicom")

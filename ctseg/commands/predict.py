@@ -14,18 +14,29 @@ def register(sub) -> None:
                    help="the Pusher's serving dir (highest numeric version is used) or one version dir in it")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model call (default 16)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the contents of a non-empty --out folder (default: refuse it)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import sys
 
+    from pathlib import Path
+
     from ctseg.errors import CtsegError
-    from ctseg.predict import predict
 
     if args.batch_size < 1:
         raise CtsegError("--batch-size must be at least 1")
-    result = predict(args.series, args.model, args.out, batch_size=args.batch_size, progress=sys.stderr.isatty())
+    if not Path(args.series).exists():
+        raise CtsegError(f"{args.series}: no such file or folder")
+    from ctseg.predict import check_output_dir, predict  # TensorFlow is imported later, by the model
+
+    check_output_dir(args.out, args.overwrite)
+    result = predict(args.series, args.model, args.out, batch_size=args.batch_size, progress=sys.stderr.isatty(),
+                     overwrite=args.overwrite)
+    for note in result.get("generated_uids", []):
+        print(f"note: {note}", file=sys.stderr)
     print(f"liver volume {result['volume_ml']:.1f} ml in {result['slices_with_liver']} of {result['slices']} "
           f"slices (model version {result['model_version']}); wrote seg.dcm, MASKS_DICOM/liver, "
           f"summary.json, overlay.png to {args.out}")

@@ -19,8 +19,10 @@ def register(sub) -> None:
     p.add_argument("--experiment", help="experiment to file the run under (default: ctseg)")
     p.add_argument("--run-name", help="display name of the run (default: spec file name and time)")
     p.add_argument("--namespace", help="Kubernetes namespace of a multi-user Kubeflow (default: the client's)")
-    p.add_argument("--token", help="bearer token for an authenticated endpoint")
-    p.add_argument("--cookie", help="session cookie for a Dex/OIDC-protected endpoint, e.g. 'authservice_session=...'")
+    p.add_argument("--token", help="bearer token for an authenticated endpoint (default: $KF_PIPELINES_TOKEN, "
+                                   "which keeps it out of `ps` and shell history)")
+    p.add_argument("--cookie", help="session cookie for a Dex/OIDC-protected endpoint, e.g. 'authservice_session=...' "
+                                    "(default: $KF_PIPELINES_COOKIE)")
     p.set_defaults(func=run)
 
 

@@ -23,7 +23,7 @@ NODE_CONTEXT_TYPE = "node"
 DEFAULT_GRPC_PORT = 8080
 GRPC_TIMEOUT_S = 10.0
 
-_HIDDEN_PROPERTIES = ("tfx_version", "is_external")
+_HIDDEN_PROPERTIES = ("tfx_version", "is_external", "store_session_info")  # the last: KFP's object-store login
 _EXECUTION_RESULT = "__execution_result__"  # tfx.orchestration.portable.mlmd.execution_lib
 _DATA_PATH_KEYS = ("data_root", "input_base")  # IrcadExampleGen, TFX's file-based ExampleGens
 _FINGERPRINT_KEYS = ("input_fingerprint",)  # both record TFX's example_gen.utils.FINGERPRINT_PROPERTY_NAME
@@ -31,6 +31,11 @@ _DICE_KEY = "mean_patient_dice"
 _DATA_ARTIFACT_TYPES = ("ExampleStatistics", "Schema", "ExampleAnomalies")
 _RUN_PREFIX = "ctseg_"  # ctseg.pipeline.local_runner.RUN_PROPERTY_PREFIX: what `ctseg run` records on its run
 DEFAULT_SQLITE = os.path.join("out", "metadata.sqlite")
+# What KFP v2's launcher and driver write (backend/src/v2/metadata/client.go): the run's root DAG is an
+# execution of its own, a container execution carries its task's name and its parameters in `inputs`.
+_KFP_DAG_EXECUTION_TYPE = "system.DAGExecution"
+_KFP_TASK_NAME = "task_name"
+_KFP_INPUTS = "inputs"
 
 
 def connect(sqlite_path: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
@@ -136,19 +141,32 @@ def _value(value) -> Any:
     if kind == "proto_value":
         return value.proto_value.type_url
     raw = getattr(value, kind)
-    if kind == "string_value" and (raw[:1] in ("{", "[") or raw in ("null", "true", "false")):
+    return _decoded(raw) if kind == "string_value" else raw
+
+
+def _properties(message) -> dict[str, Any]:
+    """Properties and custom properties of an artifact or execution, without TFX's bookkeeping keys.
+
+    KFP keeps a container execution's input parameters (TFX's exec properties) in one `inputs` struct
+    (backend/src/v2/metadata/client.go, CreateExecution); they are lifted to the top level, decoded,
+    as TFX's local runners store them.
+    """
+    merged = {**message.properties, **message.custom_properties}
+    found = {k: _value(v) for k, v in sorted(merged.items())
+             if not k.startswith("__") and k not in _HIDDEN_PROPERTIES}
+    if _KFP_INPUTS in found and _KFP_TASK_NAME in found and isinstance(found[_KFP_INPUTS], dict):
+        for k, v in found.pop(_KFP_INPUTS).items():
+            found.setdefault(k, _decoded(v))
+    return found
+
+
+def _decoded(raw: Any) -> Any:
+    if isinstance(raw, str) and (raw[:1] in ("{", "[") or raw in ("null", "true", "false")):
         try:
             return json.loads(raw)
         except json.JSONDecodeError:
             return raw
     return raw
-
-
-def _properties(message) -> dict[str, Any]:
-    """Properties and custom properties of an artifact or execution, without TFX's bookkeeping keys."""
-    merged = {**message.properties, **message.custom_properties}
-    return {k: _value(v) for k, v in sorted(merged.items())
-            if not k.startswith("__") and k not in _HIDDEN_PROPERTIES}
 
 
 def _type_name(message) -> str:
@@ -315,7 +333,8 @@ class _Run:
 
     def __init__(self, store, context):
         self.store, self.context = store, context
-        self.executions = sorted(store.get_executions_by_context(context.id),
+        self.executions = sorted((e for e in store.get_executions_by_context(context.id)
+                                  if e.type != _KFP_DAG_EXECUTION_TYPE),
                                  key=lambda e: (e.create_time_since_epoch, e.id))
         self.events = store.get_events_by_execution_ids([e.id for e in self.executions]) if self.executions else []
         artifact_ids = sorted({ev.artifact_id for ev in self.events})
@@ -511,12 +530,32 @@ class _Graph:
         pipeline = next((c.name for c in contexts if c.type in PIPELINE_CONTEXT_TYPES), None)
         if node and pipeline and node.startswith(pipeline + "."):
             return node[len(pipeline) + 1:]
-        return node or _type_name(execution).split(".")[-1]
+        task = execution.custom_properties.get(_KFP_TASK_NAME)
+        return node or (task.string_value if task is not None else "") or _type_name(execution).split(".")[-1]
 
     def execution_record(self, execution) -> dict[str, Any]:
         return {"id": execution.id, "node_id": self.node_of(execution), "type": execution.type,
                 "state": _state_name(execution), "run_id": self.run_of(execution.id),
                 "started": _ms_to_iso(execution.create_time_since_epoch), "properties": _properties(execution)}
+
+
+def _artifacts_of_type(store, type_name: str) -> list:
+    """Artifacts of a TFX type as TFX's runners name it and as KFP does (by schema title, `tfx.<Name>`)."""
+    return [a for name in (type_name, f"tfx.{type_name}") for a in store.get_artifacts_by_type(name)]
+
+
+def served_model_id(store, version_dir: str) -> Optional[int]:
+    """The id of the Model artifact whose push wrote `version_dir` (a pushed version's folder), or None
+    when the store has no push to that folder."""
+    path = version_dir.rstrip("/") if "://" in version_dir else os.path.abspath(version_dir)
+    pushed = [a for a in _artifacts_of_type(store, "PushedModel") if _properties(a).get("pushed_destination") == path]
+    graph = _Graph(store)
+    for artifact in sorted(pushed, key=lambda a: -a.id):
+        for pusher in graph.producers(artifact.id):
+            models = graph.io(pusher.id, outputs=False).get("model")
+            if models:
+                return models[0].id
+    return None
 
 
 def _find_model_artifact(store, path_or_id: str):
@@ -529,7 +568,7 @@ def _find_model_artifact(store, path_or_id: str):
             raise CtsegError(f"artifact {path_or_id} is a {_type_name(found[0])}, not a Model or PushedModel")
         return found[0]
     path = path_or_id.rstrip("/") if "://" in path_or_id else os.path.abspath(path_or_id)
-    pushed = [a for a in store.get_artifacts_by_type("PushedModel")
+    pushed = [a for a in _artifacts_of_type(store, "PushedModel")
               if path in (_properties(a).get("pushed_destination"), a.uri)]
     if pushed:
         return max(pushed, key=lambda a: a.id)

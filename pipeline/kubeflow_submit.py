@@ -41,6 +41,7 @@ class SubmittedRun:
     experiment: str
     fingerprint: str | None = None           # the ingest step's data fingerprint sent with this run
     compiled_fingerprint: str | None = None  # the one `ctseg compile` recorded in the spec
+    pipeline_root: str | None = None         # where the run writes its artifacts
 
 
 def refresh_fingerprint(spec: dict) -> tuple[str | None, str | None]:
@@ -141,8 +142,15 @@ def submit(
     namespace: str | None = None,
     token: str | None = None,
     cookie: str | None = None,
+    pipeline_root: str | None = None,
 ) -> SubmittedRun:
-    """Creates a run of `spec_file` (written by `ctseg compile`) in `experiment` on the Pipelines at `host`."""
+    """Creates a run of `spec_file` (written by `ctseg compile`) in `experiment` on the Pipelines at `host`.
+
+    The run carries `pipeline_root`, by default the spec's `defaultPipelineRoot`: KFP's backend never
+    reads the latter (it takes the run's root, else its launcher config map's, else
+    minio://mlpipeline/v2/artifacts: backend/src/v2/driver/driver.go:151-172 at 2.5.0), so without it the
+    steps would write where TensorFlow's filesystems cannot.
+    """
     spec_file = Path(spec_file)
     if not spec_file.is_file():
         raise CtsegError(f"{spec_file}: no compiled spec there; write one with `ctseg compile`")
@@ -162,6 +170,7 @@ def submit(
     except yaml.YAMLError:
         spec = None  # kfp's loader says what is wrong with it below
     compiled, fingerprint = refresh_fingerprint(spec) if isinstance(spec, dict) else (None, None)
+    pipeline_root = pipeline_root or (spec.get("defaultPipelineRoot") if isinstance(spec, dict) else None)
     quiet = io.StringIO()  # kfp prints its own "Experiment details" lines; the CLI prints the run once
     try:
         with contextlib.redirect_stdout(quiet), tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +182,7 @@ def submit(
                                 namespace=namespace or "kubeflow")
             result = client.create_run_from_pipeline_package(
                 str(sent), arguments={}, run_name=run_name, experiment_name=experiment,
-                namespace=namespace)
+                namespace=namespace, pipeline_root=pipeline_root)
     except kfp_server_api.ApiException as e:
         raise _api_error(host, e) from None
     except urllib3.exceptions.HTTPError as e:
@@ -183,4 +192,4 @@ def submit(
     if not result.run_id:
         raise CtsegError(f"Kubeflow Pipelines at {host} accepted the request but returned no run id")
     return SubmittedRun(run_id=result.run_id, link=f"{host}/#/runs/details/{result.run_id}", experiment=experiment,
-                        fingerprint=fingerprint, compiled_fingerprint=compiled)
+                        fingerprint=fingerprint, compiled_fingerprint=compiled, pipeline_root=pipeline_root)

@@ -189,8 +189,8 @@ def test_submit_creates_experiment_and_run_and_prints_id_and_link(pipelines_api,
     assert main(["submit", "--host", host, "--spec", str(compiled_spec), "--experiment", "liver-gpu",
                  "--run-name", "nightly"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[:2] == [f"run id: {RUN_ID}", f"link:   {host}/#/runs/details/{RUN_ID}"]
-    assert out[2].startswith("data:   unread:") and len(out) == 3  # gs://bucket cannot be read from here
+    assert out[:3] == [f"run id: {RUN_ID}", f"link:   {host}/#/runs/details/{RUN_ID}", "root:   gs://bucket/root"]
+    assert out[3].startswith("data:   unread:") and len(out) == 4  # gs://bucket cannot be read from here
     posts = {path.split("?")[0]: body for method, path, body in FakePipelinesApi.requests if method == "POST"}
     assert posts["/apis/v2beta1/experiments"]["display_name"] == "liver-gpu"
     run = posts["/apis/v2beta1/runs"]
@@ -201,6 +201,14 @@ def test_submit_creates_experiment_and_run_and_prints_id_and_link(pipelines_api,
     assert sent["pipelineInfo"] == on_disk["pipelineInfo"]
     assert sent["deploymentSpec"] == on_disk["deploymentSpec"]
     assert sent["defaultPipelineRoot"] == on_disk["defaultPipelineRoot"]
+    # KFP's driver takes the run's root, never the spec's (backend/src/v2/driver/driver.go:151-172 at 2.5.0)
+    assert run["runtime_config"]["pipeline_root"] == on_disk["defaultPipelineRoot"] == "gs://bucket/root"
+
+
+def test_submit_passes_another_pipeline_root_with_the_run(pipelines_api, compiled_spec):
+    submit(compiled_spec, host=host_of(pipelines_api), pipeline_root="s3://other/root")
+    (run,) = [body for method, path, body in FakePipelinesApi.requests if path.startswith("/apis/v2beta1/runs")]
+    assert run["runtime_config"]["pipeline_root"] == "s3://other/root"
 
 
 def _sent_fingerprint() -> str:

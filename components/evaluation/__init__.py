@@ -41,7 +41,8 @@ def format_evaluation(result: dict) -> str:
         f"over {result['slices']} slices",
     ]
     if base:
-        lines.append(f"  blessed baseline (model {base['id']}): mean per-patient Dice {base['mean_patient_dice']:.4f}")
+        which = base["uri"] if base.get("id") is None else f"{base['uri']}, model {base['id']}"
+        lines.append(f"  baseline (serving {which}): mean per-patient Dice {base['mean_patient_dice']:.4f}")
     lines.append(f"  {'patient':<16}{'slices':>7}{'Dice':>8}{'IoU':>8}{'true ml':>10}{'pred ml':>10}")
     for p in result["patients"]:
         lines.append(f"  {p['patient_id']:<16}{p['slices']:>7}{p['dice']:>8.4f}{p['iou']:>8.4f}"
@@ -51,7 +52,7 @@ def format_evaluation(result: dict) -> str:
 
 
 def __getattr__(name):
-    if name in ("SegmentationEvaluator", "SegmentationEvaluatorSpec", "latest_blessed_model_resolver"):
+    if name in ("SegmentationEvaluator", "SegmentationEvaluatorSpec"):
         from ctseg.components.evaluation import component
         return getattr(component, name)
     raise AttributeError(name)

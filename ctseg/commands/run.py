@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--dice-threshold", type=float, default=DEFAULT_DICE_THRESHOLD,
                    help=f"bless only at or above this mean patient Dice (default {DEFAULT_DICE_THRESHOLD})")
     p.add_argument("--dice-tolerance", type=float, default=DEFAULT_DICE_TOLERANCE,
-                   help=f"how much worse than the last blessed model a new one may be (default {DEFAULT_DICE_TOLERANCE})")
+                   help=f"how much worse than the model serving a new one may be (default {DEFAULT_DICE_TOLERANCE})")
     p.add_argument("--max-bad-fraction", type=float, default=0.0,
                    help="fraction of a patient's slices that may be quarantined before the run fails")
     p.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")

@@ -51,6 +51,11 @@ TFIO_TRANSFER_SYNTAXES = frozenset({
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",                                           # JPEG 2000
 })
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+# LossyImageCompressionMethod (C.7.6.1.1.5) of the lossy transfer syntaxes, for sources that omit it
+LOSSY_METHODS = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+                 "1.2.840.10008.1.2.4.81": "ISO_14495_1", "1.2.840.10008.1.2.4.91": "ISO_15444_1",
+                 "1.2.840.10008.1.2.4.203": "ISO_15444_15"}
 # CID 7150 "Segmentation Property Categories"; pydicom's codedict has two codes under this name
 ANATOMICAL_STRUCTURE = ("123037004", "SCT", "Anatomical Structure")
 
@@ -117,8 +122,14 @@ def read_header(name: str, data: bytes) -> pydicom.Dataset:
         raise DicomError(name, "not a DICOM image (no Rows, Columns or SeriesInstanceUID)")
     modality = str(ds.get("Modality", "")).strip()
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class == ENHANCED_CT_STORAGE or int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise DicomError(name, "multi-frame image; predict expects one CT slice per file")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if sop_class == SEGMENTATION_STORAGE or modality == "SEG":
+        raise DicomError(name, "a DICOM Segmentation (SEG), not a CT image")
+    if sop_class == ENHANCED_CT_STORAGE:
+        raise DicomError(name, f"Enhanced CT multi-frame image ({frames} frames); predict reads single-frame "
+                               "CT Image Storage slices, one per file")
+    if frames > 1:
+        raise DicomError(name, f"multi-frame image ({frames} frames); predict expects one CT slice per file")
     if modality != "CT" and sop_class != CT_IMAGE_STORAGE:
         raise DicomError(name, f"modality {modality or '?'} is not CT")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
@@ -141,6 +152,17 @@ def _check_one_series(slices: Sequence[SliceFile], source: str) -> None:
                              f"{rows}x{cols} slices (e.g. {slices[0].name})")
 
 
+def _check_slice_thickness(slices: Sequence[SliceFile]) -> None:
+    """SliceThickness is Type 2 (may be empty), but highdicom 0.22 cannot write a Segmentation of a
+    single-frame source without its value: seg/sop.py:2228-2235 reads it into the source's pixel measures
+    and content.py:412 (PixelMeasuresSequence.__eq__) compares it, an AttributeError when absent.
+    Refused here, before the model runs, rather than made up."""
+    for s in slices:
+        if not str(s.header.get("SliceThickness", "") or "").strip():
+            raise CtsegError(f"{s.name}: no SliceThickness; highdicom, which writes seg.dcm, needs it to "
+                             "describe the segmentation's voxels, so this series cannot be segmented")
+
+
 def load_series(src: str | os.PathLike) -> Series:
     """One patient's CT series, header-checked and in position order; CtsegError naming the bad file(s)."""
     files = series_files(src)
@@ -156,6 +178,7 @@ def load_series(src: str | os.PathLike) -> Series:
         raise CtsegError(f"{src}: {what}: " + "; ".join(str(e) for e in bad[:3]) + more)
     slices, generated = complete_uids(slices)
     _check_one_series(slices, str(src))
+    _check_slice_thickness(slices)
     slices.sort(key=lambda s: slice_sort_key(s.header, s.name))
     return Series(str(src), tuple(slices), tuple(generated))
 
@@ -344,14 +367,25 @@ STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Ac
                "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
-def _with_type2_study_attributes(header: pydicom.Dataset) -> pydicom.Dataset:
+def _with_type2_study_attributes(header: pydicom.Dataset, name: str = "") -> pydicom.Dataset:
+    """The header as highdicom needs it: empty Type 2 attributes, and for a lossy source the compression
+    method, which highdicom 0.22 copies unconditionally (seg/sop.py:1644-1653) though sources omit it:
+    taken from the transfer syntax, else a DicomError."""
     missing = [k for k in STUDY_TYPE2 if k not in header]
-    if not missing:
+    lossy = str(header.get("LossyImageCompression", "")) == "01"
+    method = "LossyImageCompressionMethod" not in header and lossy
+    if not missing and not method:
         return header
     ds = _copy_header(header)
     ds.file_meta = header.file_meta
     for keyword in missing:
         setattr(ds, keyword, None)
+    if method:
+        syntax = str(getattr(header.file_meta, "TransferSyntaxUID", ""))
+        if syntax not in LOSSY_METHODS or "LossyImageCompressionRatio" not in header:
+            raise DicomError(name, "marked lossy (LossyImageCompression 01) without its compression method or "
+                                   f"ratio, and its transfer syntax {syntax or '?'} does not tell them")
+        ds.LossyImageCompressionMethod = LOSSY_METHODS[syntax]
     return ds
 
 
@@ -359,8 +393,6 @@ def segmentation_dataset(prediction: Prediction):
     """The liver mask as a BINARY DICOM Segmentation referencing every source instance."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
-
-    from ctseg import __version__
 
     model = prediction.model
     segment = hd.seg.SegmentDescription(
@@ -372,9 +404,22 @@ def segmentation_dataset(prediction: Prediction):
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name="ctseg UNET", family=codes.cid7162.ArtificialIntelligence, version=model.version),
     )
+    series = prediction.series
+    try:
+        return _segmentation(hd, series, prediction.mask, segment, model)
+    except DicomError as e:
+        raise CtsegError(f"{series.source}: no DICOM Segmentation can reference {e}") from e
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # highdicom's checks of the source headers
+        raise CtsegError(f"{series.source}: highdicom cannot write a DICOM Segmentation referencing this series "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def _segmentation(hd, series: Series, mask: np.ndarray, segment, model: ServedModel):
+    from ctseg import __version__
+
     return hd.seg.Segmentation(
-        source_images=[_with_type2_study_attributes(s.header) for s in prediction.series.slices],
-        pixel_array=prediction.mask.astype(bool),
+        source_images=[_with_type2_study_attributes(s.header, s.name) for s in series.slices],
+        pixel_array=mask.astype(bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
         series_instance_uid=generate_uid(),

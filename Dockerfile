@@ -33,8 +33,8 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 # The compiled spec's ImportSchemaGen reads the curated schema from here (pipeline/kubeflow_runner.py IMAGE_SCHEMA_FILE).
 COPY schemas /opt/ctseg/schemas
-# The spec's commands are `python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor`:
-# `python` must be the venv's, which holds TFX and the project.
+# The spec's commands are `python -m ctseg.pipeline.kubeflow_entrypoint` (TFX's v2 entrypoint behind
+# corrections for KFP's backend): `python` must be the venv's, which holds TFX and the project.
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

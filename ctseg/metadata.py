@@ -23,15 +23,19 @@ NODE_CONTEXT_TYPE = "node"
 DEFAULT_GRPC_PORT = 8080
 GRPC_TIMEOUT_S = 10.0
 
-_HIDDEN_PROPERTIES = ("tfx_version", "is_external")
+_HIDDEN_PROPERTIES = ("tfx_version", "is_external", "store_session_info")  # the last: KFP's object-store login
 _EXECUTION_RESULT = "__execution_result__"  # tfx.orchestration.portable.mlmd.execution_lib
-_METRICS_FILE = "metrics.json"  # components.evaluation.METRICS_FILE
-_ANOMALIES_FILE = "SchemaDiff.pb"  # tfx.components.example_validator.executor.DEFAULT_FILE_NAME
 _DATA_PATH_KEYS = ("data_root", "input_base")  # IrcadExampleGen, TFX's file-based ExampleGens
 _FINGERPRINT_KEYS = ("input_fingerprint",)  # both record TFX's example_gen.utils.FINGERPRINT_PROPERTY_NAME
 _DICE_KEY = "mean_patient_dice"
 _DATA_ARTIFACT_TYPES = ("ExampleStatistics", "Schema", "ExampleAnomalies")
+_RUN_PREFIX = "ctseg_"  # ctseg.pipeline.local_runner.RUN_PROPERTY_PREFIX: what `ctseg run` records on its run
 DEFAULT_SQLITE = os.path.join("out", "metadata.sqlite")
+# What KFP v2's launcher and driver write (backend/src/v2/metadata/client.go): the run's root DAG is an
+# execution of its own, a container execution carries its task's name and its parameters in `inputs`.
+_KFP_DAG_EXECUTION_TYPE = "system.DAGExecution"
+_KFP_TASK_NAME = "task_name"
+_KFP_INPUTS = "inputs"
 
 
 def connect(sqlite_path: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
@@ -42,6 +46,11 @@ def connect(sqlite_path: Optional[str] = None, host: Optional[str] = None, port:
     Fails with a CtsegError, rather than creating an empty store, when the file doesn't exist, and
     when the service doesn't answer within GRPC_TIMEOUT_S.
     """
+    if not host:
+        if not sqlite_path:
+            raise CtsegError("no ML Metadata store given: pass a SQLite path or --mlmd-host")
+        _check_sqlite_file(sqlite_path)  # before importing ml_metadata
+
     from ml_metadata import errors as mlmd_errors
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
@@ -51,10 +60,6 @@ def connect(sqlite_path: Optional[str] = None, host: Optional[str] = None, port:
         config = metadata_store_pb2.MetadataStoreClientConfig(
             host=host, port=int(port or DEFAULT_GRPC_PORT), client_timeout_sec=GRPC_TIMEOUT_S)
     else:
-        if not sqlite_path:
-            raise CtsegError("no ML Metadata store given: pass a SQLite path or --mlmd-host")
-        if not os.path.isfile(sqlite_path):
-            raise CtsegError(f"no ML Metadata store at {sqlite_path} (the file does not exist)")
         where = f"ML Metadata store {sqlite_path}"
         config = metadata_store_pb2.ConnectionConfig()
         config.sqlite.filename_uri = os.path.abspath(sqlite_path)
@@ -64,8 +69,38 @@ def connect(sqlite_path: Optional[str] = None, host: Optional[str] = None, port:
         store = metadata_store.MetadataStore(config)
         store.get_context_types()
     except mlmd_errors.StatusError as e:
-        raise CtsegError(f"cannot read {where}: {e}") from e
+        raise CtsegError(f"cannot read {where}: {_first_clause(e)}") from None
+    except RuntimeError as e:  # MLMD's SQLite source raises RuntimeError("... query: <SQL>") on a foreign file
+        reason = _first_clause(e)
+        if "CREATE TABLE" in str(e) and "readonly" in reason:  # read-only, MLMD tried to add its missing tables
+            reason = "an SQLite database without ML Metadata's tables"
+        raise CtsegError(f"{sqlite_path or where} is not an ML Metadata store ({reason})") from None
     return store
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: str) -> None:
+    """A sentence for a path that cannot be a SQLite store, before MLMD answers with its SQL."""
+    if os.path.isdir(path):
+        raise CtsegError(f"{path} is a folder, not an ML Metadata store (give its metadata.sqlite file)")
+    if not os.path.isfile(path):
+        raise CtsegError(f"no ML Metadata store at {path} (the file does not exist)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as e:
+        raise CtsegError(f"cannot read the ML Metadata store {path}: {(e.strerror or str(e)).lower()}") from None
+    if head != _SQLITE_MAGIC:
+        raise CtsegError(f"{path} is not an ML Metadata store: it is not an SQLite database "
+                         f"(`ctseg run` writes one as WORKDIR/metadata.sqlite)")
+
+
+def _first_clause(error: Exception) -> str:
+    """An MLMD error without the SQL statement it appends (" query: ...")."""
+    text = str(error).strip().removeprefix("Error when executing query:")
+    return text.split(" query:")[0].strip() or type(error).__name__
 
 
 def add_store_arguments(parser) -> None:
@@ -106,19 +141,32 @@ def _value(value) -> Any:
     if kind == "proto_value":
         return value.proto_value.type_url
     raw = getattr(value, kind)
-    if kind == "string_value" and (raw[:1] in ("{", "[") or raw in ("null", "true", "false")):
+    return _decoded(raw) if kind == "string_value" else raw
+
+
+def _properties(message) -> dict[str, Any]:
+    """Properties and custom properties of an artifact or execution, without TFX's bookkeeping keys.
+
+    KFP keeps a container execution's input parameters (TFX's exec properties) in one `inputs` struct
+    (backend/src/v2/metadata/client.go, CreateExecution); they are lifted to the top level, decoded,
+    as TFX's local runners store them.
+    """
+    merged = {**message.properties, **message.custom_properties}
+    found = {k: _value(v) for k, v in sorted(merged.items())
+             if not k.startswith("__") and k not in _HIDDEN_PROPERTIES}
+    if _KFP_INPUTS in found and _KFP_TASK_NAME in found and isinstance(found[_KFP_INPUTS], dict):
+        for k, v in found.pop(_KFP_INPUTS).items():
+            found.setdefault(k, _decoded(v))
+    return found
+
+
+def _decoded(raw: Any) -> Any:
+    if isinstance(raw, str) and (raw[:1] in ("{", "[") or raw in ("null", "true", "false")):
         try:
             return json.loads(raw)
         except json.JSONDecodeError:
             return raw
     return raw
-
-
-def _properties(message) -> dict[str, Any]:
-    """Properties and custom properties of an artifact or execution, without TFX's bookkeeping keys."""
-    merged = {**message.properties, **message.custom_properties}
-    return {k: _value(v) for k, v in sorted(merged.items())
-            if not k.startswith("__") and k not in _HIDDEN_PROPERTIES}
 
 
 def _type_name(message) -> str:
@@ -204,7 +252,9 @@ def _list_dir(path: str) -> list[str]:
 
 def _evaluation_details(uri: str) -> dict[str, Any]:
     """Dice per patient and the blessing decision from SegmentationEvaluator's metrics.json."""
-    raw = _read_bytes(os.path.join(uri, _METRICS_FILE))
+    from ctseg.components.evaluation import METRICS_FILE
+
+    raw = _read_bytes(os.path.join(uri, METRICS_FILE))
     if raw is None:
         return {}
     try:
@@ -224,11 +274,13 @@ def _anomalies_details(uri: str) -> dict[str, Any]:
     """Anomalies per split from ExampleValidator's Split-*/SchemaDiff.pb (a tensorflow_metadata Anomalies)."""
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
+    from ctseg.components.validation import ANOMALIES_FILE
+
     counts, features = {}, {}
     for name in _list_dir(uri):
         if not name.startswith("Split-"):
             continue
-        raw = _read_bytes(os.path.join(uri, name, _ANOMALIES_FILE))
+        raw = _read_bytes(os.path.join(uri, name, ANOMALIES_FILE))
         if raw is None:
             continue
         anomalies = anomalies_pb2.Anomalies.FromString(raw)
@@ -265,7 +317,7 @@ class RunSummary:
     run_id: str
     pipeline: Optional[str]
     started: Optional[str]
-    state: str  # complete, failed, running or canceled
+    state: str  # complete, failed, running, canceled, interrupted or abandoned (see _Run.state)
     duration_s: Optional[float]
     dice: Optional[float]
     blessed: Optional[bool]
@@ -281,7 +333,8 @@ class _Run:
 
     def __init__(self, store, context):
         self.store, self.context = store, context
-        self.executions = sorted(store.get_executions_by_context(context.id),
+        self.executions = sorted((e for e in store.get_executions_by_context(context.id)
+                                  if e.type != _KFP_DAG_EXECUTION_TYPE),
                                  key=lambda e: (e.create_time_since_epoch, e.id))
         self.events = store.get_events_by_execution_ids([e.id for e in self.executions]) if self.executions else []
         artifact_ids = sorted({ev.artifact_id for ev in self.events})
@@ -293,12 +346,28 @@ class _Run:
         found = [self.artifacts[i] for i in dict.fromkeys(ids) if _type_name(self.artifacts[i]) == type_name]
         return found[::-1]
 
+    def process(self) -> dict[str, Any]:
+        """What `ctseg run` recorded on the run context (pid, host, heartbeat, state, ...), without the prefix."""
+        props = _properties(self.context)
+        return {k[len(_RUN_PREFIX):]: v for k, v in props.items() if k.startswith(_RUN_PREFIX)}
+
     def state(self) -> str:
+        """complete, failed, canceled or running from the executions; `ctseg run`'s own record adds
+        interrupted (a signal stopped it) and abandoned (its process is gone without saying how it ended)."""
         states = {_state_name(e) for e in self.executions}
-        for state in ("failed", "canceled", "running", "new"):
-            if state in states:
-                return "running" if state == "new" else state
-        return "complete"
+        found = next((s for s in ("failed", "canceled", "running", "new") if s in states), "complete")
+        process = self.process()
+        if process.get("state") == "interrupted":
+            return "interrupted"
+        if found in ("failed", "canceled"):
+            return found
+        if found in ("running", "new") or process.get("state") == "running":
+            from ctseg.workdir import process_state
+
+            gone = process and process_state(process.get("pid"), process.get("host"), process.get("pid_start_ticks"),
+                                             process.get("heartbeat")) == "gone"
+            return "abandoned" if gone else "running"
+        return found
 
     def summary(self) -> RunSummary:
         evaluation = next(iter(self.outputs("ModelEvaluation")), None)
@@ -385,6 +454,8 @@ def describe_run(store, run: str) -> dict[str, Any]:
       "running", ...), started, duration_s, error (failure message or None), properties (exec
       properties, JSON decoded), inputs, outputs ({key: [artifact id]})};
     - `execution_counts`: {state: count};
+    - `process`: what `ctseg run` recorded on the run (pid, host, started, heartbeat, state, ended,
+      message), {} for runs of other runners;
     - `artifacts`: list in order of first use of {id, type, uri, producer (node id of the execution in
       this run that wrote or reused it from the cache, None for one from an earlier run such as the
       resolver's baseline), properties}. Properties are the artifact's properties and custom properties
@@ -417,7 +488,7 @@ def describe_run(store, run: str) -> dict[str, Any]:
         })
     artifacts = [{**_artifact_record(record.artifacts[i]), "producer": producers.get(i)}
                  for i in dict.fromkeys(order)]
-    return {**summary, "executions": executions, "artifacts": artifacts}
+    return {**summary, "process": record.process(), "executions": executions, "artifacts": artifacts}
 
 
 # ---------------------------------------------------------------- lineage
@@ -459,12 +530,32 @@ class _Graph:
         pipeline = next((c.name for c in contexts if c.type in PIPELINE_CONTEXT_TYPES), None)
         if node and pipeline and node.startswith(pipeline + "."):
             return node[len(pipeline) + 1:]
-        return node or _type_name(execution).split(".")[-1]
+        task = execution.custom_properties.get(_KFP_TASK_NAME)
+        return node or (task.string_value if task is not None else "") or _type_name(execution).split(".")[-1]
 
     def execution_record(self, execution) -> dict[str, Any]:
         return {"id": execution.id, "node_id": self.node_of(execution), "type": execution.type,
                 "state": _state_name(execution), "run_id": self.run_of(execution.id),
                 "started": _ms_to_iso(execution.create_time_since_epoch), "properties": _properties(execution)}
+
+
+def _artifacts_of_type(store, type_name: str) -> list:
+    """Artifacts of a TFX type as TFX's runners name it and as KFP does (by schema title, `tfx.<Name>`)."""
+    return [a for name in (type_name, f"tfx.{type_name}") for a in store.get_artifacts_by_type(name)]
+
+
+def served_model_id(store, version_dir: str) -> Optional[int]:
+    """The id of the Model artifact whose push wrote `version_dir` (a pushed version's folder), or None
+    when the store has no push to that folder."""
+    path = version_dir.rstrip("/") if "://" in version_dir else os.path.abspath(version_dir)
+    pushed = [a for a in _artifacts_of_type(store, "PushedModel") if _properties(a).get("pushed_destination") == path]
+    graph = _Graph(store)
+    for artifact in sorted(pushed, key=lambda a: -a.id):
+        for pusher in graph.producers(artifact.id):
+            models = graph.io(pusher.id, outputs=False).get("model")
+            if models:
+                return models[0].id
+    return None
 
 
 def _find_model_artifact(store, path_or_id: str):
@@ -477,7 +568,7 @@ def _find_model_artifact(store, path_or_id: str):
             raise CtsegError(f"artifact {path_or_id} is a {_type_name(found[0])}, not a Model or PushedModel")
         return found[0]
     path = path_or_id.rstrip("/") if "://" in path_or_id else os.path.abspath(path_or_id)
-    pushed = [a for a in store.get_artifacts_by_type("PushedModel")
+    pushed = [a for a in _artifacts_of_type(store, "PushedModel")
               if path in (_properties(a).get("pushed_destination"), a.uri)]
     if pushed:
         return max(pushed, key=lambda a: a.id)
@@ -588,8 +679,7 @@ def execution_lines(store, after_id: int = 0) -> list[tuple[int, str, str]]:
         took = _duration_s(e.create_time_since_epoch, e.last_update_time_since_epoch)
         line = f"  {graph.node_of(e):<28} {state:<9}" + (f" {took:.1f}s" if took is not None and state != "running"
                                                          else "")
-        error = _execution_error(e)
-        lines.append((e.id, state, line + (f"  error: {error}" if error else "")))
+        lines.append((e.id, state, line))  # a failed step's error is printed once, in the run's summary
     return lines
 
 
@@ -613,3 +703,21 @@ def record_failure(store, run: str, message: str, code: int = 1) -> list[int]:
     if failed:
         store.put_executions(failed)
     return [e.id for e in failed]
+
+
+def cancel_running(store, run: str, message: str) -> list[int]:
+    """Marks the run's executions that a signal left RUNNING (or NEW) as CANCELED, with `message` as
+    their result: TFX's launcher only records failures of Exceptions, not of a KeyboardInterrupt."""
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx.orchestration.portable.mlmd import execution_lib
+    from tfx.proto.orchestration import execution_result_pb2
+
+    context = find_run(store, run)
+    active = [e for e in store.get_executions_by_context(context.id) if _state_name(e) in ("running", "new")]
+    for e in active:
+        e.last_known_state = metadata_store_pb2.Execution.CANCELED
+        execution_lib.set_execution_result(
+            execution_result_pb2.ExecutionResult(code=1, result_message=message), e)
+    if active:
+        store.put_executions(active)
+    return [e.id for e in active]

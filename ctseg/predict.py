@@ -52,6 +52,11 @@ TFIO_TRANSFER_SYNTAXES = frozenset({
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",                                           # JPEG 2000
 })
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+# LossyImageCompressionMethod (C.7.6.1.1.5) of the lossy transfer syntaxes, for sources that omit it
+LOSSY_METHODS = {"1.2.840.10008.1.2.4.50": "ISO_10918_1", "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+                 "1.2.840.10008.1.2.4.81": "ISO_14495_1", "1.2.840.10008.1.2.4.91": "ISO_15444_1",
+                 "1.2.840.10008.1.2.4.203": "ISO_15444_15"}
 # CID 7150 "Segmentation Property Categories"; pydicom's codedict has two codes under this name
 ANATOMICAL_STRUCTURE = ("123037004", "SCT", "Anatomical Structure")
 
@@ -66,9 +71,11 @@ class SliceFile:
 
 @dataclasses.dataclass(frozen=True)
 class Series:
-    """One CT series in position order (`ctseg.dicom.slice_sort_key`)."""
+    """One CT series in position order (`ctseg.dicom.slice_sort_key`); `generated` says which UIDs the
+    files lacked and were filled in (`complete_uids`)."""
     source: str
     slices: tuple[SliceFile, ...]
+    generated: tuple[str, ...] = ()
 
     @property
     def uid(self) -> str:
@@ -116,8 +123,14 @@ def read_header(name: str, data: bytes) -> pydicom.Dataset:
         raise DicomError(name, "not a DICOM image (no Rows, Columns or SeriesInstanceUID)")
     modality = str(ds.get("Modality", "")).strip()
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class == ENHANCED_CT_STORAGE or int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise DicomError(name, "multi-frame image; predict expects one CT slice per file")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if sop_class == SEGMENTATION_STORAGE or modality == "SEG":
+        raise DicomError(name, "a DICOM Segmentation (SEG), not a CT image")
+    if sop_class == ENHANCED_CT_STORAGE:
+        raise DicomError(name, f"Enhanced CT multi-frame image ({frames} frames); predict reads single-frame "
+                               "CT Image Storage slices, one per file")
+    if frames > 1:
+        raise DicomError(name, f"multi-frame image ({frames} frames); predict expects one CT slice per file")
     if modality != "CT" and sop_class != CT_IMAGE_STORAGE:
         raise DicomError(name, f"modality {modality or '?'} is not CT")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
@@ -140,6 +153,17 @@ def _check_one_series(slices: Sequence[SliceFile], source: str) -> None:
                              f"{rows}x{cols} slices (e.g. {slices[0].name})")
 
 
+def _check_slice_thickness(slices: Sequence[SliceFile]) -> None:
+    """SliceThickness is Type 2 (may be empty), but highdicom 0.22 cannot write a Segmentation of a
+    single-frame source without its value: seg/sop.py:2228-2235 reads it into the source's pixel measures
+    and content.py:412 (PixelMeasuresSequence.__eq__) compares it, an AttributeError when absent.
+    Refused here, before the model runs, rather than made up."""
+    for s in slices:
+        if not str(s.header.get("SliceThickness", "") or "").strip():
+            raise CtsegError(f"{s.name}: no SliceThickness; highdicom, which writes seg.dcm, needs it to "
+                             "describe the segmentation's voxels, so this series cannot be segmented")
+
+
 def load_series(src: str | os.PathLike) -> Series:
     """One patient's CT series, header-checked and in position order; CtsegError naming the bad file(s)."""
     files = series_files(src)
@@ -153,9 +177,58 @@ def load_series(src: str | os.PathLike) -> Series:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         what = "no CT DICOM slices" if not slices else f"{len(bad)} file(s) that are not CT slices"
         raise CtsegError(f"{src}: {what}: " + "; ".join(str(e) for e in bad[:3]) + more)
+    slices, generated = complete_uids(slices)
     _check_one_series(slices, str(src))
+    _check_slice_thickness(slices)
     slices.sort(key=lambda s: slice_sort_key(s.header, s.name))
-    return Series(str(src), tuple(slices))
+    return Series(str(src), tuple(slices), tuple(generated))
+
+
+def _blank(header: pydicom.Dataset, keyword: str) -> bool:
+    return not str(header.get(keyword, "") or "").strip()
+
+
+def complete_uids(slices: Sequence[SliceFile]) -> tuple[list[SliceFile], list[str]]:
+    """Headers with the UIDs a DICOM Segmentation needs, and a sentence for each one filled in.
+
+    De-identification often blanks SOPClassUID, SOPInstanceUID, SeriesInstanceUID and
+    StudyInstanceUID while the file meta keeps MediaStorageSOPClassUID/MediaStorageSOPInstanceUID;
+    older exports lack FrameOfReferenceUID. highdicom 0.22 looks the SOP class up in a table
+    (highdicom/_module_utils.py:207 `SOP_CLASS_UID_IOD_KEY_MAP[sop_class_uid]`: KeyError '' for a blank
+    one) and refuses CT without a frame of reference (highdicom/seg/sop.py:1502-1525, "Source images
+    have no Frame Of Reference UID, but it is required by the IOD"). The file meta's values come
+    first; series-level UIDs are generated once for the whole series, an instance UID per file.
+    """
+    missing = {k for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
+                           "FrameOfReferenceUID") if any(_blank(s.header, k) for s in slices)}
+    if not missing:
+        return list(slices), []
+    shared = {k: generate_uid() for k in ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")}
+    notes: dict[str, str] = {}
+    completed = []
+    for s in slices:
+        header = _copy_header(s.header)
+        header.file_meta = getattr(s.header, "file_meta", pydicom.dataset.FileMetaDataset())
+        meta = header.file_meta
+        for keyword, from_meta in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                   ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not _blank(header, keyword):
+                continue
+            if not _blank(meta, from_meta):
+                setattr(header, keyword, str(meta.get(from_meta)))
+                notes.setdefault(keyword, f"{keyword} blank: taken from the file meta's {from_meta}")
+            elif keyword == "SOPClassUID":
+                header.SOPClassUID = CT_IMAGE_STORAGE
+                notes.setdefault(keyword, "SOPClassUID blank here and in the file meta: CT Image Storage assumed")
+            else:
+                header.SOPInstanceUID = generate_uid()
+                notes.setdefault(keyword, "SOPInstanceUID blank here and in the file meta: generated per file")
+        for keyword, uid in shared.items():
+            if _blank(header, keyword):
+                setattr(header, keyword, uid)
+                notes.setdefault(keyword, f"{keyword} missing: generated one for the series ({uid})")
+        completed.append(SliceFile(s.name, s.data, header))
+    return completed, list(notes.values())
 
 
 # ---- the tf.data reader ---------------------------------------------------------------------------
@@ -299,14 +372,25 @@ STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Ac
                "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
-def _with_type2_study_attributes(header: pydicom.Dataset) -> pydicom.Dataset:
+def _with_type2_study_attributes(header: pydicom.Dataset, name: str = "") -> pydicom.Dataset:
+    """The header as highdicom needs it: empty Type 2 attributes, and for a lossy source the compression
+    method, which highdicom 0.22 copies unconditionally (seg/sop.py:1644-1653) though sources omit it:
+    taken from the transfer syntax, else a DicomError."""
     missing = [k for k in STUDY_TYPE2 if k not in header]
-    if not missing:
+    lossy = str(header.get("LossyImageCompression", "")) == "01"
+    method = "LossyImageCompressionMethod" not in header and lossy
+    if not missing and not method:
         return header
     ds = _copy_header(header)
     ds.file_meta = header.file_meta
     for keyword in missing:
         setattr(ds, keyword, None)
+    if method:
+        syntax = str(getattr(header.file_meta, "TransferSyntaxUID", ""))
+        if syntax not in LOSSY_METHODS or "LossyImageCompressionRatio" not in header:
+            raise DicomError(name, "marked lossy (LossyImageCompression 01) without its compression method or "
+                                   f"ratio, and its transfer syntax {syntax or '?'} does not tell them")
+        ds.LossyImageCompressionMethod = LOSSY_METHODS[syntax]
     return ds
 
 
@@ -314,8 +398,6 @@ def segmentation_dataset(prediction: Prediction):
     """The liver mask as a BINARY DICOM Segmentation referencing every source instance."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
-
-    from ctseg import __version__
 
     model = prediction.model
     segment = hd.seg.SegmentDescription(
@@ -327,9 +409,22 @@ def segmentation_dataset(prediction: Prediction):
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name="ctseg UNET", family=codes.cid7162.ArtificialIntelligence, version=model.version),
     )
+    series = prediction.series
+    try:
+        return _segmentation(hd, series, prediction.mask, segment, model)
+    except DicomError as e:
+        raise CtsegError(f"{series.source}: no DICOM Segmentation can reference {e}") from e
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # highdicom's checks of the source headers
+        raise CtsegError(f"{series.source}: highdicom cannot write a DICOM Segmentation referencing this series "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def _segmentation(hd, series: Series, mask: np.ndarray, segment, model: ServedModel):
+    from ctseg import __version__
+
     return hd.seg.Segmentation(
-        source_images=[_with_type2_study_attributes(s.header) for s in prediction.series.slices],
-        pixel_array=prediction.mask.astype(bool),
+        source_images=[_with_type2_study_attributes(s.header, s.name) for s in series.slices],
+        pixel_array=mask.astype(bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
         series_instance_uid=generate_uid(),
@@ -424,12 +519,50 @@ def summary(prediction: Prediction) -> dict:
         "slice_spacing_mm": round(slice_spacing_mm(series), 6),
         "readers": reader_counts(prediction.readers),
         "cleanup": prediction.cleanup,
+        "generated_uids": list(series.generated),
     }
 
 
-def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
-    """Writes seg.dcm, MASKS_DICOM/liver/image_N, summary.json and overlay.png into `out`; returns the summary."""
+def check_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """`out` if it is missing or empty (or `overwrite`); a CtsegError before any work otherwise."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CtsegError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CtsegError(f"--out {out} is not empty (an earlier prediction?); give an empty or new folder, "
+                         f"or --overwrite to replace its contents")
+    return out
+
+
+def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
+    """Writes seg.dcm, MASKS_DICOM/liver/image_N, summary.json and overlay.png as the folder `out`
+    (replacing what was there); returns the summary.
+
+    Everything is written into a temporary folder beside `out` and renamed into place at the end, so a
+    failure leaves no half-written output and no earlier prediction's files mixed with new ones.
+    """
+    import shutil
+    import tempfile
+
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = _write_into(prediction, partial)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            partial.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return result
+
+
+def _write_into(prediction: Prediction, out: Path) -> dict:
     masks_dir = out / "MASKS_DICOM" / ORGAN
     masks_dir.mkdir(parents=True, exist_ok=True)
     segmentation_dataset(prediction).save_as(out / "seg.dcm")
@@ -443,8 +576,10 @@ def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
 
 
 def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
-            batch_size: int = 16, progress: bool = False, cleanup: postprocess.Cleanup = postprocess.Cleanup()) -> dict:
+            batch_size: int = 16, progress: bool = False, overwrite: bool = False,
+            cleanup: postprocess.Cleanup = postprocess.Cleanup()) -> dict:
     """The whole command: load, predict, write; returns the summary."""
+    check_output_dir(out, overwrite)
     series = load_series(series_src)
     served = load_model(model)
     return write_outputs(predict_series(series, served, batch_size, progress, cleanup), out)

@@ -115,10 +115,13 @@ class ServedModel:
 
 
 def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """A version dir (holds saved_model.pb) as given, or a serving dir's highest numeric version."""
+    """A version dir (holds saved_model.pb) as given, a Trainer model's Format-Serving export, or a serving
+    dir's highest numeric version."""
     path = Path(model)
     if (path / "saved_model.pb").is_file():
         return path
+    if (path / "Format-Serving" / "saved_model.pb").is_file():  # a Trainer's Model artifact URI
+        return path / "Format-Serving"
     if not path.is_dir():
         raise CtsegError(f"{path}: no such model folder (give the Pusher's serving dir or one version in it)")
     versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]

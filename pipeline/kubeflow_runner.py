@@ -22,7 +22,10 @@ PIPELINE_NAME = "ctseg"
 DEFAULT_IMAGE = f"ghcr.io/ctseg/ctseg:{ctseg.__version__}"
 # Where the Dockerfile puts the curated schema inside the image.
 IMAGE_SCHEMA_FILE = "/opt/ctseg/schemas/schema.pbtxt"
-PIPELINE_ROOT_SCHEMES = ("gs://", "s3://", "minio://")
+# Object stores both TensorFlow's filesystems (the executors write with tf.io.gfile) and KFP's launcher
+# know. KFP's own `minio://` scheme is not one TensorFlow can write: on a MinIO-backed Kubeflow use
+# s3://<bucket>/... with S3_ENDPOINT pointing at MinIO.
+PIPELINE_ROOT_SCHEMES = ("gs://", "s3://")
 TRAINER_ID = "Trainer"
 CLUSTER_PRESET = "full"
 # Without --beam-arg, Beam steps run in their pod on every core it was given.
@@ -79,8 +82,9 @@ STEP_RESOURCES = StepResources()
 
 def check_pipeline_root(pipeline_root: str) -> str:
     if not pipeline_root or not pipeline_root.startswith(PIPELINE_ROOT_SCHEMES):
-        raise CtsegError(f"pipeline root {pipeline_root!r} must be an object-store path every pod can write: "
-                         f"one of {', '.join(s + '...' for s in PIPELINE_ROOT_SCHEMES)}")
+        raise CtsegError(f"pipeline root {pipeline_root!r} must be an object-store path every pod can write with "
+                         f"TensorFlow's filesystems: one of {', '.join(s + '...' for s in PIPELINE_ROOT_SCHEMES)} "
+                         "(for MinIO, s3://... with S3_ENDPOINT set in the pods)")
     return pipeline_root.rstrip("/")
 
 
@@ -139,13 +143,16 @@ def compile_pipeline(*, output: str | Path, image: str = DEFAULT_IMAGE, **pipeli
     import yaml
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
+    from ctseg.pipeline.kubeflow_entrypoint import ENTRYPOINT_COMMAND
+
     output = Path(output)
     if output.suffix not in (".yaml", ".yml"):
         raise CtsegError(f"{output}: the spec file must end in .yaml or .yml (what kfp.Client accepts)")
     check_image(image)
     pipeline = build_cluster_pipeline(**pipeline_args)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
-        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(default_image=image, use_pipeline_spec_2_1=True))
+        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
+            default_image=image, default_commands=ENTRYPOINT_COMMAND, use_pipeline_spec_2_1=True))
     job = runner.run(pipeline, write_out=False)
     spec = job["pipelineSpec"]
     spec["defaultPipelineRoot"] = pipeline.pipeline_info.pipeline_root

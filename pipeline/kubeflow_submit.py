@@ -13,16 +13,21 @@ import json
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from ctseg.errors import CtsegError
 
 HOST_ENV = "KF_PIPELINES_ENDPOINT"  # the variable kfp.Client itself reads
+# Credentials from the environment rather than the command line (where `ps` and shell history see them).
+# ctseg reads these; kfp.Client has no variable of its own for a bearer token or cookie.
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
+COOKIE_ENV = "KF_PIPELINES_COOKIE"
 HEALTHZ_PATH = "/apis/v2beta1/healthz"
 DEFAULT_EXPERIMENT = "ctseg"
 CONNECT_TIMEOUT_S = 10
-AUTH_HINT = "pass a token with --token (or a session cookie with --cookie)"
+AUTH_HINT = "pass a token with --token or $KF_PIPELINES_TOKEN (or a session cookie with --cookie or $KF_PIPELINES_COOKIE)"
 
 
 INGEST_TASK = "IrcadExampleGen"
@@ -36,6 +41,7 @@ class SubmittedRun:
     experiment: str
     fingerprint: str | None = None           # the ingest step's data fingerprint sent with this run
     compiled_fingerprint: str | None = None  # the one `ctseg compile` recorded in the spec
+    pipeline_root: str | None = None         # where the run writes its artifacts
 
 
 def refresh_fingerprint(spec: dict) -> tuple[str | None, str | None]:
@@ -71,6 +77,13 @@ def resolve_host(host: str | None) -> str:
     if not host:
         raise CtsegError(f"no Kubeflow Pipelines host: pass --host URL (e.g. http://localhost:8080 after "
                          f"`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`) or set {HOST_ENV}")
+    parts = urllib.parse.urlsplit(host)
+    if parts.username is not None or parts.password is not None:
+        # Never echoed: the URL would carry a password into terminals, logs and error messages.
+        shown = urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+        raise CtsegError(f"the Kubeflow Pipelines URL {shown} was given with a user name or password in it (not "
+                         f"shown); the Pipelines API does not take them there: pass a bearer token with --token "
+                         f"or ${TOKEN_ENV}, or a session cookie with --cookie or ${COOKIE_ENV}")
     if not host.startswith(("http://", "https://")):
         raise CtsegError(f"host {host!r} must be a URL starting with http:// or https://")
     return host.rstrip("/")
@@ -129,12 +142,21 @@ def submit(
     namespace: str | None = None,
     token: str | None = None,
     cookie: str | None = None,
+    pipeline_root: str | None = None,
 ) -> SubmittedRun:
-    """Creates a run of `spec_file` (written by `ctseg compile`) in `experiment` on the Pipelines at `host`."""
+    """Creates a run of `spec_file` (written by `ctseg compile`) in `experiment` on the Pipelines at `host`.
+
+    The run carries `pipeline_root`, by default the spec's `defaultPipelineRoot`: KFP's backend never
+    reads the latter (it takes the run's root, else its launcher config map's, else
+    minio://mlpipeline/v2/artifacts: backend/src/v2/driver/driver.go:151-172 at 2.5.0), so without it the
+    steps would write where TensorFlow's filesystems cannot.
+    """
     spec_file = Path(spec_file)
     if not spec_file.is_file():
         raise CtsegError(f"{spec_file}: no compiled spec there; write one with `ctseg compile`")
     host = resolve_host(host)
+    token = token or os.environ.get(TOKEN_ENV) or None
+    cookie = cookie or os.environ.get(COOKIE_ENV) or None
     check_host(host, token=token, cookie=cookie)
 
     import kfp
@@ -148,6 +170,7 @@ def submit(
     except yaml.YAMLError:
         spec = None  # kfp's loader says what is wrong with it below
     compiled, fingerprint = refresh_fingerprint(spec) if isinstance(spec, dict) else (None, None)
+    pipeline_root = pipeline_root or (spec.get("defaultPipelineRoot") if isinstance(spec, dict) else None)
     quiet = io.StringIO()  # kfp prints its own "Experiment details" lines; the CLI prints the run once
     try:
         with contextlib.redirect_stdout(quiet), tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +182,7 @@ def submit(
                                 namespace=namespace or "kubeflow")
             result = client.create_run_from_pipeline_package(
                 str(sent), arguments={}, run_name=run_name, experiment_name=experiment,
-                namespace=namespace)
+                namespace=namespace, pipeline_root=pipeline_root)
     except kfp_server_api.ApiException as e:
         raise _api_error(host, e) from None
     except urllib3.exceptions.HTTPError as e:
@@ -169,4 +192,4 @@ def submit(
     if not result.run_id:
         raise CtsegError(f"Kubeflow Pipelines at {host} accepted the request but returned no run id")
     return SubmittedRun(run_id=result.run_id, link=f"{host}/#/runs/details/{result.run_id}", experiment=experiment,
-                        fingerprint=fingerprint, compiled_fingerprint=compiled)
+                        fingerprint=fingerprint, compiled_fingerprint=compiled, pipeline_root=pipeline_root)

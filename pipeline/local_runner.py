@@ -1,25 +1,43 @@
-"""Runs the pipeline on this machine: TFX LocalDagRunner, Beam DirectRunner, ML Metadata in SQLite."""
+"""Runs the pipeline on this machine: TFX LocalDagRunner, Beam DirectRunner, ML Metadata in SQLite.
+
+One run at a time per work dir (`ctseg.workdir.WorkdirLock`). Each run gets its id before it
+starts, so what is recorded and summarised afterwards is this run's and never the newest in the
+store. The run's `pipeline_run` context is registered first, through TFX's own context_lib (TFX then
+reuses it), carrying the pid, host and start time of this process and a heartbeat; a run ends with
+`ctseg_state` set to complete, failed or interrupted (SIGINT, SIGTERM, SIGHUP), so `ctseg runs` can
+tell a run still going from one whose process is gone ("abandoned").
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import signal
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional
 
 from tfx import v1 as tfx
 
 from ctseg.pipeline.pipeline import create_pipeline
+from ctseg.workdir import HEARTBEAT_S, WorkdirLock, this_process
 
 PIPELINE_NAME = "ctseg"
 # The in-memory DirectRunner runs Beam in this process. Naming a worker image (which it never uses)
 # stops TFX from building an sdist of itself for every Beam step, about 11 s each.
 LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1",
                    "--sdk_container_image=apache/beam_python3.10_sdk:2.59.0")
+# Custom properties of the pipeline_run context (read by ctseg.metadata).
+RUN_PROPERTY_PREFIX = "ctseg_"
+INTERRUPTING_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 @dataclasses.dataclass(frozen=True)
 class LocalPaths:
-    """Where a local run keeps things, all under one work dir."""
+    """Where a local run keeps things, all under one work dir; `run_id` once a run has one."""
     workdir: Path
+    run_id: Optional[str] = None
 
     @property
     def pipeline_root(self) -> Path:
@@ -32,6 +50,19 @@ class LocalPaths:
     @property
     def serving_dir(self) -> Path:
         return self.workdir / "serving"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A signal stopped the run; KeyboardInterrupt so that TFX's launcher lets it through untouched."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"interrupted by {signal_name}")
+        self.signal_name = signal_name
+
+
+def new_run_id() -> str:
+    """The same form as LocalDagRunner's own run ids (local_dag_runner.py: datetime.now().isoformat())."""
+    return datetime.datetime.now().isoformat()
 
 
 def build_local_pipeline(*, data_root: str, workdir: str | Path, pipeline_name: str = PIPELINE_NAME,
@@ -50,17 +81,12 @@ def build_local_pipeline(*, data_root: str, workdir: str | Path, pipeline_name: 
     )
 
 
-def run_local(*, data_root: str, workdir: str | Path, **knobs: Any) -> LocalPaths:
-    """Builds the pipeline (`build_local_pipeline`) and runs it to the end or the first failure."""
-    paths = LocalPaths(Path(workdir).resolve())
-    paths.workdir.mkdir(parents=True, exist_ok=True)
-    pipeline = build_local_pipeline(data_root=data_root, workdir=paths.workdir, **knobs)
-    try:
-        tfx.orchestration.LocalDagRunner().run(pipeline)
-    except Exception as e:
-        _record_failure(paths, e)
-        raise
-    return paths
+def run_local(*, data_root: str, workdir: str | Path, run_id: Optional[str] = None, wait: bool = False,
+              **knobs: Any) -> LocalPaths:
+    """Builds the pipeline (`build_local_pipeline`) and runs it (`run_pipeline`) to the end or the first
+    failure. Returns the paths with this run's id; a failure is re-raised after it is recorded on the run."""
+    pipeline = build_local_pipeline(data_root=data_root, workdir=workdir, **knobs)
+    return run_pipeline(pipeline, workdir, run_id=run_id, wait=wait)
 
 
 def ingest_pipeline(*, data_root: str | Path, workdir: str | Path, image_size: int,
@@ -68,11 +94,10 @@ def ingest_pipeline(*, data_root: str | Path, workdir: str | Path, image_size: i
     """Ingest alone (IrcadExampleGen) as a pipeline with its own MLMD store under `workdir`: for the
     Trainer's tests and benchmarks, which append their own components. Returns (pipeline, example_gen)."""
     from ctseg.components.ingest.component import IrcadExampleGen
-    from ctseg.pipeline.pipeline import DEFAULT_SPLITS
 
     workdir = Path(workdir)
     example_gen = IrcadExampleGen(data_root=str(data_root), image_size=image_size,
-                                  split_ratios=split_ratios or DEFAULT_SPLITS)
+                                  split_ratios=split_ratios)
     pipeline = tfx.dsl.Pipeline(
         pipeline_name=pipeline_name, pipeline_root=str(workdir / "root"), components=[example_gen],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
@@ -92,12 +117,133 @@ def run_ingest(*, data_root: str | Path, workdir: str | Path, image_size: int,
     return {p.name.removeprefix("Split-"): str(p / "*.gz") for p in found()}
 
 
-def _record_failure(paths: LocalPaths, error: Exception) -> None:
-    """TFX keeps no message for an executor that raised; store it so `ctseg runs show` can say why."""
-    from ctseg import metadata
+def run_pipeline(pipeline: tfx.dsl.Pipeline, workdir: str | Path, *, run_id: Optional[str] = None,
+                 wait: bool = False) -> LocalPaths:
+    """Runs any pipeline whose metadata lives in WORKDIR/metadata.sqlite under the work dir's lock."""
+    from tfx.dsl.compiler import constants
+    from tfx.orchestration.portable import runtime_parameter_utils
+    from tfx.orchestration.portable import tfx_runner
 
+    paths = LocalPaths(Path(workdir).resolve(), run_id or new_run_id())
+    with WorkdirLock(paths.workdir, wait=wait, on_wait=lambda text: print(text, flush=True)) as lock:
+        lock.note(run_id=paths.run_id)
+        ir = tfx_runner._make_pipeline_proto(pipeline)  # what LocalDagRunner.run does before run_with_ir
+        # LocalDagRunner substitutes its own run id only where the parameter is still unset.
+        runtime_parameter_utils.substitute_runtime_parameter(
+            ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: paths.run_id})
+        record = RunRecord(pipeline, paths.run_id)
+        with interrupts_raise():
+            record.start()
+            try:
+                tfx.orchestration.LocalDagRunner().run_with_ir(ir)
+            except KeyboardInterrupt as e:
+                with signals_ignored():
+                    record.end("interrupted", getattr(e, "signal_name", "SIGINT"))
+                raise
+            except Exception as e:
+                record.end("failed", f"{type(e).__name__}: {e}")
+                raise
+            record.end("complete")
+    return paths
+
+
+@contextlib.contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise RunInterrupted like Ctrl-C does, so the run is recorded before the exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise RunInterrupted(signal.Signals(signum).name)
+
+    previous = {}
+    for name in INTERRUPTING_SIGNALS:
+        if hasattr(signal, name):
+            signum = getattr(signal, name)
+            previous[signum] = signal.signal(signum, handler)
     try:
-        metadata.record_failure(metadata.connect(sqlite_path=str(paths.metadata_path), writable=True),
-                                "latest", f"{type(error).__name__}: {error}")
-    except Exception:  # the run's own error matters more than its record
-        pass
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """While the interruption is recorded, a second Ctrl-C does not cut the record short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+class RunRecord:
+    """This run's `pipeline_run` context in ML Metadata: who runs it, its heartbeat and how it ended."""
+
+    def __init__(self, pipeline: tfx.dsl.Pipeline, run_id: str):
+        self.pipeline_name, self.run_id = pipeline.pipeline_info.pipeline_name, run_id
+        self.connection_config = pipeline.metadata_connection_config
+        self._stop = threading.Event()
+        self._beat: Optional[threading.Thread] = None
+
+    def _update(self, **fields: Any) -> None:
+        from tfx.dsl.compiler import constants
+        from tfx.orchestration import metadata
+        from tfx.orchestration.portable.mlmd import context_lib
+
+        with metadata.Metadata(self.connection_config) as m:
+            pipeline_context = context_lib.register_context_if_not_exists(
+                m, constants.PIPELINE_CONTEXT_TYPE_NAME, self.pipeline_name)
+            context = context_lib.register_context_if_not_exists(
+                m, constants.PIPELINE_RUN_CONTEXT_TYPE_NAME, self.run_id, parent_contexts=[pipeline_context])
+            for key, value in fields.items():
+                target = context.custom_properties[RUN_PROPERTY_PREFIX + key]
+                if isinstance(value, int):
+                    target.int_value = value
+                elif isinstance(value, float):
+                    target.double_value = value
+                else:
+                    target.string_value = str(value)
+            m.store.put_contexts([context])
+
+    def start(self) -> None:
+        me = this_process()
+        self._update(state="running", pid=me["pid"], host=me["host"], started=me["started"],
+                     heartbeat=time.time(), **({"pid_start_ticks": me["pid_start_ticks"]}
+                                               if "pid_start_ticks" in me else {}))
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="ctseg-run-heartbeat")
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._update(heartbeat=time.time())
+            except Exception:  # noqa: BLE001 - a missed beat is no reason to disturb the run
+                pass
+
+    def end(self, state: str, message: str = "") -> None:
+        """Records how the run ended; failed and interrupted executions get the message TFX did not keep."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        try:
+            self._update(state=state, ended=time.time(), **({"message": message} if message else {}))
+            if state != "complete":
+                self._close_executions(state, message)
+        except Exception:  # noqa: BLE001 - the run's own error matters more than its record
+            pass
+
+    def _close_executions(self, state: str, message: str) -> None:
+        from ctseg import metadata
+
+        store = metadata.connect(sqlite_path=self.connection_config.sqlite.filename_uri, writable=True)
+        if state == "interrupted":
+            metadata.cancel_running(store, self.run_id, f"interrupted by {message}")
+        else:
+            metadata.record_failure(store, self.run_id, message)

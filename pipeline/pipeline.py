@@ -8,12 +8,12 @@ from typing import Any, Sequence
 from tfx import v1 as tfx
 
 from ctseg.code_version import code_version
+from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE
 from ctseg.schemas import SCHEMA_FILE
 
 TRAINER_RUN_FN = "ctseg.models.unet.trainer.run_fn"
 # The packages whose code the Trainer runs: their files make up the Trainer's code_version.
 TRAINER_PACKAGES = ("ctseg.models.unet",)
-DEFAULT_SPLITS = {"train": 0.75, "eval": 0.25}
 
 
 def trainer_code_version() -> str:
@@ -40,24 +40,27 @@ def create_pipeline(
     custom_config: dict[str, Any] | None = None,
     train_steps: int | None = None,
     eval_steps: int | None = None,
-    dice_threshold: float = 0.90,
-    dice_tolerance: float = 0.01,
+    dice_threshold: float = DEFAULT_DICE_THRESHOLD,
+    dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
     cleanup: str = "on",
     beam_pipeline_args: Sequence[str] | None = None,
     enable_cache: bool = True,
-    compare_to_blessed: bool = True,
+    compare_to_serving: bool = True,
+    baseline_metadata: str | None = None,
 ) -> tfx.dsl.Pipeline:
-    """Ingest → statistics/schema/validation gate → Trainer → evaluation against the last blessed model → Pusher.
+    """Ingest → statistics/schema/validation gate → Trainer → evaluation against the model serving → Pusher.
 
     `image_size` (ingest's slice size, which the Trainer must match) defaults to the Trainer's: its
-    `custom_config` preset's size, or `custom_config["image_size"]`.
-    `compare_to_blessed=False` leaves out the Resolver that finds the last blessed model, so models are
-    judged on `dice_threshold` alone: for orchestrators that cannot run TFX's MLMD-querying resolver
-    steps (they compile to KFP `resolver` executors, which Vertex AI Pipelines runs). `cleanup` is the
+    `custom_config` preset's size, or `custom_config["image_size"]`. `split_ratios` defaults to
+    IrcadExampleGen's (`DEFAULT_SPLIT_RATIOS`).
+    The evaluator's baseline is the newest version under `serving_dir` (what the Pusher last pushed);
+    `compare_to_serving=False` judges models on `dice_threshold` alone. `baseline_metadata`
+    ("sqlite:PATH" or "grpc:HOST:PORT") is where the evaluator looks up the baseline's Model artifact
+    id; by default the SQLite store of `metadata_connection_config`, if any. `cleanup` is the
     evaluator's 3D clean-up of predictions (`ctseg.postprocess.Cleanup`: on, off, or its steps), the
     same that `ctseg predict --cleanup` applies.
     """
-    from ctseg.components.evaluation.component import SegmentationEvaluator, latest_blessed_model_resolver
+    from ctseg.components.evaluation.component import SegmentationEvaluator
     from ctseg.components.ingest.component import IrcadExampleGen
     from ctseg.components.validation import validation_stage
     from ctseg.models.unet.config import UnetConfig
@@ -67,7 +70,7 @@ def create_pipeline(
 
     example_gen = IrcadExampleGen(
         data_root=data_root, organ=organ, image_size=image_size,
-        split_ratios=split_ratios or DEFAULT_SPLITS, max_bad_fraction=max_bad_fraction)
+        split_ratios=split_ratios, max_bad_fraction=max_bad_fraction)
     examples = example_gen.outputs["examples"]
     validation = validation_stage(examples, schema_file)
     import_schema, gate = validation[2], validation[-1]
@@ -83,11 +86,14 @@ def create_pipeline(
     )
     trainer.add_upstream_node(gate)
 
-    baseline = latest_blessed_model_resolver() if compare_to_blessed else None
+    if baseline_metadata is None and metadata_connection_config is not None:
+        sqlite = metadata_connection_config.sqlite.filename_uri
+        baseline_metadata = f"sqlite:{sqlite}" if sqlite else None
     evaluator = SegmentationEvaluator(
         examples=examples,
         model=trainer.outputs["model"],
-        baseline_model=baseline.outputs["model"] if baseline else None,
+        serving_dir=serving_dir if compare_to_serving else None,
+        metadata=baseline_metadata if compare_to_serving else None,
         dice_threshold=dice_threshold,
         dice_tolerance=dice_tolerance,
         cleanup=cleanup,
@@ -101,7 +107,7 @@ def create_pipeline(
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, *validation, trainer, *([baseline] if baseline else []), evaluator, pusher],
+        components=[example_gen, *validation, trainer, evaluator, pusher],
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args or []),

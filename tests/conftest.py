@@ -87,6 +87,7 @@ def _build_wheel(out: Path) -> Path:
     import tomli
 
     src = out / "src"
+    src.mkdir(parents=True)  # the loop below may copy a file before any folder creates it
     package_dirs = tomli.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
     for name in {"pyproject.toml", "README.md", *package_dirs}:
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2

@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import os
 import shutil
 import signal
 import zipfile
@@ -41,11 +42,12 @@ def _report(examples, name="quarantine.jsonl") -> list[dict]:
     return [json.loads(line) for line in (Path(examples.uri) / name).read_text().splitlines()]
 
 
-def _zip(path: Path, members: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+def _zip(target, members: dict[str, bytes]):
+    """Writes `members` into a zip at `target` (a path or a BytesIO) and returns `target`."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in members.items():
             z.writestr(name, data)
-    return path
+    return target
 
 
 # ---- hangs and memory
@@ -100,6 +102,21 @@ def test_inner_zips_of_a_folder_are_read_from_disk_not_memory(small_phantom_zip,
         assert isinstance(patient.images.tree._zip.fp, io.BufferedReader)
         data = patient.images.read("image_0")
     assert pydicom.dcmread(io.BytesIO(data)).Rows == 64
+
+
+def test_a_large_inner_zip_inside_the_outer_zip_goes_to_a_temporary_file(small_phantom, tmp_path):
+    """Over SPOOL_BYTES an inner zip is copied to a temporary file, not held in memory, and still reads right."""
+    image = (small_phantom / "3Dircadb1.1/PATIENT_DICOM/image_0").read_bytes()
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("PATIENT_DICOM/image_0", image)
+        z.writestr("PATIENT_DICOM/padding.bin", os.urandom(ircad.SPOOL_BYTES + (1 << 20)))
+    outer = _zip(tmp_path / "3Dircadb1.zip", {"3Dircadb1/3Dircadb1.1/PATIENT_DICOM.zip": inner.getvalue(),
+                                              "3Dircadb1/3Dircadb1.1/MASKS_DICOM.zip": _zip(io.BytesIO(), {}).getvalue()})
+    [ref] = ircad.find_patients(str(outer))
+    with ircad.open_patient(ref, "liver") as patient:
+        assert not isinstance(patient.images.tree._zip.fp, io.BytesIO)
+        assert patient.images.read("image_0") == image
 
 
 def test_image_size_has_an_upper_bound_in_the_component_and_the_executor(small_phantom, tmp_path, run_ingest):

@@ -89,7 +89,7 @@ def test_best_median_worst():
     (0.85, 0.80, False, "below the threshold"),
     (0.95, 0.955, True, "within the tolerance"),
     (0.94, 0.95, True, "within the tolerance"),       # exactly at the tolerance
-    (0.93, 0.95, False, "blessed baseline model's 0.9500"),
+    (0.93, 0.95, False, "serving baseline model's 0.9500"),
 ])
 def test_blessing_rule(mean, baseline, blessed, words):
     ok, reason = metrics.blessing_decision(mean, threshold=0.90, tolerance=0.01, baseline_mean_dice=baseline)
@@ -98,10 +98,10 @@ def test_blessing_rule(mean, baseline, blessed, words):
     assert words in reason
 
 
-def test_the_blessed_baseline_itself_is_not_blessed_again():
-    ok, reason = metrics.blessing_decision(0.95, threshold=0.90, tolerance=0.01, already_blessed=True)
-    assert ok is False and "already the latest blessed model" in reason
-    ok, reason = metrics.blessing_decision(0.85, threshold=0.90, tolerance=0.01, already_blessed=True)
+def test_the_model_serving_is_not_blessed_again():
+    ok, reason = metrics.blessing_decision(0.95, threshold=0.90, tolerance=0.01, already_serving=True)
+    assert ok is False and "already the one serving" in reason
+    ok, reason = metrics.blessing_decision(0.85, threshold=0.90, tolerance=0.01, already_serving=True)
     assert ok is False and "below the threshold" in reason
 
 
@@ -211,27 +211,27 @@ def write_eval_examples(phantom_root: Path, out_file: Path):
 
 
 def eval_pipeline(name: str, root: Path, examples_dir: Path, model_dir: str, serving_dir: Path,
-                  dice_threshold: float):
+                  dice_threshold: float, dice_tolerance: float = 0.01):
     from tfx import v1 as tfx
 
-    from ctseg.components.evaluation import SegmentationEvaluator, latest_blessed_model_resolver
+    from ctseg.components.evaluation import SegmentationEvaluator
     example_gen = tfx.components.ImportExampleGen(
         input_base=str(examples_dir),
         input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="eval", pattern="eval/*")]),
         output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(
             splits=[tfx.proto.SplitConfig.Split(name="eval", hash_buckets=1)])))
     model = tfx.dsl.Importer(source_uri=model_dir, artifact_type=tfx.types.standard_artifacts.Model).with_id("model")
-    baseline = latest_blessed_model_resolver()
     evaluator = SegmentationEvaluator(
-        examples=example_gen.outputs["examples"], model=model.outputs["result"],
-        baseline_model=baseline.outputs["model"], dice_threshold=dice_threshold, dice_tolerance=0.01)
+        examples=example_gen.outputs["examples"], model=model.outputs["result"], serving_dir=str(serving_dir),
+        metadata=f"sqlite:{root / 'metadata.sqlite'}", dice_threshold=dice_threshold,
+        dice_tolerance=dice_tolerance)
     pusher = tfx.components.Pusher(
         model=model.outputs["result"], model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(serving_dir))))
     return tfx.dsl.Pipeline(
         pipeline_name=name, pipeline_root=str(root / "pipeline"),
-        components=[example_gen, model, baseline, evaluator, pusher],
+        components=[example_gen, model, evaluator, pusher],
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             str(root / "metadata.sqlite")))
 
@@ -274,15 +274,19 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def history(workspace):
-    """One pipeline, two runs: a good model (blessed, pushed), then a worse one against it as baseline."""
+    """One pipeline, two runs: a good model (blessed, pushed), then a worse one against it (the model serving)
+    as baseline."""
     root, serving = workspace["base"] / "history", workspace["base"] / "serving"
     first = run_and_collect(eval_pipeline("ctseg-eval-history", root, workspace["examples"], workspace["good"],
                                           serving, dice_threshold=0.5), root)
     pushed_after_first = versions(serving)
     second = run_and_collect(eval_pipeline("ctseg-eval-history", root, workspace["examples"], workspace["worse"],
                                            serving, dice_threshold=0.5), root)
-    return {"first": first, "second": second, "serving": serving, "pushed_after_first": pushed_after_first,
-            "phantom": workspace["phantom"]}
+    # The good model again, with another tolerance so the evaluator runs rather than coming from the cache.
+    third = run_and_collect(eval_pipeline("ctseg-eval-history", root, workspace["examples"], workspace["good"],
+                                          serving, dice_threshold=0.5, dice_tolerance=0.02), root)
+    return {"first": first, "second": second, "third": third, "serving": serving,
+            "pushed_after_first": pushed_after_first, "phantom": workspace["phantom"]}
 
 
 def test_good_model_is_blessed_and_pushed(history):
@@ -341,6 +345,20 @@ def test_worse_model_than_blessed_baseline_is_not_pushed(history):
     assert result["baseline"]["mean_patient_dice"] == pytest.approx(
         load_evaluation(first["ModelEvaluation"].uri)["mean_patient_dice"])
     assert result["baseline"]["id"] == first["Model"].id
+    (version,) = history["pushed_after_first"]
+    assert result["baseline"]["uri"] == str(history["serving"] / version) == custom(blessing, "baseline_model")
+
+
+def test_the_model_serving_is_not_blessed_or_pushed_again(history):
+    blessing, evaluation = history["third"]["ModelBlessing"], history["third"]["ModelEvaluation"]
+    assert blessing.id != history["first"]["ModelBlessing"].id, "the evaluator ran again"
+    assert custom(blessing, "blessed") == 0 and "baseline_model" not in blessing.custom_properties
+    result = load_evaluation(evaluation.uri)
+    assert "already the one serving" in result["reason"] and result["baseline"] is None
+    (version,) = history["pushed_after_first"]
+    assert result["serving"] == {"uri": str(history["serving"] / version), "id": history["first"]["Model"].id,
+                                 "is_this_model": True}
+    assert versions(history["serving"]) == history["pushed_after_first"]
 
 
 def test_cleanup_removes_what_the_window_alone_takes_besides_the_liver(workspace):
@@ -368,9 +386,14 @@ def model_artifact(uri):
     return model
 
 
+def saved_model_of(uri) -> str:
+    from ctseg.components.evaluation.executor import model_path
+    return model_path(model_artifact(uri))
+
+
 def test_segmenter_adapts_to_the_trained_size(workspace):
     from ctseg.components.evaluation.executor import Segmenter
-    segmenter = Segmenter(model_artifact(workspace["good"]))
+    segmenter = Segmenter(saved_model_of(workspace["good"]))
     assert segmenter.size == (SIZE, SIZE)
     hu = np.full((2, SIZE // 2, SIZE // 2), 80.0, np.float32)
     prob = segmenter.probabilities(hu)
@@ -384,12 +407,12 @@ def test_bad_inputs_raise_errors_naming_the_path(workspace, tmp_path):
 
     from ctseg.components.evaluation.executor import Segmenter, read_slices, split_files
     with pytest.raises(CtsegError, match=str(tmp_path)):
-        Segmenter(model_artifact(tmp_path))
+        Segmenter(saved_model_of(tmp_path))
     no_signature = tf.Module()
     no_signature.f = tf.function(lambda x: x, input_signature=[tf.TensorSpec([None], tf.float32)])
     tf.saved_model.save(no_signature, str(tmp_path / "other" / "Format-Serving"), signatures={"f": no_signature.f})
     with pytest.raises(CtsegError, match="no 'segment_hu' signature"):
-        Segmenter(model_artifact(tmp_path / "other"))
+        Segmenter(saved_model_of(tmp_path / "other"))
 
     examples = standard_artifacts.Examples()
     examples.uri, examples.split_names = str(tmp_path / "ex"), '["train"]'
@@ -400,6 +423,21 @@ def test_bad_inputs_raise_errors_naming_the_path(workspace, tmp_path):
     broken.write_bytes(b"not a gzipped tfrecord")
     with pytest.raises(CtsegError, match="unreadable examples in .*Split-eval"):
         list(read_slices([str(broken)], 8))
+
+
+def test_newest_served_version_and_same_model_digest(workspace, tmp_path):
+    from ctseg.components.evaluation.executor import newest_served_model, saved_model_digest
+    import shutil
+
+    assert newest_served_model(str(tmp_path / "none")) is None
+    good = saved_model_of(workspace["good"])
+    for version in ("9", "10"):
+        shutil.copytree(good, tmp_path / "serving" / version)
+    (tmp_path / "serving" / "11").mkdir()             # a push under way: no saved_model.pb yet
+    (tmp_path / "serving" / "latest").mkdir()
+    assert newest_served_model(str(tmp_path / "serving")) == str(tmp_path / "serving" / "10")
+    assert saved_model_digest(str(tmp_path / "serving" / "10")) == saved_model_digest(good)
+    assert saved_model_digest(saved_model_of(workspace["worse"])) != saved_model_digest(good)
 
 
 def test_threshold_too_high_blocks_the_first_model(workspace):

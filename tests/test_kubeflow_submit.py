@@ -30,6 +30,7 @@ class FakePipelinesApi(BaseHTTPRequestHandler):
     """Answers like KFP's API server in `mode`: "ok", "unauthorized" (401) or "login" (302 to a Dex page)."""
     mode = "ok"
     requests: list = []
+    authorization: list = []  # the Authorization header of each request
 
     def log_message(self, *args):
         pass
@@ -46,6 +47,7 @@ class FakePipelinesApi(BaseHTTPRequestHandler):
 
     def _handle(self, body=None):
         self.requests.append((self.command, self.path, body))
+        self.authorization.append(self.headers.get("Authorization"))
         if self.path.startswith("/dex"):
             return self._send(200, b"<html><form>Log in to Your Account</form></html>", "text/html")
         if self.mode == "unauthorized":
@@ -145,6 +147,32 @@ def test_a_login_page_is_reported_as_missing_auth(pipelines_api, any_spec):
         FakePipelinesApi.mode = "ok"
 
 
+def test_a_password_in_the_host_is_refused_and_never_echoed(any_spec, capsys):
+    assert main(["submit", "--host", "http://alice:s3cret-pw@127.0.0.1:8080", "--spec", str(any_spec)]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret-pw" not in err and "alice" not in err
+    assert "http://127.0.0.1:8080 was given with a user name or password in it (not shown)" in err
+    assert "--token or $KF_PIPELINES_TOKEN" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_token_can_come_from_the_environment(pipelines_api, any_spec, monkeypatch, capsys):
+    """$KF_PIPELINES_TOKEN (read by ctseg; kfp.Client has no variable for a token) keeps it off the command line."""
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", "from-the-env")
+    FakePipelinesApi.mode, FakePipelinesApi.authorization = "unauthorized", []
+    try:
+        assert main(["submit", "--host", host_of(pipelines_api), "--spec", str(any_spec)]) == 2
+    finally:
+        FakePipelinesApi.mode = "ok"
+    assert FakePipelinesApi.authorization == ["Bearer from-the-env"]
+    assert "from-the-env" not in capsys.readouterr().err
+    FakePipelinesApi.mode, FakePipelinesApi.authorization = "unauthorized", []
+    try:
+        assert main(["submit", "--host", host_of(pipelines_api), "--spec", str(any_spec), "--token", "flag"]) == 2
+    finally:
+        FakePipelinesApi.mode = "ok"
+    assert FakePipelinesApi.authorization == ["Bearer flag"]  # the command line wins
+
+
 def test_a_missing_spec_names_the_file(tmp_path):
     with pytest.raises(CtsegError, match=r"nothing\.yaml: no compiled spec there; write one with `ctseg compile`"):
         submit(tmp_path / "nothing.yaml", host="http://127.0.0.1:1")
@@ -161,8 +189,8 @@ def test_submit_creates_experiment_and_run_and_prints_id_and_link(pipelines_api,
     assert main(["submit", "--host", host, "--spec", str(compiled_spec), "--experiment", "liver-gpu",
                  "--run-name", "nightly"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[:2] == [f"run id: {RUN_ID}", f"link:   {host}/#/runs/details/{RUN_ID}"]
-    assert out[2].startswith("data:   unread:") and len(out) == 3  # gs://bucket cannot be read from here
+    assert out[:3] == [f"run id: {RUN_ID}", f"link:   {host}/#/runs/details/{RUN_ID}", "root:   gs://bucket/root"]
+    assert out[3].startswith("data:   unread:") and len(out) == 4  # gs://bucket cannot be read from here
     posts = {path.split("?")[0]: body for method, path, body in FakePipelinesApi.requests if method == "POST"}
     assert posts["/apis/v2beta1/experiments"]["display_name"] == "liver-gpu"
     run = posts["/apis/v2beta1/runs"]
@@ -173,6 +201,14 @@ def test_submit_creates_experiment_and_run_and_prints_id_and_link(pipelines_api,
     assert sent["pipelineInfo"] == on_disk["pipelineInfo"]
     assert sent["deploymentSpec"] == on_disk["deploymentSpec"]
     assert sent["defaultPipelineRoot"] == on_disk["defaultPipelineRoot"]
+    # KFP's driver takes the run's root, never the spec's (backend/src/v2/driver/driver.go:151-172 at 2.5.0)
+    assert run["runtime_config"]["pipeline_root"] == on_disk["defaultPipelineRoot"] == "gs://bucket/root"
+
+
+def test_submit_passes_another_pipeline_root_with_the_run(pipelines_api, compiled_spec):
+    submit(compiled_spec, host=host_of(pipelines_api), pipeline_root="s3://other/root")
+    (run,) = [body for method, path, body in FakePipelinesApi.requests if path.startswith("/apis/v2beta1/runs")]
+    assert run["runtime_config"]["pipeline_root"] == "s3://other/root"
 
 
 def _sent_fingerprint() -> str:

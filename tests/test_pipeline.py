@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctseg import metadata
+from ctseg import ircad, metadata
 from ctseg.cli import main as cli_main
 from ctseg.dicom import mask_from_dataset, read_dataset
 from ctseg.phantom import write_phantom
@@ -75,11 +75,11 @@ def test_first_run_trains_blesses_and_pushes(workdir):
 def test_rerun_with_nothing_changed_reuses_cached_steps(workdir):
     _, runs = workdir
     states = _states(runs["cached"])
-    for node in ("IrcadExampleGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Trainer"):
+    for node in ("IrcadExampleGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Trainer",
+                 "SegmentationEvaluator", "Pusher"):
         assert states[node] == "cached", (node, states)
     assert runs["cached"]["state"] == "complete"
-    # the resolver now returns this very model as the baseline: its blessing stands, no second copy is pushed
-    assert "already the latest blessed model" in _artifact(runs["cached"], "ModelEvaluation")["properties"]["reason"]
+    # the evaluation and the push are the first run's: no second copy of the model is pushed
     assert runs["cached"]["versions"] == runs["first"]["versions"]
 
 
@@ -111,6 +111,7 @@ def test_lineage_of_the_pushed_model_reaches_the_input_data(workdir, data_root):
     found = metadata.lineage(store, str(work / "serving" / runs["first"]["pushed_version"]))
     assert str(data_root) in json.dumps(found)
     assert runs["first"]["run_id"] in json.dumps(found)
+    assert found["data_fingerprint"] == ircad.data_fingerprint(str(data_root))  # what ingest read, in MLMD
 
 
 @pytest.mark.xfail(strict=True, reason=(

@@ -24,6 +24,9 @@ CUSTOM = {"image_size": SIZE, "depth": 2, "base_filters": 4, "epochs": 2, "batch
 pytestmark = pytest.mark.slow  # every test here runs a TFX pipeline
 
 
+SLOW_FIXTURES = {"pipeline_run"}
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(small_phantom, tmp_path_factory):
     """IrcadExampleGen → Trainer(module_file) under LocalDagRunner with ML Metadata in SQLite."""

@@ -23,7 +23,7 @@ from ctseg.components.validation.executor import REPORT_FILE, SKEW_FILE
 from ctseg.errors import CtsegError
 from ctseg.phantom import write_phantom
 
-SIZE, PATIENTS, SLICES, SEED = 64, 3, 8, 3
+SIZE, PATIENTS, SLICES, SEED = 64, 3, 12, 1  # the session fixture small_phantom (tests/conftest.py)
 BAD_PATIENT = "3Dircadb1.2"
 
 
@@ -67,12 +67,12 @@ def TrainerStandIn(model: OutputArtifact[Model]):
     (Path(model.uri) / "trained").write_text("ran")
 
 
-def run_validation(tmp: Path, corrupt=None) -> dict:
-    """Runs the stage on a fresh phantom (optionally corrupted); returns the outcome and where things are."""
+def run_validation(phantom: Path, tmp: Path, corrupt=None) -> dict:
+    """Runs the stage on a copy of `phantom` (optionally corrupted); returns the outcome and where things are."""
     from tfx.orchestration import metadata, pipeline
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-    root = write_phantom(tmp / "ircad", patients=PATIENTS, slices=SLICES, size=SIZE, seed=SEED)
+    root = Path(shutil.copytree(phantom, tmp / "ircad"))
     if corrupt:
         corrupt(root)
     example_gen = IrcadExampleGen(data_root=str(root), organ="liver", image_size=SIZE,
@@ -109,14 +109,15 @@ pytestmark = pytest.mark.slow  # every test here runs a TFX pipeline
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
-    return run_validation(tmp_path_factory.mktemp("clean"))
+def clean_run(small_phantom, tmp_path_factory):
+    return run_validation(small_phantom, tmp_path_factory.mktemp("clean"))
 
 
 @pytest.fixture(scope="module", params=[masks_with_three_labels, ct_without_intercept, patient_at_other_size],
                 ids=["masks-0-1-7", "no-intercept", "other-size"])
-def corrupted_run(request, tmp_path_factory):
-    return request.param.__name__, run_validation(tmp_path_factory.mktemp(request.param.__name__), request.param)
+def corrupted_run(request, small_phantom, tmp_path_factory):
+    return request.param.__name__, run_validation(small_phantom, tmp_path_factory.mktemp(request.param.__name__),
+                                                  request.param)
 
 
 def test_clean_phantom_passes_the_gate_and_trains(clean_run):

@@ -11,6 +11,9 @@ import os
 from ctseg.errors import CtsegError
 
 METRICS_FILE = "metrics.json"
+# SegmentationEvaluator's blessing rule, here so that the CLI shows them without importing TFX.
+DEFAULT_DICE_THRESHOLD = 0.90
+DEFAULT_DICE_TOLERANCE = 0.01
 
 
 def load_evaluation(uri: str | os.PathLike) -> dict:
@@ -47,7 +50,8 @@ def format_evaluation(result: dict) -> str:
         lines.append(f"  3D clean-up: {result['cleanup']} (mean per-patient Dice before it "
                      f"{result['mean_patient_dice_before_cleanup']:.4f})")
     if base:
-        lines.append(f"  blessed baseline (model {base['id']}): mean per-patient Dice {base['mean_patient_dice']:.4f}")
+        which = base["uri"] if base.get("id") is None else f"{base['uri']}, model {base['id']}"
+        lines.append(f"  baseline (serving {which}): mean per-patient Dice {base['mean_patient_dice']:.4f}")
     nan = float("nan")
     lines.append(f"  {'patient':<16}{'slices':>7}{'Dice':>8}{'IoU':>8}{'src Dice':>10}{'ASSD mm':>9}"
                  f"{'true ml':>10}{'pred ml':>10}")
@@ -61,7 +65,7 @@ def format_evaluation(result: dict) -> str:
 
 
 def __getattr__(name):
-    if name in ("SegmentationEvaluator", "SegmentationEvaluatorSpec", "latest_blessed_model_resolver"):
+    if name in ("SegmentationEvaluator", "SegmentationEvaluatorSpec"):
         from ctseg.components.evaluation import component
         return getattr(component, name)
     raise AttributeError(name)

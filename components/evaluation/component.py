@@ -3,6 +3,11 @@
 TFMA computes per-example metrics; volumetric Dice needs every slice of a patient pooled, so this
 component scores the model itself and writes the blessing exactly as TFX's Evaluator does: Pusher
 and `LatestBlessedModelStrategy` cannot tell the difference.
+
+The baseline is the model actually serving: the newest version in the Pusher's serving directory,
+read by the executor itself. No Resolver step is needed, so one mechanism works on TFX's local
+runner, on open-source Kubeflow Pipelines (whose backend runs no `resolver` executors) and on
+Vertex AI.
 """
 from __future__ import annotations
 
@@ -10,8 +15,6 @@ from typing import Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_component, executor_spec
-from tfx.dsl.components.common import resolver
-from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.types import standard_artifacts
 from tfx.types import standard_component_specs as keys
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
@@ -19,10 +22,8 @@ from tfx.types.system_executions import Evaluate
 
 from ctseg import postprocess
 from ctseg.code_version import code_version
-from ctseg.components.evaluation import executor
+from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE, executor
 
-DEFAULT_DICE_THRESHOLD = 0.90
-DEFAULT_DICE_TOLERANCE = 0.01
 DEFAULT_BATCH_SIZE = 32
 CODE_VERSION_KEY = "code_version"
 EVALUATOR_MODULES = ("ctseg.components.evaluation", "ctseg.predict", "ctseg.features", "ctseg.dicom",
@@ -36,12 +37,13 @@ class SegmentationEvaluatorSpec(types.ComponentSpec):
         executor.DICE_TOLERANCE_KEY: ExecutionParameter(type=float),
         executor.BATCH_SIZE_KEY: ExecutionParameter(type=int),
         executor.CLEANUP_KEY: ExecutionParameter(type=str, optional=True),
+        executor.SERVING_DIR_KEY: ExecutionParameter(type=str, optional=True),
+        executor.METADATA_KEY: ExecutionParameter(type=str, optional=True),
         CODE_VERSION_KEY: ExecutionParameter(type=str, optional=True),  # in TFX's cache key: changed code reruns
     }
     INPUTS = {
         keys.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
         keys.MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
-        keys.BASELINE_MODEL_KEY: ChannelParameter(type=standard_artifacts.Model, optional=True),
     }
     OUTPUTS = {
         keys.EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation),
@@ -51,19 +53,22 @@ class SegmentationEvaluatorSpec(types.ComponentSpec):
 
 
 class SegmentationEvaluator(base_component.BaseComponent):
-    """Scores `model` (and `baseline_model`, the latest blessed one, when given) on one split.
+    """Scores `model`, and the newest model serving under `serving_dir` as its baseline, on one split.
 
     Blessed when the mean per-patient volumetric Dice >= `dice_threshold` and, with a baseline,
-    not below the baseline's by more than `dice_tolerance`. Both models' predictions go through the
-    3D clean-up `cleanup` ('on', 'off' or a comma list of its steps: `ctseg.postprocess.Cleanup`)
-    before scoring, as `ctseg predict` applies it.
+    not below the baseline's by more than `dice_tolerance`; the model already serving is not blessed
+    again. Without `serving_dir` the threshold alone decides. `metadata` ("sqlite:PATH" or
+    "grpc:HOST:PORT", optional) is the ML Metadata store in which to look up the baseline's Model
+    artifact id, recorded with its path.
+    Both models' predictions go through the 3D clean-up `cleanup` ('on', 'off' or a comma list of its
+    steps: `ctseg.postprocess.Cleanup`) before scoring, as `ctseg predict` applies it.
     """
 
     SPEC_CLASS = SegmentationEvaluatorSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-    def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
-                 baseline_model: Optional[types.BaseChannel] = None, *,
+    def __init__(self, examples: types.BaseChannel, model: types.BaseChannel, *,
+                 serving_dir: Optional[str] = None, metadata: Optional[str] = None,
                  dice_threshold: float = DEFAULT_DICE_THRESHOLD,
                  dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
                  split: str = "eval", batch_size: int = DEFAULT_BATCH_SIZE, cleanup: str = "on"):
@@ -73,18 +78,10 @@ class SegmentationEvaluator(base_component.BaseComponent):
             raise ValueError(f"dice_tolerance must be >= 0, got {dice_tolerance}")
         cleanup = str(postprocess.Cleanup.parse(cleanup))  # a ValueError here, not in the executor
         spec = SegmentationEvaluatorSpec(
-            examples=examples, model=model, baseline_model=baseline_model,
+            examples=examples, model=model, serving_dir=serving_dir, metadata=metadata,
             split=split, dice_threshold=float(dice_threshold), dice_tolerance=float(dice_tolerance),
             batch_size=int(batch_size), cleanup=cleanup, code_version=code_version(*EVALUATOR_MODULES),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         super().__init__(spec=spec)
 
-
-def latest_blessed_model_resolver(node_id: str = "latest_blessed_model_resolver") -> resolver.Resolver:
-    """The baseline for SegmentationEvaluator: the newest Model whose ModelBlessing says blessed."""
-    return resolver.Resolver(
-        strategy_class=LatestBlessedModelStrategy,
-        model=types.Channel(type=standard_artifacts.Model),
-        model_blessing=types.Channel(type=standard_artifacts.ModelBlessing),
-    ).with_id(node_id)

@@ -1,6 +1,7 @@
 """Executor of SegmentationEvaluator: scores the model per patient, decides the blessing, writes both artifacts."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Iterator, Optional
@@ -24,6 +25,9 @@ DICE_THRESHOLD_KEY = "dice_threshold"
 DICE_TOLERANCE_KEY = "dice_tolerance"
 BATCH_SIZE_KEY = "batch_size"
 CLEANUP_KEY = "cleanup"
+SERVING_DIR_KEY = "serving_dir"
+METADATA_KEY = "metadata"
+SAVED_MODEL_FILE = "saved_model.pb"
 
 GRID_FILE = "eval_grid.png"
 # What evaluation reads of each example: pixels, patient and slice, the geometry for volumes in ml and
@@ -33,13 +37,13 @@ EVAL_KEYS = (*features.PIXEL_KEYS, features.PATIENT_KEY, features.SLICE_KEY, fea
 
 
 class Segmenter:
-    """A Model artifact's served model (`ctseg.serving.load_model`), fed in batches at the examples'
+    """A SavedModel folder's served model (`ctseg.serving.load_model`), fed in batches at the examples'
     size (a baseline trained at another `image_size` is resized in and out by `ServedModel.probabilities`)."""
 
-    def __init__(self, model: types.Artifact):
+    def __init__(self, path: str):
         from ctseg.serving import load_model
 
-        self.path = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+        self.path = path
         self._served = load_model(self.path)
         self.size = self._served.size
 
@@ -47,6 +51,53 @@ class Segmenter:
         """Probabilities (N, H, W) of one patient's consecutive slices (N, H, W) in position order (a
         2.5D model stacks each slice with its neighbours), at the slices' size."""
         return self._served.series_probabilities(np.asarray(hu, np.float32), batch_size)
+
+
+def model_path(model: types.Artifact) -> str:
+    """The SavedModel folder of a Model artifact, the one the Pusher copies to a serving version."""
+    return path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+
+
+def newest_served_model(serving_dir: str) -> Optional[str]:
+    """The version TensorFlow Serving serves: the highest numeric folder holding a SavedModel."""
+    if not serving_dir or not fileio.isdir(serving_dir):
+        return None
+    versions = [name.rstrip("/") for name in fileio.listdir(serving_dir)]
+    served = [v for v in versions if v.isdigit() and fileio.exists(os.path.join(serving_dir, v, SAVED_MODEL_FILE))]
+    return os.path.join(serving_dir, max(served, key=int)) if served else None
+
+
+def saved_model_digest(path: str) -> str:
+    """A digest of every file of a SavedModel folder (names and bytes): the Pusher's copy of a model
+    has the model's digest."""
+    digest = hashlib.sha256()
+    for directory, _, files in sorted(fileio.walk(path)):
+        for name in sorted(files):
+            full = os.path.join(directory, name)
+            digest.update(os.path.relpath(full, path).encode() + b"\0")
+            with fileio.open(full, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def served_model_id(metadata: str, version_dir: str) -> Optional[int]:
+    """The Model artifact id behind a pushed version, from the ML Metadata store `metadata`
+    ("sqlite:PATH" or "grpc:HOST:PORT"); None when there is no store or it has no such push."""
+    from ctseg import metadata as mlmd
+
+    kind, _, where = (metadata or "").partition(":")
+    try:
+        if kind == "sqlite":
+            store = mlmd.connect(sqlite_path=where)
+        elif kind == "grpc":
+            host, _, port = where.rpartition(":")
+            store = mlmd.connect(host=host, port=int(port))
+        else:
+            return None
+        return mlmd.served_model_id(store, version_dir)
+    except (CtsegError, ValueError) as e:  # the id is a detail: the baseline's path still says which model
+        logging.warning("could not look up the serving model %s in ML Metadata (%s): %s", version_dir, metadata, e)
+        return None
 
 
 def split_files(examples: types.Artifact, split: str) -> list[str]:
@@ -115,10 +166,11 @@ class Executor(base_executor.BaseExecutor):
         self._log_startup(input_dict, output_dict, exec_properties)
         examples = artifact_utils.get_single_instance(input_dict[keys.EXAMPLES_KEY])
         model = artifact_utils.get_single_instance(input_dict[keys.MODEL_KEY])
-        baseline_model = (input_dict.get(keys.BASELINE_MODEL_KEY) or [None])[0]
-        already_blessed = baseline_model is not None and baseline_model.id == model.id
-        if already_blessed:
-            baseline_model = None  # the same model: nothing to compare against
+        served = newest_served_model(exec_properties.get(SERVING_DIR_KEY) or "")
+        # A rerun whose Trainer came from the cache evaluates the very model that is serving.
+        already_serving = served is not None and saved_model_digest(served) == saved_model_digest(model_path(model))
+        baseline_dir = None if already_serving else served
+        baseline_id = served_model_id(exec_properties.get(METADATA_KEY) or "", served) if served else None
         evaluation = artifact_utils.get_single_instance(output_dict[keys.EVALUATION_KEY])
         blessing = artifact_utils.get_single_instance(output_dict[keys.BLESSING_KEY])
         split = exec_properties.get(SPLIT_KEY) or "eval"
@@ -127,9 +179,9 @@ class Executor(base_executor.BaseExecutor):
         cleanup = postprocess.Cleanup.parse(exec_properties.get(CLEANUP_KEY) or "on")
 
         files = split_files(examples, split)
-        segmenters = {"model": Segmenter(model).probabilities}
-        if baseline_model is not None:
-            segmenters["baseline"] = Segmenter(baseline_model).probabilities
+        segmenters = {"model": Segmenter(model_path(model)).probabilities}
+        if baseline_dir is not None:
+            segmenters["baseline"] = Segmenter(baseline_dir).probabilities
         summaries, shown = scoring.evaluate(
             read_slices(files, int(exec_properties.get(BATCH_SIZE_KEY) or 32)), segmenters, cleanup)
         summary, base_summary = summaries["model"], summaries.get("baseline")
@@ -137,7 +189,7 @@ class Executor(base_executor.BaseExecutor):
             raise CtsegError(f"the '{split}' split of {examples.uri} holds no slices to evaluate")
         blessed, reason = metrics.blessing_decision(
             summary["mean_patient_dice"], threshold, tolerance,
-            base_summary["mean_patient_dice"] if base_summary else None, already_blessed=already_blessed)
+            base_summary["mean_patient_dice"] if base_summary else None, already_serving=already_serving)
 
         grid_path = os.path.join(evaluation.uri, GRID_FILE)
         figures.write_grid(grid_rows(summary, shown), grid_path,
@@ -147,14 +199,14 @@ class Executor(base_executor.BaseExecutor):
             "split": split, "dice_threshold": threshold, "dice_tolerance": tolerance,
             "blessed": blessed, "reason": reason, "grid_png": GRID_FILE,
             "model": {"uri": model.uri, "id": model.id},
-            "baseline": (None if baseline_model is None else
-                         {"uri": baseline_model.uri, "id": baseline_model.id, **base_summary}),
+            "serving": None if served is None else {"uri": served, "id": baseline_id, "is_this_model": already_serving},
+            "baseline": None if baseline_dir is None else {"uri": baseline_dir, "id": baseline_id, **base_summary},
         }
         io_utils.write_string_file(os.path.join(evaluation.uri, METRICS_FILE), json.dumps(result, indent=2))
         self._annotate(evaluation, result)
         evaluation.set_string_custom_property("grid_png", grid_path)
         self._annotate(blessing, result)
-        write_blessing(blessing, model, baseline_model, blessed, exec_properties)
+        write_blessing(blessing, model, result["baseline"], blessed, exec_properties)
         logging.info("Evaluation of model %s: %s", model.uri, reason)
         logging.info("Evaluation picture: %s", grid_path)
 
@@ -173,14 +225,16 @@ class Executor(base_executor.BaseExecutor):
         artifact.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, result["reason"])
 
 
-def write_blessing(blessing: types.Artifact, model: types.Artifact, baseline_model: Optional[types.Artifact],
+def write_blessing(blessing: types.Artifact, model: types.Artifact, baseline: Optional[dict],
                    blessed: bool, exec_properties: dict[str, Any]) -> None:
-    """As tfx.components.evaluator.executor does, so Pusher and LatestBlessedModelStrategy accept it."""
+    """As tfx.components.evaluator.executor does, so Pusher and LatestBlessedModelStrategy accept it;
+    the baseline is the serving version's folder (and its Model artifact id when ML Metadata knows it)."""
     blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
     blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
-    if baseline_model is not None:
-        blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline_model.uri)
-        blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline_model.id)
+    if baseline is not None:
+        blessing.set_string_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_URI_KEY, baseline["uri"])
+        if baseline["id"] is not None:
+            blessing.set_int_custom_property(constants.ARTIFACT_PROPERTY_BASELINE_MODEL_ID_KEY, baseline["id"])
     if "current_component_id" in exec_properties:
         blessing.set_string_custom_property("component_id", exec_properties["current_component_id"])
     name = constants.BLESSED_FILE_NAME if blessed else constants.NOT_BLESSED_FILE_NAME

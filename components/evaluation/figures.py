@@ -33,7 +33,13 @@ def overlay(hu: np.ndarray, mask: np.ndarray, rgb: tuple[float, float, float]) -
 
 
 def write_grid(rows: list[GridRow], path: str | os.PathLike, title: str = "") -> str:
-    """Writes a PNG with one row per slice: image | true mask | predicted mask (true outline in green)."""
+    """Writes a PNG with one row per slice: image | true mask | predicted mask (true outline in green).
+
+    `path` may be on an object store (gs://, s3://), and its folder need not exist yet: on Kubeflow
+    Pipelines nothing creates an output artifact's folder before the executor runs.
+    """
+    import io
+
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -57,6 +63,12 @@ def write_grid(rows: list[GridRow], path: str | os.PathLike, title: str = "") ->
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=80)
     plt.close(fig)
+    from tfx.dsl.io import fileio
+
+    fileio.makedirs(os.path.dirname(os.fspath(path)))
+    with fileio.open(os.fspath(path), "wb") as f:
+        f.write(png.getvalue())
     return str(path)

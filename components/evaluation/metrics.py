@@ -140,27 +140,27 @@ def best_median_worst(patients: list[dict]) -> list[tuple[str, dict]]:
 
 
 def blessing_decision(mean_dice: float, threshold: float, tolerance: float,
-                      baseline_mean_dice: float | None = None, already_blessed: bool = False) -> tuple[bool, str]:
-    """Blessed when mean per-patient Dice >= threshold and, with a blessed baseline, not worse than
-    the baseline's by more than `tolerance`; the reason says which rule decided, in words.
+                      baseline_mean_dice: float | None = None, already_serving: bool = False) -> tuple[bool, str]:
+    """Blessed when mean per-patient Dice >= threshold and, with a baseline (the model serving), not
+    worse than the baseline's by more than `tolerance`; the reason says which rule decided, in words.
 
-    `already_blessed`: the candidate is the blessed baseline itself (a rerun whose Trainer came from
-    the cache). Its earlier blessing stands; blessing it again would only make Pusher push a copy.
+    `already_serving`: the candidate is the model serving (a rerun whose Trainer came from the cache).
+    Its earlier blessing stands; blessing it again would only make Pusher push a copy.
     """
     if mean_dice < threshold:
         return False, (f"not blessed: mean per-patient Dice {mean_dice:.4f} is below the threshold "
                        f"{threshold:.4f}")
-    if already_blessed:
-        return False, (f"not blessed again: this model is already the latest blessed model (mean per-patient "
+    if already_serving:
+        return False, (f"not blessed again: this model is already the one serving (mean per-patient "
                        f"Dice {mean_dice:.4f}); it was pushed when first blessed, so nothing new is pushed")
     if baseline_mean_dice is None:
         return True, (f"blessed: mean per-patient Dice {mean_dice:.4f} >= threshold {threshold:.4f}; "
-                      "no blessed baseline model yet, so judged on the threshold alone")
+                      "no model serving yet, so judged on the threshold alone")
     drop = baseline_mean_dice - mean_dice
     if mean_dice < baseline_mean_dice - tolerance:
         return False, (f"not blessed: mean per-patient Dice {mean_dice:.4f} is {drop:.4f} below the "
-                       f"blessed baseline model's {baseline_mean_dice:.4f}, more than the tolerance "
+                       f"serving baseline model's {baseline_mean_dice:.4f}, more than the tolerance "
                        f"{tolerance:.4f}")
     return True, (f"blessed: mean per-patient Dice {mean_dice:.4f} >= threshold {threshold:.4f} and "
-                  f"within the tolerance {tolerance:.4f} of the blessed baseline model's "
+                  f"within the tolerance {tolerance:.4f} of the serving baseline model's "
                   f"{baseline_mean_dice:.4f}")

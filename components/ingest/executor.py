@@ -7,20 +7,14 @@ counts come back through another, so every runner (Direct, Dataflow, Flink, Spar
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import os
-import struct
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
-import google_crc32c
 import tensorflow as tf
-from apache_beam import coders
-from apache_beam.io import filebasedsink
-from apache_beam.io.filesystem import CompressionTypes
 from tfx import types
 from tfx.components.util import examples_utils
 from tfx.dsl.components.base import base_beam_executor
@@ -28,6 +22,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from ctseg import ircad
+from ctseg.components.ingest.tfrecord_sink import GzipTFRecordSink
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
 from ctseg.features import check_image_size, slice_example
@@ -40,7 +35,6 @@ SKIPPED_FILE = "skipped.jsonl"  # operating-system debris (Thumbs.db, .DS_Store,
 SPLITS = ("train", "eval", "test")
 WORST_FILES_SHOWN = 5
 _QUARANTINE, _SUMMARY = "quarantine", "summary"  # side outputs: one record per bad file, one per patient
-_GZIP_LEVEL = 1  # a third of the CPU of Beam's default level 6, and files under 5% larger on CT slices
 
 log = logging.getLogger(__name__)
 
@@ -199,39 +193,6 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
     yield _summary(pid, split, len(names), len(bad), skipped, written, with_organ)
 
 
-class _ClosingGzipFile(gzip.GzipFile):
-    """A GzipFile that also closes the file it wraps, as Beam's sink expects of what `open` returns."""
-
-    def close(self):
-        raw = self.fileobj
-        super().close()
-        if raw is not None:
-            raw.close()
-
-
-class _GzipTFRecordSink(filebasedsink.FileBasedSink):
-    """Beam's TFRecord sink with a fast gzip level (Beam hard-codes level 6); same format, TF reads any level."""
-
-    def __init__(self, file_path_prefix: str):
-        super().__init__(file_path_prefix, coder=coders.BytesCoder(), file_name_suffix=".gz",
-                         compression_type=CompressionTypes.UNCOMPRESSED, mime_type="application/octet-stream")
-
-    def open(self, temp_path):
-        return _ClosingGzipFile(fileobj=super().open(temp_path), mode="wb", compresslevel=_GZIP_LEVEL, mtime=0)
-
-    def write_encoded_record(self, file_handle, encoded_value):
-        length = struct.pack("<Q", len(encoded_value))
-        file_handle.write(length + _masked_crc32c(length))
-        file_handle.write(encoded_value)
-        file_handle.write(_masked_crc32c(encoded_value))
-
-
-def _masked_crc32c(data: bytes) -> bytes:
-    """TFRecord's checksum, with the hardware CRC32C (Beam falls back to crcmod, several times slower)."""
-    crc = google_crc32c.value(data)
-    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-
-
 def _read_json_lines(pattern: str) -> list[dict]:
     return [json.loads(line) for path in sorted(tf.io.gfile.glob(pattern))
             for line in tf.io.gfile.GFile(path).read().splitlines() if line]
@@ -293,7 +254,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             for split, part in zip(splits, by_split):
                 (part
                  | f"Serialized[{split}]" >> beam.Values()
-                 | f"Write[{split}]" >> beam.io.Write(_GzipTFRecordSink(
+                 | f"Write[{split}]" >> beam.io.Write(GzipTFRecordSink(
                      os.path.join(artifact_utils.get_split_uri([examples], split), "data_tfrecord"))))
             ([results[tag] | f"Keyed[{tag}]" >> beam.Map(lambda record, tag=tag: json.dumps({tag: record}))
               for tag in (_QUARANTINE, _SUMMARY)]

@@ -15,10 +15,9 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from ctseg.components.validation import report
+from ctseg.components.validation import ANOMALIES_FILE, report
 from ctseg.errors import CtsegError
 
-ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes in each Split-<name> folder
 REPORT_FILE = "report.txt"
 SKEW_FILE = "skew.json"
 TRAIN_SPLIT = "train"

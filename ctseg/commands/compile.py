@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--data", required=True,
                    help="IRCAD folder or 3Dircadb1.zip as the pods see it, e.g. gs://bucket/3Dircadb1.zip")
     p.add_argument("--pipeline-root", required=True,
-                   help="where the pods write artifacts: gs://..., s3://... or minio://...")
+                   help="where the pods write artifacts: gs://... or s3://... (also passed with the run by `ctseg submit`)")
     p.add_argument("--image", help="the image built from the Dockerfile, pinned by tag or digest "
                                    "(default: ghcr.io/ctseg/ctseg:<version>)")
     p.add_argument("--output", help="spec file to write (default: WORKDIR/kubeflow/ctseg_pipeline.yaml)")
@@ -34,10 +34,10 @@ def register(sub) -> None:
     p.add_argument("--step-cpu", default="4", help="CPU cores of every other step (default: %(default)s)")
     p.add_argument("--step-memory", default="16G", help="memory of every other step (default: %(default)s)")
     p.add_argument("--schema-file", help="curated schema as the pods see it (default: the copy in the image)")
-    p.add_argument("--no-baseline", action="store_true",
-                   help="judge models on the Dice threshold alone, without the step that finds the last blessed "
-                        "model (TFX compiles it to KFP 'resolver' tasks, which Vertex AI Pipelines runs and a "
-                        "self-hosted Kubeflow Pipelines backend may not)")
+    p.add_argument("--baseline-metadata", metavar="grpc:HOST:PORT",
+                   help="ML Metadata service in which the evaluator looks up the Model artifact id of the model "
+                        "serving (its baseline), e.g. grpc:metadata-grpc-service.kubeflow:8080; without it the "
+                        "baseline is recorded by its path alone")
     p.set_defaults(func=run)
 
 
@@ -56,7 +56,7 @@ def run(args) -> int:
         trainer_resources=StepResources(cpu=args.trainer_cpu, memory=args.trainer_memory,
                                         accelerator=args.trainer_accelerator, accelerator_count=args.trainer_gpus),
         step_resources=StepResources(cpu=args.step_cpu, memory=args.step_memory),
-        compare_to_blessed=not args.no_baseline,
+        baseline_metadata=args.baseline_metadata,
     )
     print(f"wrote the Kubeflow pipeline spec to {path}")
     import yaml

@@ -11,20 +11,30 @@ def register(sub) -> None:
                     "overlay montage (overlay.png).")
     p.add_argument("series", help="folder or .zip of one patient's CT DICOM slices, or an IRCAD patient folder")
     p.add_argument("--model", required=True,
-                   help="the Pusher's serving dir (highest numeric version is used) or one version dir in it")
+                   help="the Pusher's serving dir (highest numeric version is used), one version dir in it, or a "
+                        "Trainer output (<pipeline_root>/Trainer/model/<id>/Format-Serving); a model that is not "
+                        "blessed, or whose blessing cannot be found, gets a warning")
+    p.add_argument("--metadata", metavar="SQLITE",
+                   help="ML Metadata store in which to look up a Trainer model's blessing (default: the work "
+                        "dir's metadata.sqlite beside the pipeline root or serving dir, if there is one)")
+    p.add_argument("--require-blessed", action="store_true",
+                   help="refuse a model that is not blessed or whose blessing cannot be determined")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per model call (default 16)")
     p.add_argument("--cleanup", default="on",
                    help="3D clean-up of the mask, as the evaluator scores it: 'on' (default: keep the largest "
                         "connected component, fill holes), 'off', or a comma list of largest_component,fill_holes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the contents of a non-empty --out folder (default: refuse it)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import sys
 
+    from pathlib import Path
+
     from ctseg.errors import CtsegError
-    from ctseg.predict import predict
 
     from ctseg.postprocess import Cleanup
 
@@ -34,9 +44,36 @@ def run(args) -> int:
         cleanup = Cleanup.parse(args.cleanup)
     except ValueError as e:
         raise CtsegError(f"--cleanup: {e}") from e
+    if not Path(args.series).exists():
+        raise CtsegError(f"{args.series}: no such file or folder")
+    from ctseg.blessing import check_blessing
+    from ctseg.predict import check_output_dir, predict  # TensorFlow is imported later, by the model
+
+    check_output_dir(args.out, args.overwrite)
+    blessing = check_blessing(args.model, args.metadata)
+    if args.require_blessed and blessing.blessed is not True:
+        state = "not blessed" if blessing.blessed is False else "of unknown blessing"
+        raise CtsegError(f"--require-blessed: model {blessing.model_dir} is {state}: {blessing.reason}")
+    if blessing.warning():
+        print(f"warning: {blessing.warning()}", file=sys.stderr)
     result = predict(args.series, args.model, args.out, batch_size=args.batch_size, progress=sys.stderr.isatty(),
-                     cleanup=cleanup)
+                     overwrite=args.overwrite, cleanup=cleanup)
+    result = _add_to_summary(Path(args.out) / "summary.json", blessing.summary())
+    for note in result.get("generated_uids", []):
+        print(f"note: {note}", file=sys.stderr)
     print(f"liver volume {result['volume_ml']:.1f} ml in {result['slices_with_liver']} of {result['slices']} "
           f"slices (model version {result['model_version']}); wrote seg.dcm, MASKS_DICOM/liver, "
           f"summary.json, overlay.png to {args.out}")
     return 0
+
+
+def _add_to_summary(path, fields: dict) -> dict:
+    """summary.json with `fields` added, replaced in one rename so it is never half-written."""
+    import json
+    import os
+
+    result = {**json.loads(path.read_text()), **fields}
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(partial, path)
+    return result

@@ -29,6 +29,8 @@ def run(args) -> int:
 
     if args.show and not args.run:
         raise CtsegError("`ctseg runs show` needs a RUN: a run id, a unique prefix of one, or `latest`")
+    if args.limit is not None and args.limit < 1:
+        raise CtsegError(f"--limit must be at least 1, got {args.limit}")
     store = metadata.store_from_args(args)
     if args.show:
         described = metadata.describe_run(store, args.run)

@@ -69,9 +69,10 @@ def write_html(stats_by_split: dict, out: str | Path) -> Path:
 
 
 def run(args) -> int:
+    artifact_dir = find_statistics_dir(args.path)  # before TFDV's import, which takes most of a minute
+
     from ctseg.components.validation.report import statistics_summary
 
-    artifact_dir = find_statistics_dir(args.path)
     stats_by_split = load_statistics_dir(artifact_dir)
     print(f"statistics: {artifact_dir}")
     print(statistics_summary(stats_by_split))

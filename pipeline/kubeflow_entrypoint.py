@@ -1,0 +1,104 @@
+"""The container entrypoint of every ctseg step on Kubeflow Pipelines 2.x and Vertex AI.
+
+It runs TFX 1.15.1's own v2 entrypoint (tfx/orchestration/kubeflow/v2/container/kubeflow_v2_run_executor.py)
+after correcting the executor input for what the open-source KFP backend hands a container, and
+cleans up after it what the KFP launcher would trip on in the next step. The compiled spec selects it
+through `KubeflowV2DagRunnerConfig(default_commands=ENTRYPOINT_COMMAND)`. KFP source references are
+to kubeflow/pipelines at tag 2.5.0 (the same code in 2.0.5 unless said otherwise).
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+from absl import app, logging
+
+ENTRYPOINT_MODULE = "ctseg.pipeline.kubeflow_entrypoint"
+ENTRYPOINT_COMMAND = ["python", "-m", ENTRYPOINT_MODULE]
+INVOCATION_FLAG = "--json_serialized_invocation_args"
+INPUTS_SPEC_FLAG = "--json_serialized_inputs_spec_args"
+# Object stores where TensorFlow's filesystems write zero-byte "<dir>/" marker objects.
+MARKER_SCHEMES = ("gs://", "s3://")
+
+
+def _has_title(artifact_type: dict) -> bool:
+    """TFX picks the artifact class from the schema title (kubeflow_v2_entrypoint_utils.py:252-267)."""
+    if artifact_type.get("schemaTitle"):
+        return True
+    import yaml
+
+    schema = yaml.safe_load(artifact_type.get("instanceSchema") or "")
+    return isinstance(schema, dict) and bool(schema.get("title"))
+
+
+def kfp_compatible_executor_input(executor_input: dict[str, Any], inputs_spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The executor input TFX's entrypoint can parse, from the one KFP's driver built."""
+    fixed = json.loads(json.dumps(executor_input))
+    declared = (inputs_spec or {}).get("artifacts", {})
+    for key, artifact_list in fixed.get("inputs", {}).get("artifacts", {}).items():
+        for artifact in artifact_list.get("artifacts", []):
+            # KFP's driver passes upstream artifacts with `instanceSchema: ""` (metadata/client.go:945-948,
+            # GetOutputArtifactsByExecutionId; copied by ToRuntimeArtifact, client.go:175-190): take the
+            # type the step itself declares.
+            if not _has_title(artifact.get("type") or {}) and key in declared:
+                artifact["type"] = declared[key]["artifactType"]
+    outputs = fixed.get("outputs", {}).get("artifacts", {})
+    # From KFP 2.5 the driver adds an `executor-logs` output of type system.Artifact that the launcher
+    # itself writes and uploads (driver/driver.go:2025-2038, component/launcher_v2.go:467-488):
+    # it is not this component's output, and TFX cannot parse its type.
+    outputs.pop("executor-logs", None)
+    return fixed
+
+
+def output_uris(executor_input: dict[str, Any]) -> list[str]:
+    return [a["uri"] for lst in executor_input.get("outputs", {}).get("artifacts", {}).values()
+            for a in lst.get("artifacts", []) if a.get("uri")]
+
+
+def remove_directory_markers(uri: str) -> list[str]:
+    """Deletes the zero-byte `<dir>/` objects TensorFlow's GCS and S3 filesystems write under `uri`.
+
+    The launcher downloads a step's inputs by listing every key under the artifact's prefix and
+    writing each as a file (objectstore/object_store.go:123-150); a marker becomes an empty file where
+    the next key needs a directory, and the step fails with "not a directory"
+    (kubeflow/pipelines#13476). Returns the markers removed.
+    """
+    if not uri.startswith(MARKER_SCHEMES):
+        return []
+    import tensorflow as tf
+
+    removed = []
+    for directory, subdirs, _ in tf.io.gfile.walk(uri):
+        for marker in [directory.rstrip("/") + "/"] + [posixpath.join(directory, d.rstrip("/")) + "/" for d in subdirs]:
+            try:
+                tf.io.gfile.remove(marker)
+                removed.append(marker)
+            except tf.errors.OpError:  # a prefix with no marker object
+                pass
+    return sorted(set(removed))
+
+
+def _parse_flags(argv: list[str]):
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entrypoint
+
+    args, beam_args = tfx_entrypoint._parse_flags(argv)
+    inputs_spec = json.loads(args.json_serialized_inputs_spec_args) if args.json_serialized_inputs_spec_args else None
+    executor_input = kfp_compatible_executor_input(json.loads(args.json_serialized_invocation_args), inputs_spec)
+    args.json_serialized_invocation_args = json.dumps(executor_input)
+    args.owned_output_uris = output_uris(executor_input)
+    return args, beam_args
+
+
+def main(parsed_argv) -> None:
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entrypoint
+
+    args, beam_args = parsed_argv
+    tfx_entrypoint.main((args, beam_args))
+    for uri in args.owned_output_uris:
+        for marker in remove_directory_markers(uri):
+            logging.info("removed directory marker %s", marker)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,91 @@
+"""What `ctseg predict` writes, without a model: real-world headers (blank UIDs after de-identification,
+no frame of reference) and the output folder's safety (issue 14). The mask is given, not predicted."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from ctseg import cli
+from ctseg import predict as P
+from ctseg.errors import CtsegError
+from ctseg.serving import ServedModel
+
+BLANKED = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+
+
+def _series_dir(phantom: Path, dest: Path, change=None) -> Path:
+    src = phantom / "3Dircadb1.1" / "PATIENT_DICOM"
+    dest.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        ds = pydicom.dcmread(f)
+        if change:
+            change(ds)
+        ds.save_as(dest / f.name)
+    return dest
+
+
+def _anonymised(ds):
+    """What de-identification tools often leave: blank UIDs in the data set, the file meta intact."""
+    for keyword in BLANKED:
+        setattr(ds, keyword, "")
+    del ds.FrameOfReferenceUID
+
+
+def _prediction(series: P.Series) -> P.Prediction:
+    mask = np.zeros((len(series.slices), *series.shape), np.uint8)
+    mask[:, 10:20, 10:20] = 1
+    return P.Prediction(series, ServedModel(Path("model"), "7", series.shape, None), mask,
+                        np.zeros_like(mask), ["pydicom"] * len(series.slices))
+
+
+def test_an_anonymised_series_without_frame_of_reference_gets_a_seg(small_phantom, tmp_path):
+    """Blank UIDs used to end in highdicom's KeyError '' and a missing FrameOfReferenceUID in its
+    "required by the IOD" error (see `ctseg.predict.complete_uids` for the highdicom 0.22 lines)."""
+    import highdicom as hd
+
+    series = P.load_series(_series_dir(small_phantom, tmp_path / "anon", _anonymised))
+    summary = P.write_outputs(_prediction(series), tmp_path / "out")
+    seg = hd.seg.segread(tmp_path / "out" / "seg.dcm")
+    originals = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted((tmp_path / "anon").iterdir())]
+    referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    assert referenced == {o.file_meta.MediaStorageSOPInstanceUID for o in originals}  # the file meta's, not new ones
+    assert seg.FrameOfReferenceUID and seg.StudyInstanceUID == series.slices[0].header.StudyInstanceUID
+    notes = json.loads((tmp_path / "out" / "summary.json").read_text())["generated_uids"]
+    assert notes == summary["generated_uids"] and len(notes) == 5
+    assert any("SOPClassUID blank: taken from the file meta" in n for n in notes)
+    assert any(n.startswith("FrameOfReferenceUID missing: generated one for the series") for n in notes)
+
+
+def test_a_complete_series_reports_nothing_generated(small_phantom, tmp_path):
+    series = P.load_series(small_phantom / "3Dircadb1.1")
+    assert series.generated == ()
+
+
+def test_a_non_empty_output_is_refused_unless_overwrite(small_phantom, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "MASKS_DICOM" / "liver").mkdir(parents=True)
+    (out / "MASKS_DICOM" / "liver" / "image_999").write_text("an earlier patient's mask")
+    assert cli.main(["predict", str(small_phantom / "3Dircadb1.1"), "--model", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is not empty (an earlier prediction?)" in err and "--overwrite" in err
+    with pytest.raises(CtsegError, match="--overwrite"):
+        P.check_output_dir(out)
+    P.check_output_dir(out, overwrite=True)
+    P.write_outputs(_prediction(P.load_series(small_phantom / "3Dircadb1.1")), out)
+    assert not (out / "MASKS_DICOM" / "liver" / "image_999").exists()  # replaced, not mixed
+    assert (out / "seg.dcm").exists()
+
+
+def test_a_failure_while_writing_leaves_no_half_written_output(small_phantom, tmp_path, monkeypatch):
+    def broken(*_):
+        raise OSError("disk full while writing the overlay")
+
+    monkeypatch.setattr(P, "overlay_png", broken)
+    with pytest.raises(OSError, match="disk full"):
+        P.write_outputs(_prediction(P.load_series(small_phantom / "3Dircadb1.1")), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,18 @@
+"""The smallest real model for tests that need one but not its quality: the Trainer's own UNET
+(`build_unet`) at one level and 8 filters, untrained, exported by `ctseg.serving.export_model` with both
+serving signatures exactly as the Trainer exports it."""
+from pathlib import Path
+
+SIZE = 32
+
+
+def export_tiny_unet(export_dir: Path, seed: int = 0) -> Path:
+    import tensorflow as tf
+
+    from ctseg.models.unet.config import UnetConfig
+    from ctseg.models.unet.model import build_unet
+    from ctseg.serving import export_model
+
+    tf.keras.utils.set_random_seed(seed)
+    export_model(build_unet(UnetConfig(image_size=SIZE, depth=1, base_filters=8, dropout=0.0)), SIZE, str(export_dir))
+    return Path(export_dir)

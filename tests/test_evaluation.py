@@ -369,7 +369,7 @@ def test_cleanup_removes_what_the_window_alone_takes_besides_the_liver(workspace
     from ctseg.components.evaluation.executor import Segmenter, read_slices
 
     files = [str(workspace["examples"] / "eval" / "slices.tfrecord")]
-    segmenter = Segmenter(model_artifact(workspace["window_alone"])).probabilities
+    segmenter = Segmenter(saved_model_of(workspace["window_alone"])).probabilities
     scores = {c: scoring.evaluate(read_slices(files, 16), {"m": segmenter}, postprocess.Cleanup.parse(c))[0]["m"]
               for c in ("on", "off")}
     on, off = scores["on"], scores["off"]

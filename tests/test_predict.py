@@ -30,7 +30,7 @@ PATIENTS, SLICES, SIZE, SEED = 3, 28, 96, 5
 EASY = dict(phases=("portal",), noise_hu=(8.0, 10.0))
 MODEL_SIZE = 48
 TINY_UNET = dict(image_size=MODEL_SIZE, depth=2, base_filters=16, dropout=0.0, learning_rate=3e-3, batch_size=8,
-                 epochs=40)
+                 epochs=40, context_slices=0)  # 2D, as measured below; tests/test_context.py serves a 2.5D model
 VERSION = "1700000001"
 TEST_PATIENT = f"3Dircadb1.{PATIENTS}"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"

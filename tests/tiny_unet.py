@@ -14,5 +14,6 @@ def export_tiny_unet(export_dir: Path, seed: int = 0) -> Path:
     from ctseg.serving import export_model
 
     tf.keras.utils.set_random_seed(seed)
-    export_model(build_unet(UnetConfig(image_size=SIZE, depth=1, base_filters=8, dropout=0.0)), SIZE, str(export_dir))
+    config = UnetConfig(image_size=SIZE, depth=1, base_filters=8, dropout=0.0, context_slices=0)  # 2D: slices alone
+    export_model(build_unet(config), SIZE, str(export_dir))
     return Path(export_dir)

@@ -49,7 +49,7 @@ def score_model(model_dir: Path, data: Path, cleanup: str = "on") -> dict:
 
     from ctseg import postprocess
     from ctseg.components.evaluation import executor, scoring
-    from ctseg.predict import load_model
+    from ctseg.serving import load_model
 
     served = load_model(model_dir)
     records = ingest_folder(data, served.size[0])

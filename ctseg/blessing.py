@@ -100,7 +100,7 @@ def check_blessing(model: str | os.PathLike, metadata: Optional[str] = None) -> 
 
 def _from_store(model_dir: Path, store_path: str) -> Optional[tuple[Optional[bool], str]]:
     """(blessed, reason) from ML Metadata, or None when the store knows no model at this path."""
-    from ctseg.metadata import connect
+    from ctseg.mlmd.store import connect
 
     store = connect(store_path)
     path = str(model_dir)

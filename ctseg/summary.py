@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ctseg import metadata
+from ctseg.mlmd.runs import describe_run
+from ctseg.mlmd.store import connect
 
 def _artifacts(run: dict, type_name: str) -> list[dict]:
     return [a for a in run["artifacts"] if a["type"] == type_name and a.get("producer")]
@@ -63,7 +64,7 @@ def print_run_summary(paths, run_id: str, *, started_at: float, failure: BaseExc
     print()
     run = None
     try:
-        run = metadata.describe_run(metadata.connect(sqlite_path=str(paths.metadata_path)), run_id)
+        run = describe_run(connect(sqlite_path=str(paths.metadata_path)), run_id)
         print("\n".join(_lines_for_run(run, paths)))
     except Exception as e:  # noqa: BLE001 - e.g. the run stopped before it was recorded
         if failure is None:

@@ -28,7 +28,7 @@ PIPELINE_NAME = "ctseg"
 # stops TFX from building an sdist of itself for every Beam step, about 11 s each.
 LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1",
                    "--sdk_container_image=apache/beam_python3.10_sdk:2.59.0")
-# Custom properties of the pipeline_run context (read by ctseg.metadata).
+# Custom properties of the pipeline_run context (read by ctseg.mlmd.runs).
 RUN_PROPERTY_PREFIX = "ctseg_"
 INTERRUPTING_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
@@ -240,10 +240,11 @@ class RunRecord:
             pass
 
     def _close_executions(self, state: str, message: str) -> None:
-        from ctseg import metadata
+        from ctseg.mlmd.failures import cancel_running, record_failure
+        from ctseg.mlmd.store import connect
 
-        store = metadata.connect(sqlite_path=self.connection_config.sqlite.filename_uri, writable=True)
+        store = connect(sqlite_path=self.connection_config.sqlite.filename_uri, writable=True)
         if state == "interrupted":
-            metadata.cancel_running(store, self.run_id, f"interrupted by {message}")
+            cancel_running(store, self.run_id, f"interrupted by {message}")
         else:
-            metadata.record_failure(store, self.run_id, message)
+            record_failure(store, self.run_id, message)

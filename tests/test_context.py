@@ -81,7 +81,7 @@ def test_training_stacks_come_from_the_patients_ordered_slices(trained):
 
 
 def test_served_2_5d_model_takes_a_stack_of_hu_slices(trained):
-    from ctseg.predict import load_model
+    from ctseg.serving import load_model
 
     served = load_model(trained["serving"])
     assert served.context_slices == 1 and served.size == (SIZE, SIZE)

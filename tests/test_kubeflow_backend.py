@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctseg import metadata
+from ctseg.mlmd.lineage import lineage, served_model_id
+from ctseg.mlmd.runs import describe_run, list_runs
+from ctseg.mlmd.store import connect
 from ctseg.cli import main as cli_main
 from ctseg.pipeline.kubeflow_entrypoint import ENTRYPOINT_COMMAND, kfp_compatible_executor_input
 from ctseg.pipeline.kubeflow_runner import StepResources, compile_pipeline
@@ -52,7 +54,7 @@ def kfp_run(installed_wheel, small_phantom, tmp_path_factory):
     print("\nKFP emulation, per step (wall s, CPU s):",
           ", ".join(f"{r.name} {r.seconds:.0f}/{r.cpu_seconds:.0f}" for r in records.values()))
     return {"work": work, "spec": yaml.safe_load(spec_file.read_text()), "records": records,
-            "store": metadata.connect(sqlite_path=str(work / "kfp.sqlite")), "sqlite": work / "kfp.sqlite"}
+            "store": connect(sqlite_path=str(work / "kfp.sqlite")), "sqlite": work / "kfp.sqlite"}
 
 
 def test_default_spec_runs_every_step_through_the_wrapper_and_has_no_resolver(kfp_run):
@@ -170,7 +172,7 @@ def store_state(name: str) -> int:
 
 
 def test_ctseg_runs_reads_the_kfp_store(kfp_run, capsys):
-    (run,) = metadata.list_runs(kfp_run["store"])
+    (run,) = list_runs(kfp_run["store"])
     assert run.run_id == RUN_ID and run.pipeline == "ctseg" and run.state == "complete"
     assert run.executions == {"complete": 9} and run.blessed is True and run.pushed_version
     assert cli_main(["runs", "--metadata", str(kfp_run["sqlite"])]) == 0
@@ -178,7 +180,7 @@ def test_ctseg_runs_reads_the_kfp_store(kfp_run, capsys):
 
 
 def test_ctseg_runs_show_reads_the_kfp_store(kfp_run, capsys):
-    described = metadata.describe_run(kfp_run["store"], RUN_ID)
+    described = describe_run(kfp_run["store"], RUN_ID)
     steps = {e["node_id"]: e for e in described["executions"]}
     assert set(steps) == set(kfp_run["records"])
     assert steps["Trainer"]["properties"]["custom_config"]["epochs"] == 1      # from KFP's `inputs` struct
@@ -195,13 +197,13 @@ def test_ctseg_lineage_reads_the_kfp_store(kfp_run, small_phantom, capsys):
     store = kfp_run["store"]
     pushed = kfp_run["records"]["Pusher"].executor_output["artifacts"]["pushed_model"]["artifacts"][0]
     version_dir = pushed["metadata"]["pushed_destination"]
-    found = metadata.lineage(store, version_dir)
+    found = lineage(store, version_dir)
     assert found["run_id"] == RUN_ID and found["trainer"]["node_id"] == "Trainer"
     assert found["pushed_model"]["pushed_by"]["node_id"] == "Pusher"
     assert found["hyperparameters"]["epochs"] == 1 and found["data_path"] == str(small_phantom)
     assert set(found["derived"]) == {"ExampleStatistics", "Schema", "ExampleAnomalies"}
     model_id = int(kfp_run["records"]["Pusher"].executor_input["inputs"]["artifacts"]["model"]["artifacts"][0]["name"])
-    assert found["model"]["id"] == model_id == metadata.served_model_id(store, version_dir)
+    assert found["model"]["id"] == model_id == served_model_id(store, version_dir)
     assert cli_main(["lineage", version_dir, "--metadata", str(kfp_run["sqlite"])]) == 0
     assert str(small_phantom) in capsys.readouterr().out
 

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from ctseg import cli, metadata
+from ctseg import cli
+from ctseg.mlmd.runs import describe_run, list_runs
+from ctseg.mlmd.store import connect
 from ctseg.errors import CtsegError
 from ctseg.pipeline.local_runner import LocalPaths, run_pipeline
 from ctseg.summary import print_run_summary
@@ -40,7 +42,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 300) -> 
 
 
 def _store(workdir: Path):
-    return metadata.connect(sqlite_path=str(workdir / "metadata.sqlite"))
+    return connect(sqlite_path=str(workdir / "metadata.sqlite"))
 
 
 @pytest.mark.parametrize("sig, state", [(signal.SIGTERM, "interrupted"),
@@ -52,9 +54,9 @@ def test_a_stopped_run_is_interrupted_or_abandoned_never_running_forever(sig, st
                            stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for(work / SLEEPING, run)
-        (listed,) = metadata.list_runs(_store(work))
+        (listed,) = list_runs(_store(work))
         assert listed.state == "running"
-        described = metadata.describe_run(_store(work), listed.run_id)
+        described = describe_run(_store(work), listed.run_id)
         assert described["process"]["pid"] == run.pid and described["process"]["host"] == socket.gethostname()
 
         # a second run on the same work dir refuses, naming the holder
@@ -67,9 +69,9 @@ def test_a_stopped_run_is_interrupted_or_abandoned_never_running_forever(sig, st
     finally:
         if run.poll() is None:
             run.kill()
-    (listed,) = metadata.list_runs(_store(work))
+    (listed,) = list_runs(_store(work))
     assert listed.state == state
-    steps = {e["node_id"]: e for e in metadata.describe_run(_store(work), listed.run_id)["executions"]}
+    steps = {e["node_id"]: e for e in describe_run(_store(work), listed.run_id)["executions"]}
     if state == "interrupted":
         assert run.returncode != 0
         assert steps["Step"]["state"] == "canceled"
@@ -110,10 +112,10 @@ def test_the_failure_and_the_summary_are_this_runs_not_the_newest(tmp_path, caps
         run_pipeline(tiny_pipeline(work, fail="the step broke", newer_run_in=str(work / "metadata.sqlite")), work,
                      run_id=run_id)
     store = _store(work)
-    assert [r.run_id for r in metadata.list_runs(store)] == ["9999-a-newer-run", run_id]
-    steps = {e["node_id"]: e for e in metadata.describe_run(store, run_id)["executions"]}
+    assert [r.run_id for r in list_runs(store)] == ["9999-a-newer-run", run_id]
+    steps = {e["node_id"]: e for e in describe_run(store, run_id)["executions"]}
     assert steps["Step"]["state"] == "failed" and "the step broke" in steps["Step"]["error"]
-    assert metadata.describe_run(store, run_id)["process"]["state"] == "failed"
+    assert describe_run(store, run_id)["process"]["state"] == "failed"
 
     print_run_summary(LocalPaths(work), run_id, started_at=time.time(), failure=CtsegError("the step broke"))
     out = capsys.readouterr().out
@@ -125,7 +127,7 @@ def test_the_failure_and_the_summary_are_this_runs_not_the_newest(tmp_path, caps
 def test_a_complete_run_records_its_process_and_end(tmp_path):
     work = tmp_path / "work"
     paths = run_pipeline(tiny_pipeline(work), work)
-    described = metadata.describe_run(_store(work), paths.run_id)
+    described = describe_run(_store(work), paths.run_id)
     assert described["state"] == "complete"
     assert described["process"]["state"] == "complete" and described["process"]["pid"] == os.getpid()
     assert described["process"]["ended"] >= described["process"]["started"]

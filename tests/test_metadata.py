@@ -1,4 +1,4 @@
-"""ctseg.metadata, `ctseg runs` and `ctseg lineage` against the ML Metadata of real LocalDagRunner runs.
+"""ctseg.mlmd, `ctseg runs` and `ctseg lineage` against the ML Metadata of real LocalDagRunner runs.
 
 One module-scoped store holds four runs of a small real pipeline (ImportExampleGen, StatisticsGen,
 SchemaGen, ExampleValidator, a gate, Trainer, the latest-blessed-model Resolver, an evaluator, Pusher):
@@ -17,7 +17,11 @@ from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArti
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
-from ctseg import cli, metadata
+from ctseg import cli
+from ctseg.mlmd.failures import record_failure
+from ctseg.mlmd.lineage import lineage
+from ctseg.mlmd.runs import describe_run, find_run, list_runs
+from ctseg.mlmd.store import connect
 from ctseg.errors import CtsegError
 
 pytestmark = pytest.mark.timeout(300)
@@ -127,20 +131,20 @@ def runs(tmp_path_factory):
         except CtsegError as e:
             assert name == "failed", e
             # what `ctseg run` does with the exception of a failed run
-            writable = metadata.connect(str(root / "metadata.sqlite"), writable=True)
-            assert metadata.record_failure(writable, "latest", str(e))
-        ids[name] = metadata.list_runs(metadata.connect(str(root / "metadata.sqlite")))[0].run_id
+            writable = connect(str(root / "metadata.sqlite"), writable=True)
+            assert record_failure(writable, "latest", str(e))
+        ids[name] = list_runs(connect(str(root / "metadata.sqlite")))[0].run_id
     return root, ids
 
 
 @pytest.fixture(scope="module")
 def store(runs):
-    return metadata.connect(str(runs[0] / "metadata.sqlite"))
+    return connect(str(runs[0] / "metadata.sqlite"))
 
 
 def test_list_runs_newest_first_with_state_dice_blessing_and_push(store, runs):
     _, ids = runs
-    listed = {r.run_id: r for r in metadata.list_runs(store)}
+    listed = {r.run_id: r for r in list_runs(store)}
     assert list(listed) == [ids["failed"], ids["not_blessed"], ids["cached"], ids["complete"]]
     complete, cached = listed[ids["complete"]], listed[ids["cached"]]
     not_blessed, failed = listed[ids["not_blessed"]], listed[ids["failed"]]
@@ -155,7 +159,7 @@ def test_list_runs_newest_first_with_state_dice_blessing_and_push(store, runs):
     assert not_blessed.dice == pytest.approx(0.75)
     assert failed.state == "failed" and failed.executions["failed"] == 1
     assert failed.dice is None and failed.blessed is None and failed.pushed_version is None
-    assert len(metadata.list_runs(store, limit=2)) == 2
+    assert len(list_runs(store, limit=2)) == 2
 
 
 def _by_node(described):
@@ -168,7 +172,7 @@ def _artifacts(described, type_name):
 
 def test_describe_complete_run_shows_executions_and_key_properties(store, runs):
     root, ids = runs
-    d = metadata.describe_run(store, ids["complete"])
+    d = describe_run(store, ids["complete"])
     assert d["run_id"] == ids["complete"] and d["state"] == "complete"
     nodes = [e["node_id"] for e in d["executions"]]
     assert nodes[0] == "ImportExampleGen"
@@ -195,7 +199,7 @@ def test_describe_complete_run_shows_executions_and_key_properties(store, runs):
 
 def test_describe_cached_rerun_reuses_the_artifacts(store, runs):
     _, ids = runs
-    first, cached = metadata.describe_run(store, ids["complete"]), metadata.describe_run(store, ids["cached"])
+    first, cached = describe_run(store, ids["complete"]), describe_run(store, ids["cached"])
     assert {e["state"] for e in cached["executions"] if e["node_id"] != RESOLVER} == {"cached"}
     assert [e["node_id"] for e in cached["executions"]] == [e["node_id"] for e in first["executions"]]
     assert {a["id"] for a in cached["artifacts"]} == {a["id"] for a in first["artifacts"]}
@@ -203,7 +207,7 @@ def test_describe_cached_rerun_reuses_the_artifacts(store, runs):
 
 def test_describe_failed_run_names_the_failed_step_and_its_error(store, runs):
     _, ids = runs
-    d = metadata.describe_run(store, ids["failed"])
+    d = describe_run(store, ids["failed"])
     assert d["state"] == "failed"
     gate = _by_node(d)["Gate"]
     assert gate["state"] == "failed" and gate["error"] == GATE_ERROR
@@ -213,7 +217,7 @@ def test_describe_failed_run_names_the_failed_step_and_its_error(store, runs):
 
 def test_describe_not_blessed_run_shows_the_reason_and_no_push(store, runs):
     _, ids = runs
-    d = metadata.describe_run(store, ids["not_blessed"])
+    d = describe_run(store, ids["not_blessed"])
     nodes = _by_node(d)
     assert nodes["Trainer"]["state"] == "cached" and nodes["Evaluate"]["state"] == "complete"
     [blessing] = _artifacts(d, "ModelBlessing")
@@ -227,18 +231,18 @@ def test_describe_not_blessed_run_shows_the_reason_and_no_push(store, runs):
 
 def test_run_can_be_named_by_prefix_or_latest(store, runs):
     _, ids = runs
-    assert metadata.find_run(store, "latest").name == ids["failed"]
-    assert metadata.find_run(store, ids["complete"][:-1]).name == ids["complete"]
+    assert find_run(store, "latest").name == ids["failed"]
+    assert find_run(store, ids["complete"][:-1]).name == ids["complete"]
     with pytest.raises(CtsegError, match="no pipeline run 'nope'"):
-        metadata.describe_run(store, "nope")
+        describe_run(store, "nope")
     with pytest.raises(CtsegError, match="matches 4 runs"):
-        metadata.find_run(store, ids["complete"][:4])
+        find_run(store, ids["complete"][:4])
 
 
 def test_lineage_from_pushed_model_reaches_run_hyperparameters_and_input_data(store, runs):
     root, ids = runs
-    version = metadata.describe_run(store, ids["complete"])["pushed_version"]
-    found = metadata.lineage(store, str(root / "serving" / version) + "/")
+    version = describe_run(store, ids["complete"])["pushed_version"]
+    found = lineage(store, str(root / "serving" / version) + "/")
     assert found["pushed_model"]["properties"]["pushed_version"] == version
     assert found["pushed_model"]["pushed_by"]["run_id"] == ids["complete"]
     assert found["run_id"] == ids["complete"] and found["trainer"]["node_id"] == "Trainer"
@@ -249,26 +253,26 @@ def test_lineage_from_pushed_model_reaches_run_hyperparameters_and_input_data(st
     assert examples["producer"]["node_id"] == "ImportExampleGen"
     assert set(found["derived"]) == {"ExampleStatistics", "Schema", "ExampleAnomalies"}
     assert found["derived"]["ExampleStatistics"][0]["uri"].startswith(str(root / "pipeline" / "StatisticsGen"))
-    by_model_id = metadata.lineage(store, str(found["model"]["id"]))
+    by_model_id = lineage(store, str(found["model"]["id"]))
     assert by_model_id["pushed_model"] is None and by_model_id["run_id"] == ids["complete"]
     assert by_model_id["data_path"] == found["data_path"]
 
 
 def test_lineage_of_an_unknown_path_is_a_clear_error(store, tmp_path):
     with pytest.raises(CtsegError, match="no pushed model version or model"):
-        metadata.lineage(store, str(tmp_path))
+        lineage(store, str(tmp_path))
     with pytest.raises(CtsegError, match="no artifact with id 99999"):
-        metadata.lineage(store, "99999")
+        lineage(store, "99999")
 
 
 def test_connect_errors_name_the_store(tmp_path):
     with pytest.raises(CtsegError, match="missing.sqlite"):
-        metadata.connect(str(tmp_path / "missing.sqlite"))
+        connect(str(tmp_path / "missing.sqlite"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound but not listening: connections are refused
         with pytest.raises(CtsegError, match=f"127.0.0.1:{port}"):
-            metadata.connect(host="127.0.0.1", port=port)
+            connect(host="127.0.0.1", port=port)
 
 
 def test_cli_runs_show_and_lineage(runs, capsys):
@@ -291,7 +295,7 @@ def test_cli_runs_show_and_lineage(runs, capsys):
     shown = capsys.readouterr().out
     assert "Dice per patient:" in shown and "3Dircadb1.2" in shown and "pushed_destination" in shown
 
-    version = metadata.list_runs(metadata.connect(str(root / "metadata.sqlite")))[-1].pushed_version
+    version = list_runs(connect(str(root / "metadata.sqlite")))[-1].pushed_version
     assert cli.main(["lineage", str(root / "serving" / version), *store_args, "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["data_path"] == str(root / "data")

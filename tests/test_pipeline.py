@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctseg import ircad, metadata
+from ctseg import ircad
+from ctseg.mlmd.lineage import lineage
+from ctseg.mlmd.runs import describe_run
+from ctseg.mlmd.store import connect
 from ctseg.cli import main as cli_main
 from ctseg.dicom import mask_from_dataset, read_dataset
 from ctseg.phantom import write_phantom
@@ -39,8 +42,8 @@ def workdir(data_root, tmp_path_factory):
     runs = {}
     for name, extra in (("first", {}), ("cached", {}), ("strict", {"dice_threshold": 0.999})):
         paths = run_local(data_root=str(data_root), workdir=work, **{**KNOBS, **extra})
-        store = metadata.connect(sqlite_path=str(paths.metadata_path))
-        runs[name] = metadata.describe_run(store, "latest")
+        store = connect(sqlite_path=str(paths.metadata_path))
+        runs[name] = describe_run(store, "latest")
         runs[name]["versions"] = sorted(p.name for p in paths.serving_dir.iterdir()) if paths.serving_dir.exists() else []
     return work, runs
 
@@ -107,8 +110,8 @@ def test_ctseg_run_prints_an_actionable_summary(workdir, data_root, capsys):
 
 def test_lineage_of_the_pushed_model_reaches_the_input_data(workdir, data_root):
     work, runs = workdir
-    store = metadata.connect(sqlite_path=str(work / "metadata.sqlite"))
-    found = metadata.lineage(store, str(work / "serving" / runs["first"]["pushed_version"]))
+    store = connect(sqlite_path=str(work / "metadata.sqlite"))
+    found = lineage(store, str(work / "serving" / runs["first"]["pushed_version"]))
     assert str(data_root) in json.dumps(found)
     assert runs["first"]["run_id"] in json.dumps(found)
     assert found["data_fingerprint"] == ircad.data_fingerprint(str(data_root))  # what ingest read, in MLMD
@@ -141,7 +144,8 @@ def test_predict_masks_are_the_masks_the_evaluator_scored(workdir, data_root):
     resize back, threshold and 3D clean-up. (Inputs differ by rounding only: the evaluator reads ingest's
     int16 HU at model size, predict resizes the DICOM's HU itself.)"""
     from ctseg.components.evaluation import metrics as M
-    from ctseg.predict import load_model, load_series, mask_names, predict_series
+    from ctseg.predict import load_series, mask_names, predict_series
+    from ctseg.serving import load_model
 
     work, runs = workdir
     evaluation = json.loads((Path(_artifact(runs["first"], "ModelEvaluation")["uri"]) / "metrics.json").read_text())

@@ -424,11 +424,13 @@ def test_cli_reports_bad_input_in_one_line(phantom, tiny_model, tmp_path, capsys
 
 
 def test_writing_outputs_leaves_the_source_headers_alone(phantom, tmp_path):
+    from ctseg.predict.seg import _with_type2_study_attributes
+
     series = P.load_series(phantom / TEST_PATIENT)
     before = [(s.header.SOPInstanceUID, s.header.SeriesInstanceUID) for s in series.slices]
     mask = np.zeros((len(series.slices), *series.shape), np.uint8)
     for s, m in zip(series.slices, mask):
         P.mask_dataset(s.header, m, "1.2.3")
-    P._with_type2_study_attributes(series.slices[0].header)
+    _with_type2_study_attributes(series.slices[0].header)
     assert [(s.header.SOPInstanceUID, s.header.SeriesInstanceUID) for s in series.slices] == before
     assert "PatientBirthDate" not in series.slices[0].header

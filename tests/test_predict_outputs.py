@@ -85,7 +85,7 @@ def test_a_failure_while_writing_leaves_no_half_written_output(small_phantom, tm
     def broken(*_):
         raise OSError("disk full while writing the overlay")
 
-    monkeypatch.setattr(P, "overlay_png", broken)
+    monkeypatch.setattr(P.outputs, "overlay_png", broken)
     with pytest.raises(OSError, match="disk full"):
         P.write_outputs(_prediction(P.load_series(small_phantom / "3Dircadb1.1")), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

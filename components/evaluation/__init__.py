@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from ctseg.errors import CtsegError
+from ctseg.mlmd.files import read_bytes
 
 METRICS_FILE = "metrics.json"
 # SegmentationEvaluator's blessing rule, here so that the CLI shows them without importing TFX.
@@ -29,6 +31,24 @@ def load_evaluation(uri: str | os.PathLike) -> dict:
         raise CtsegError(f"unreadable evaluation {path}: {e}") from e
     result["grid_png"] = os.path.join(os.fspath(uri), result["grid_png"])
     return result
+
+
+def evaluation_details(uri: str) -> dict[str, Any]:
+    """Dice per patient and the blessing decision from SegmentationEvaluator's metrics.json."""
+    raw = read_bytes(os.path.join(uri, METRICS_FILE))
+    if raw is None:
+        return {}
+    try:
+        metrics = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    details = {k: metrics[k] for k in ("split", "mean_patient_dice", "dice_threshold", "blessed", "reason")
+               if k in metrics}
+    patients = metrics.get("patients")
+    if isinstance(patients, list):
+        details["dice_per_patient"] = {p["patient_id"]: p["dice"] for p in patients
+                                       if isinstance(p, dict) and "patient_id" in p and "dice" in p}
+    return details
 
 
 def format_evaluation(result: dict) -> str:

@@ -83,18 +83,19 @@ def saved_model_digest(path: str) -> str:
 def served_model_id(metadata: str, version_dir: str) -> Optional[int]:
     """The Model artifact id behind a pushed version, from the ML Metadata store `metadata`
     ("sqlite:PATH" or "grpc:HOST:PORT"); None when there is no store or it has no such push."""
-    from ctseg import metadata as mlmd
+    from ctseg.mlmd import lineage
+    from ctseg.mlmd.store import connect
 
     kind, _, where = (metadata or "").partition(":")
     try:
         if kind == "sqlite":
-            store = mlmd.connect(sqlite_path=where)
+            store = connect(sqlite_path=where)
         elif kind == "grpc":
             host, _, port = where.rpartition(":")
-            store = mlmd.connect(host=host, port=int(port))
+            store = connect(host=host, port=int(port))
         else:
             return None
-        return mlmd.served_model_id(store, version_dir)
+        return lineage.served_model_id(store, version_dir)
     except (CtsegError, ValueError) as e:  # the id is a detail: the baseline's path still says which model
         logging.warning("could not look up the serving model %s in ML Metadata (%s): %s", version_dir, metadata, e)
         return None

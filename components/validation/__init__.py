@@ -1,12 +1,15 @@
 """The validation stage: statistics, inferred and curated schemas, anomalies, and the gate before training.
 
-Importing the package is cheap (no TFX): `ANOMALIES_FILE` is read by `ctseg.metadata`; the
-components and `validation_stage` are imported on first use.
+Importing the package is cheap (no TFX): `anomalies_details` decodes ExampleValidator's files for
+`ctseg.mlmd`; the components and `validation_stage` are imported on first use.
 """
 from __future__ import annotations
 
 import importlib
+import os
+from typing import Any
 
+from ctseg.mlmd.files import list_dir, read_bytes
 from ctseg.schemas import SCHEMA_FILE
 
 ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes in each Split-<name> folder (its DEFAULT_FILE_NAME)
@@ -15,6 +18,29 @@ __all__ = ["ANOMALIES_FILE", "SCHEMA_FILE", "ValidationGate", "ValidationReport"
            "validation_stage"]
 _LAZY = {"ValidationGate": "component", "ValidationReport": "component", "ValidationStage": "stage",
          "validation_stage": "stage"}
+
+
+def anomalies_details(uri: str) -> dict[str, Any]:
+    """Anomalies per split from ExampleValidator's Split-*/SchemaDiff.pb (a tensorflow_metadata Anomalies)."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    counts, features = {}, {}
+    for name in list_dir(uri):
+        if not name.startswith("Split-"):
+            continue
+        raw = read_bytes(os.path.join(uri, name, ANOMALIES_FILE))
+        if raw is None:
+            continue
+        anomalies = anomalies_pb2.Anomalies.FromString(raw)
+        split = name[len("Split-"):]
+        counts[split] = len(anomalies.anomaly_info) + (1 if anomalies.HasField("dataset_anomaly_info") else 0)
+        features[split] = sorted(anomalies.anomaly_info)
+    if not counts:
+        return {}
+    details = {"anomalies": sum(counts.values()), "anomalies_per_split": counts}
+    if any(features.values()):
+        details["anomalous_features"] = {s: f for s, f in features.items() if f}
+    return details
 
 
 def __getattr__(name):

@@ -6,7 +6,7 @@ from typing import Any
 
 
 def register(sub) -> None:
-    from ctseg.metadata import add_store_arguments
+    from ctseg.commands.mlmd_options import add_store_arguments
 
     p = sub.add_parser(
         "lineage", help="trace a pushed model back to its run, hyperparameters, examples and input data",
@@ -19,9 +19,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ctseg import metadata
+    from ctseg.commands.mlmd_options import store_from_args
+    from ctseg.mlmd.lineage import lineage
 
-    found = metadata.lineage(metadata.store_from_args(args), args.path_or_id)
+    found = lineage(store_from_args(args), args.path_or_id)
     print(json.dumps(found, indent=2) if args.json else format_lineage(found))
     return 0
 

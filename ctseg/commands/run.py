@@ -69,14 +69,15 @@ class StageProgress(threading.Thread):
         self.first_id = self._last_execution_id()
 
     def _last_execution_id(self) -> int:
-        from ctseg.metadata import connect
+        from ctseg.mlmd.store import connect
 
         if not self.metadata_path.exists():
             return 0
         return max((e.id for e in connect(sqlite_path=str(self.metadata_path)).get_executions()), default=0)
 
     def poll(self) -> None:
-        from ctseg.metadata import connect, execution_lines
+        from ctseg.mlmd.runs import execution_lines
+        from ctseg.mlmd.store import connect
 
         if not self.metadata_path.exists():
             return

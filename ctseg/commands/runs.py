@@ -7,7 +7,7 @@ from typing import Any
 
 
 def register(sub) -> None:
-    from ctseg.metadata import add_store_arguments
+    from ctseg.commands.mlmd_options import add_store_arguments
 
     p = sub.add_parser(
         "runs", help="list pipeline runs from ML Metadata, or show one run's executions and artifacts",
@@ -24,19 +24,20 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ctseg import metadata
+    from ctseg.commands.mlmd_options import store_from_args
+    from ctseg.mlmd.runs import describe_run, list_runs
     from ctseg.errors import CtsegError
 
     if args.show and not args.run:
         raise CtsegError("`ctseg runs show` needs a RUN: a run id, a unique prefix of one, or `latest`")
     if args.limit is not None and args.limit < 1:
         raise CtsegError(f"--limit must be at least 1, got {args.limit}")
-    store = metadata.store_from_args(args)
+    store = store_from_args(args)
     if args.show:
-        described = metadata.describe_run(store, args.run)
+        described = describe_run(store, args.run)
         print(json.dumps(described, indent=2) if args.json else format_run(described))
         return 0
-    runs = metadata.list_runs(store, limit=args.limit)
+    runs = list_runs(store, limit=args.limit)
     print(json.dumps([r.to_dict() for r in runs], indent=2) if args.json else format_runs(runs))
     return 0
 

@@ -1,0 +1,43 @@
+"""Prediction on one patient's CT series: the exported model's `segment_hu` signature, slice by slice.
+
+`load_series` reads a folder, an IRCAD patient folder or a zip into header-checked slices in
+position order; `read_hu` is the `tf.data` reader that turns them into Hounsfield units;
+`predict_series` resizes to the trained size, runs the model in batches and resizes back;
+`write_outputs` writes the DICOM Segmentation, IRCAD-style mask DICOMs, the summary and an overlay.
+
+Modules: `series` (reading and checking the files, geometry), `reader` (the tf.data reader of
+Hounsfield units, and which decoder reads which file), `inference` (the model on the series), one
+module per output (`seg`, `ircad_masks`, `summary`, `overlay`) and `outputs` (all four, written
+atomically). The names below are the package's API.
+"""
+from __future__ import annotations
+
+import os
+
+from ctseg import postprocess
+from ctseg.serving import load_model
+from ctseg.predict.series import (ENHANCED_CT_STORAGE, ORGAN, SEGMENTATION_STORAGE, Series, SliceFile, complete_uids,
+                                  load_series, read_header, series_files, slice_spacing_mm, volume_ml)
+from ctseg.predict.reader import READERS, TFIO_TRANSFER_SYNTAXES, choose_reader, read_hu
+from ctseg.predict.inference import Prediction, predict_series
+from ctseg.predict.seg import ANATOMICAL_STRUCTURE, LOSSY_METHODS, STUDY_TYPE2, segmentation_dataset
+from ctseg.predict.ircad_masks import MASK_FOREGROUND, mask_dataset, mask_names
+from ctseg.predict.overlay import overlay_png
+from ctseg.predict.summary import reader_counts, summary
+from ctseg.predict.outputs import check_output_dir, write_outputs
+
+__all__ = ["ANATOMICAL_STRUCTURE", "ENHANCED_CT_STORAGE", "LOSSY_METHODS", "MASK_FOREGROUND", "ORGAN", "Prediction",
+           "READERS", "SEGMENTATION_STORAGE", "STUDY_TYPE2", "Series", "SliceFile", "TFIO_TRANSFER_SYNTAXES",
+           "check_output_dir", "choose_reader", "complete_uids", "load_series", "mask_dataset", "mask_names",
+           "overlay_png", "predict_series", "read_header", "read_hu", "reader_counts", "segmentation_dataset",
+           "series_files", "slice_spacing_mm", "summary", "volume_ml", "write_outputs", "predict"]
+
+
+def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
+            batch_size: int = 16, progress: bool = False, overwrite: bool = False,
+            cleanup: postprocess.Cleanup = postprocess.Cleanup()) -> dict:
+    """The whole command: load, predict, write (the mask cleaned up in 3D by `cleanup`); returns the summary."""
+    check_output_dir(out, overwrite)
+    series = load_series(series_src)
+    served = load_model(model)
+    return write_outputs(predict_series(series, served, batch_size, progress, cleanup), out)

@@ -1,0 +1,218 @@
+"""One patient's CT series: the files of a folder, an IRCAD patient folder or a zip, their headers
+checked to be one single-frame CT series and ordered by position, the UIDs a DICOM Segmentation
+needs filled in, and the series' geometry (slice spacing, volume of a mask in ml).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import os
+from typing import Sequence
+
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+from ctseg.dicom import CT_IMAGE_STORAGE, DicomError, slice_position_mm, slice_sort_key, spacing_mm, thickness_mm
+from ctseg.errors import CtsegError
+
+
+ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceFile:
+    """One source file: its name for messages, its bytes, and its header (no pixels)."""
+    name: str
+    data: bytes
+    header: pydicom.Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """One CT series in position order (`ctseg.dicom.slice_sort_key`); `generated` says which UIDs the
+    files lacked and were filled in (`complete_uids`)."""
+    source: str
+    slices: tuple[SliceFile, ...]
+    generated: tuple[str, ...] = ()
+
+    @property
+    def uid(self) -> str:
+        return str(self.slices[0].header.SeriesInstanceUID)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        h = self.slices[0].header
+        return int(h.Rows), int(h.Columns)
+
+
+def series_files(src: str | os.PathLike) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every candidate slice of one patient, through `ctseg.ircad`: a folder of DICOM
+    files, an IRCAD patient folder (its PATIENT_DICOM folder or .zip), or a zip of either, also when
+    the zip wraps the patient in one folder. DICOMDIR index files are left out."""
+    from ctseg import ircad
+
+    try:
+        files = ircad.read_series(str(src))
+    except CtsegError as first:
+        try:
+            patients = ircad.find_patients(str(src))
+        except CtsegError:
+            raise first from None
+        if len(patients) > 1:
+            names = ", ".join(p.patient_id for p in patients[:3])
+            raise CtsegError(f"{src} holds {len(patients)} patients ({names}...); "
+                             "predict takes one patient's series") from None
+        with ircad.open_patient(patients[0], ORGAN) as patient:
+            if patient.images is None:
+                raise first from None
+            files = {name: patient.images.read(name) for name in patient.image_files}
+    return [(name, data) for name, data in sorted(files.items()) if name.upper() != "DICOMDIR"]
+
+
+def read_header(name: str, data: bytes) -> pydicom.Dataset:
+    """The header of a file that should be a single-frame grey-scale CT slice, or a DicomError why not."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    except Exception as e:  # pydicom raises many types for files that are not DICOM
+        raise DicomError(name, f"not readable as DICOM ({type(e).__name__}: {e})") from e
+    if "Rows" not in ds or "Columns" not in ds or "SeriesInstanceUID" not in ds:
+        raise DicomError(name, "not a DICOM image (no Rows, Columns or SeriesInstanceUID)")
+    modality = str(ds.get("Modality", "")).strip()
+    sop_class = str(ds.get("SOPClassUID", ""))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if sop_class == SEGMENTATION_STORAGE or modality == "SEG":
+        raise DicomError(name, "a DICOM Segmentation (SEG), not a CT image")
+    if sop_class == ENHANCED_CT_STORAGE:
+        raise DicomError(name, f"Enhanced CT multi-frame image ({frames} frames); predict reads single-frame "
+                               "CT Image Storage slices, one per file")
+    if frames > 1:
+        raise DicomError(name, f"multi-frame image ({frames} frames); predict expects one CT slice per file")
+    if modality != "CT" and sop_class != CT_IMAGE_STORAGE:
+        raise DicomError(name, f"modality {modality or '?'} is not CT")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if not photometric.startswith("MONOCHROME") or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DicomError(name, f"{photometric} image is not a grey-scale CT slice")
+    return ds
+
+
+def _check_one_series(slices: Sequence[SliceFile], source: str) -> None:
+    by_uid: dict[str, list[str]] = {}
+    for s in slices:
+        by_uid.setdefault(str(s.header.SeriesInstanceUID), []).append(s.name)
+    if len(by_uid) > 1:
+        parts = "; ".join(f"{uid} ({len(names)} files, e.g. {names[0]})" for uid, names in by_uid.items())
+        raise CtsegError(f"{source} mixes {len(by_uid)} series: {parts}; give one series")
+    rows, cols = int(slices[0].header.Rows), int(slices[0].header.Columns)
+    for s in slices:
+        if (int(s.header.Rows), int(s.header.Columns)) != (rows, cols):
+            raise CtsegError(f"{s.name}: {s.header.Rows}x{s.header.Columns} slice in a series of "
+                             f"{rows}x{cols} slices (e.g. {slices[0].name})")
+
+
+def _check_slice_thickness(slices: Sequence[SliceFile]) -> None:
+    """SliceThickness is Type 2 (may be empty), but highdicom 0.22 cannot write a Segmentation of a
+    single-frame source without its value: seg/sop.py:2228-2235 reads it into the source's pixel measures
+    and content.py:412 (PixelMeasuresSequence.__eq__) compares it, an AttributeError when absent.
+    Refused here, before the model runs, rather than made up."""
+    for s in slices:
+        if not str(s.header.get("SliceThickness", "") or "").strip():
+            raise CtsegError(f"{s.name}: no SliceThickness; highdicom, which writes seg.dcm, needs it to "
+                             "describe the segmentation's voxels, so this series cannot be segmented")
+
+
+def load_series(src: str | os.PathLike) -> Series:
+    """One patient's CT series, header-checked and in position order; CtsegError naming the bad file(s)."""
+    files = series_files(src)
+    slices, bad = [], []
+    for name, data in files:
+        try:
+            slices.append(SliceFile(name, data, read_header(name, data)))
+        except DicomError as e:
+            bad.append(e)
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        what = "no CT DICOM slices" if not slices else f"{len(bad)} file(s) that are not CT slices"
+        raise CtsegError(f"{src}: {what}: " + "; ".join(str(e) for e in bad[:3]) + more)
+    slices, generated = complete_uids(slices)
+    _check_one_series(slices, str(src))
+    _check_slice_thickness(slices)
+    slices.sort(key=lambda s: slice_sort_key(s.header, s.name))
+    return Series(str(src), tuple(slices), tuple(generated))
+
+
+def _blank(header: pydicom.Dataset, keyword: str) -> bool:
+    return not str(header.get(keyword, "") or "").strip()
+
+
+def complete_uids(slices: Sequence[SliceFile]) -> tuple[list[SliceFile], list[str]]:
+    """Headers with the UIDs a DICOM Segmentation needs, and a sentence for each one filled in.
+
+    De-identification often blanks SOPClassUID, SOPInstanceUID, SeriesInstanceUID and
+    StudyInstanceUID while the file meta keeps MediaStorageSOPClassUID/MediaStorageSOPInstanceUID;
+    older exports lack FrameOfReferenceUID. highdicom 0.22 looks the SOP class up in a table
+    (highdicom/_module_utils.py:207 `SOP_CLASS_UID_IOD_KEY_MAP[sop_class_uid]`: KeyError '' for a blank
+    one) and refuses CT without a frame of reference (highdicom/seg/sop.py:1502-1525, "Source images
+    have no Frame Of Reference UID, but it is required by the IOD"). The file meta's values come
+    first; series-level UIDs are generated once for the whole series, an instance UID per file.
+    """
+    missing = {k for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID",
+                           "FrameOfReferenceUID") if any(_blank(s.header, k) for s in slices)}
+    if not missing:
+        return list(slices), []
+    shared = {k: generate_uid() for k in ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")}
+    notes: dict[str, str] = {}
+    completed = []
+    for s in slices:
+        header = _copy_header(s.header)
+        header.file_meta = getattr(s.header, "file_meta", pydicom.dataset.FileMetaDataset())
+        meta = header.file_meta
+        for keyword, from_meta in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                   ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not _blank(header, keyword):
+                continue
+            if not _blank(meta, from_meta):
+                setattr(header, keyword, str(meta.get(from_meta)))
+                notes.setdefault(keyword, f"{keyword} blank: taken from the file meta's {from_meta}")
+            elif keyword == "SOPClassUID":
+                header.SOPClassUID = CT_IMAGE_STORAGE
+                notes.setdefault(keyword, "SOPClassUID blank here and in the file meta: CT Image Storage assumed")
+            else:
+                header.SOPInstanceUID = generate_uid()
+                notes.setdefault(keyword, "SOPInstanceUID blank here and in the file meta: generated per file")
+        for keyword, uid in shared.items():
+            if _blank(header, keyword):
+                setattr(header, keyword, uid)
+                notes.setdefault(keyword, f"{keyword} missing: generated one for the series ({uid})")
+        completed.append(SliceFile(s.name, s.data, header))
+    return completed, list(notes.values())
+
+
+def _copy_header(header: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy whose elements can change without changing the source (Dataset(ds) shares them)."""
+    return pydicom.Dataset({tag: copy.deepcopy(element) for tag, element in header.items()})
+
+
+def slice_spacing_mm(series: Series) -> float:
+    """Distance between slices: the median step of positions along the normal, else SliceThickness."""
+    positions = [slice_position_mm(s.header) for s in series.slices]
+    if len(positions) > 1 and None not in positions:
+        step = float(np.median(np.abs(np.diff(positions))))
+        if step > 0:
+            return step
+    thickness = thickness_mm(series.slices[0].header)
+    if thickness > 0:
+        return thickness
+    raise CtsegError(f"{series.source}: cannot tell the slice spacing (no ImagePositionPatient steps "
+                     f"and no SliceThickness in {series.slices[0].name})")
+
+
+def volume_ml(mask: np.ndarray, series: Series) -> float:
+    """Voxels x row spacing x column spacing x slice spacing, in millilitres (1 ml = 1000 mm^3)."""
+    row_mm, col_mm = spacing_mm(series.slices[0].header)
+    return float(np.count_nonzero(mask)) * row_mm * col_mm * slice_spacing_mm(series) / 1000.0
+
+
+ORGAN = "liver"

@@ -16,6 +16,8 @@ from pydicom.errors import InvalidDicomError
 PathOrFile = Union[str, os.PathLike, BinaryIO, bytes]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LIVER_WINDOW = (60.0, 400.0)  # centre, width in HU: the usual abdominal liver window
 
 

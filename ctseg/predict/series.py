@@ -14,12 +14,9 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from ctseg.dicom import CT_IMAGE_STORAGE, DicomError, slice_position_mm, slice_sort_key, spacing_mm, thickness_mm
+from ctseg.dicom import (CT_IMAGE_STORAGE, ENHANCED_CT_STORAGE, SEGMENTATION_STORAGE, DicomError, slice_position_mm,
+                         slice_sort_key, spacing_mm, thickness_mm)
 from ctseg.errors import CtsegError
-
-
-ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 693_*.dcm: one real 512x512 CT slice, uncompressed (UNCR, UNCI) and JPEG 2000 lossless (J2KR) and lossy
 (J2KI, which records LossyImageCompression 01 without LossyImageCompressionMethod); explicit_VR-UN.dcm:
-a real abdominal CT slice (NIH Pancreas-CT), JPEG 2000, without SliceThickness (read correctly, but refused
-for predict: highdicom 0.22 cannot write a SEG of it); eCT_Supplemental.dcm: Enhanced
+a real abdominal CT slice (NIH Pancreas-CT), JPEG 2000, without SliceThickness (read correctly; alone it is
+refused, since highdicom 0.22 cannot write a SEG without it, but in a series of several slices the spacing
+of their positions stands in); eCT_Supplemental.dcm: Enhanced
 CT multi-frame; liver.dcm: a DICOM SEG, not an image. Each one-file series is either read as pydicom reads it
 (HU = pixel_array * slope + intercept) and gets a seg.dcm that pydicom and highdicom read back and that
 references the source instance, or is refused with its reason in one sentence and nothing written.
@@ -24,7 +25,9 @@ from ctseg import predict as P
 from ctseg.cli import main as cli_main
 
 CT_SLICES = ("693_UNCR.dcm", "693_UNCI.dcm", "693_J2KR.dcm", "693_J2KI.dcm")
-REFUSED = {"explicit_VR-UN.dcm": r"no SliceThickness; highdicom, which writes seg\.dcm, needs it","eCT_Supplemental.dcm": r"Enhanced CT multi-frame image \(2 frames\)",
+REFUSED = {"explicit_VR-UN.dcm": r"no SliceThickness, and no second slice position to take the spacing from; "
+                                  r"highdicom, which writes seg\.dcm, needs it",
+           "eCT_Supplemental.dcm": r"Enhanced CT multi-frame image \(2 frames\)",
            "liver.dcm": r"a DICOM Segmentation \(SEG\), not a CT image"}
 SLOW_FIXTURES = {"model"}  # see tests/conftest.py
 
@@ -88,3 +91,29 @@ def test_a_file_that_is_not_a_ct_slice_is_refused_in_one_sentence(name, model, t
     assert len(err.splitlines()) == 1 and name in err
     assert re.search(REFUSED[name], err), err
     assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "series"]
+
+
+def test_a_real_series_without_slice_thickness_takes_it_from_the_positions(model, tmp_path, capsys):
+    """Three copies of the real abdominal slice (no SliceThickness) 2.5 mm apart: the SEG is written with
+    the positions' spacing as the voxel depth, and the summary says it was derived."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    source = pydicom.dcmread(pydicom.data.get_testdata_file("explicit_VR-UN.dcm"))
+    assert source.get("SliceThickness", "") in ("", None)  # present and empty, as Type 2 allows
+    z0 = float(source.ImagePositionPatient[2])
+    for i in range(3):
+        source.ImagePositionPatient[2] = z0 - 2.5 * i
+        source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        source.InstanceNumber = i + 1
+        source.save_as(folder / f"slice{i}.dcm")
+    out = tmp_path / "out"
+    code = cli_main(["predict", str(folder), "--model", str(model), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    seg = pydicom.dcmread(out / "seg.dcm")
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(2.5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["slices"] == 3 and summary["slice_spacing_mm"] == pytest.approx(2.5)
+    assert summary["derived_attributes"] == [
+        "SliceThickness missing: the spacing of the slice positions (2.5 mm) used for the Segmentation's pixel measures"]
+    assert pydicom.dcmread(folder / "slice0.dcm").get("SliceThickness", "") in ("", None)  # the files are untouched

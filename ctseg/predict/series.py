@@ -34,6 +34,7 @@ class Series:
     source: str
     slices: tuple[SliceFile, ...]
     generated: tuple[str, ...] = ()
+    derived: tuple[str, ...] = ()  # header values the files lacked, derived from others (`complete_slice_thickness`)
 
     @property
     def uid(self) -> str:
@@ -109,15 +110,36 @@ def _check_one_series(slices: Sequence[SliceFile], source: str) -> None:
                              f"{rows}x{cols} slices (e.g. {slices[0].name})")
 
 
-def _check_slice_thickness(slices: Sequence[SliceFile]) -> None:
-    """SliceThickness is Type 2 (may be empty), but highdicom 0.22 cannot write a Segmentation of a
-    single-frame source without its value: seg/sop.py:2228-2235 reads it into the source's pixel measures
-    and content.py:412 (PixelMeasuresSequence.__eq__) compares it, an AttributeError when absent.
-    Refused here, before the model runs, rather than made up."""
+def complete_slice_thickness(slices: Sequence[SliceFile]) -> tuple[list[SliceFile], list[str]]:
+    """Headers with a SliceThickness value, and a sentence if one was filled in.
+
+    SliceThickness is Type 2 (may be empty; exports and de-identification leave it so), but highdicom
+    0.22 cannot write a Segmentation of a single-frame source without its value: seg/sop.py:2228-2235
+    reads it into the source's pixel measures and content.py:412 (PixelMeasuresSequence.__eq__) compares
+    it, an AttributeError when absent. A series of several slices gets the spacing of its positions (the
+    voxel depth ITK and dcm2niix use for the volume too); a single slice without it is refused before the
+    model runs rather than given a made-up value."""
+    if not any(_blank(s.header, "SliceThickness") for s in slices):
+        return list(slices), []
+    positions = sorted(p for p in (slice_position_mm(s.header) for s in slices) if p is not None)
+    steps = np.diff(positions)
+    steps = steps[steps > 0]
+    if len(positions) < len(slices) or not len(steps):
+        name = next(s.name for s in slices if _blank(s.header, "SliceThickness"))
+        raise CtsegError(f"{name}: no SliceThickness, and no second slice position to take the spacing from; highdicom, "
+                         "which writes seg.dcm, needs it to describe the segmentation's voxels, so this series "
+                         "cannot be segmented")
+    spacing = round(float(np.median(steps)), 6)
+    completed = []
     for s in slices:
-        if not str(s.header.get("SliceThickness", "") or "").strip():
-            raise CtsegError(f"{s.name}: no SliceThickness; highdicom, which writes seg.dcm, needs it to "
-                             "describe the segmentation's voxels, so this series cannot be segmented")
+        if _blank(s.header, "SliceThickness"):
+            header = _copy_header(s.header)
+            header.file_meta = getattr(s.header, "file_meta", pydicom.dataset.FileMetaDataset())
+            header.SliceThickness = spacing
+            s = SliceFile(s.name, s.data, header)
+        completed.append(s)
+    return completed, [f"SliceThickness missing: the spacing of the slice positions ({spacing:g} mm) used for the "
+                       "Segmentation's pixel measures"]
 
 
 def load_series(src: str | os.PathLike) -> Series:
@@ -135,9 +157,9 @@ def load_series(src: str | os.PathLike) -> Series:
         raise CtsegError(f"{src}: {what}: " + "; ".join(str(e) for e in bad[:3]) + more)
     slices, generated = complete_uids(slices)
     _check_one_series(slices, str(src))
-    _check_slice_thickness(slices)
+    slices, thickness = complete_slice_thickness(slices)
     slices.sort(key=lambda s: slice_sort_key(s.header, s.name))
-    return Series(str(src), tuple(slices), tuple(generated))
+    return Series(str(src), tuple(slices), tuple(generated), tuple(thickness))
 
 
 def _blank(header: pydicom.Dataset, keyword: str) -> bool:

@@ -30,5 +30,6 @@ def summary(prediction: Prediction) -> dict:
         "slice_spacing_mm": round(slice_spacing_mm(series), 6),
         "readers": reader_counts(prediction.readers),
         "generated_uids": list(series.generated),
+        "derived_attributes": list(series.derived),
         "cleanup": prediction.cleanup,
     }

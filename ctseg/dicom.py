@@ -51,6 +51,23 @@ def _looks_like_dicom(ds: pydicom.Dataset) -> bool:
     return bool(meta and "TransferSyntaxUID" in meta) or any(tag.group == 0x0008 for tag in ds.keys())
 
 
+def not_single_frame(ds: pydicom.Dataset) -> str | None:
+    """Why a file is not one CT slice per file (a SEG, even of one frame; an Enhanced CT; any multi-frame
+    image), else None. Ingest's CT slices and predict's series are refused with this reason."""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (ValueError, TypeError) as e:
+        return f"NumberOfFrames cannot be read ({type(e).__name__}: {e})"
+    if str(ds.get("SOPClassUID", "")) == SEGMENTATION_STORAGE or str(ds.get("Modality", "")).strip() == "SEG":
+        return "a DICOM Segmentation (SEG), not a CT image"
+    if str(ds.get("SOPClassUID", "")) == ENHANCED_CT_STORAGE:
+        return (f"Enhanced CT multi-frame image ({frames} frames); expected single-frame CT Image Storage slices, "
+                "one per file")
+    if frames > 1:
+        return f"multi-frame image ({frames} frames); expected one slice per file"
+    return None
+
+
 def pixel_array(ds: pydicom.Dataset, name: str) -> np.ndarray:
     """The stored values of a single-frame monochrome image, or a DicomError saying why not."""
     try:

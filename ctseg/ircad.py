@@ -382,6 +382,9 @@ class CtSlice:
 def decode_slice(data: bytes, location: str, size: int) -> CtSlice:
     """DICOM bytes → HU resized to (size, size); a DicomError naming `location` when the file is unusable."""
     ds = dicom.read_dataset(data, location)
+    not_a_slice = dicom.not_single_frame(ds)
+    if not_a_slice:
+        raise dicom.DicomError(location, not_a_slice)
     stored = dicom.pixel_array(ds, location)
     slope, intercept = dicom.rescale(ds)
     lo, hi = sorted((float(stored.min()) * slope + intercept, float(stored.max()) * slope + intercept))

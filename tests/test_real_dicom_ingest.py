@@ -20,7 +20,8 @@ from ctseg import dicom
 from ctseg.features import decode_example
 
 CT_SLICES = ("693_UNCR.dcm", "693_UNCI.dcm", "693_J2KR.dcm", "693_J2KI.dcm")
-NOT_SLICES = {"eCT_Supplemental.dcm": "multi-frame image (2 frames)", "liver.dcm": "multi-frame image (3 frames)"}
+NOT_SLICES = {"eCT_Supplemental.dcm": "Enhanced CT multi-frame image (2 frames)",
+              "liver.dcm": "a DICOM Segmentation (SEG), not a CT image"}
 SIZE = 64
 
 

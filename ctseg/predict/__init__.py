@@ -16,7 +16,8 @@ import os
 
 from ctseg import postprocess
 from ctseg.serving import load_model
-from ctseg.predict.series import (ENHANCED_CT_STORAGE, ORGAN, SEGMENTATION_STORAGE, Series, SliceFile,
+from ctseg.dicom import ENHANCED_CT_STORAGE, SEGMENTATION_STORAGE
+from ctseg.predict.series import (ORGAN, Series, SliceFile,
                                   complete_slice_thickness, complete_uids, load_series, read_header, series_files,
                                   slice_spacing_mm, volume_ml)
 from ctseg.predict.reader import READERS, TFIO_TRANSFER_SYNTAXES, choose_reader, read_hu

@@ -14,8 +14,8 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from ctseg.dicom import (CT_IMAGE_STORAGE, ENHANCED_CT_STORAGE, SEGMENTATION_STORAGE, DicomError, slice_position_mm,
-                         slice_sort_key, spacing_mm, thickness_mm)
+from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, not_single_frame, slice_position_mm, slice_sort_key, spacing_mm,
+                         thickness_mm)
 from ctseg.errors import CtsegError
 
 
@@ -78,17 +78,11 @@ def read_header(name: str, data: bytes) -> pydicom.Dataset:
         raise DicomError(name, f"not readable as DICOM ({type(e).__name__}: {e})") from e
     if "Rows" not in ds or "Columns" not in ds or "SeriesInstanceUID" not in ds:
         raise DicomError(name, "not a DICOM image (no Rows, Columns or SeriesInstanceUID)")
+    reason = not_single_frame(ds)
+    if reason:
+        raise DicomError(name, reason)
     modality = str(ds.get("Modality", "")).strip()
-    sop_class = str(ds.get("SOPClassUID", ""))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if sop_class == SEGMENTATION_STORAGE or modality == "SEG":
-        raise DicomError(name, "a DICOM Segmentation (SEG), not a CT image")
-    if sop_class == ENHANCED_CT_STORAGE:
-        raise DicomError(name, f"Enhanced CT multi-frame image ({frames} frames); predict reads single-frame "
-                               "CT Image Storage slices, one per file")
-    if frames > 1:
-        raise DicomError(name, f"multi-frame image ({frames} frames); predict expects one CT slice per file")
-    if modality != "CT" and sop_class != CT_IMAGE_STORAGE:
+    if modality != "CT" and str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE:
         raise DicomError(name, f"modality {modality or '?'} is not CT")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if not photometric.startswith("MONOCHROME") or int(ds.get("SamplesPerPixel", 1) or 1) != 1:

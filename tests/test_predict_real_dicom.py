@@ -6,8 +6,7 @@ a real abdominal CT slice (NIH Pancreas-CT), JPEG 2000, without SliceThickness (
 refused, since highdicom 0.22 cannot write a SEG without it, but in a series of several slices the spacing
 of their positions stands in); eCT_Supplemental.dcm: Enhanced CT multi-frame; liver.dcm: a DICOM SEG, not
 an image (both refused by `ctseg.dicom.not_single_frame`, as ingest does). Each one-file series is either
-read as pydicom reads it
-(HU = pixel_array * slope + intercept) and gets a seg.dcm that pydicom and highdicom read back and that
+read as pydicom reads it (HU = pixel_array * slope + intercept) and gets a seg.dcm that pydicom and highdicom read back and that
 references the source instance, or is refused with its reason in one sentence and nothing written.
 The model is the Trainer's UNET exported by `ctseg.serving.export_model` (tests/tiny_unet.py).
 """

@@ -157,6 +157,32 @@ def score(predicted: np.ndarray, reference: np.ndarray, series) -> dict:
             "volume_ml": round(volume_ml(p, series), 1), "reference_volume_ml": round(volume_ml(r, series), 1)}
 
 
+def picture(rows: list[tuple[str, object, np.ndarray]], path: Path, per_case: int = 4) -> Path:
+    """Slices evenly through each case's liver in the liver window: reference green, prediction red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), per_case, figsize=(3 * per_case, 3.2 * len(rows)), squeeze=False)
+    for (name, prediction, reference), line in zip(rows, axes):
+        with_liver = np.flatnonzero(reference.any(axis=(1, 2)) | prediction.mask.any(axis=(1, 2)))
+        picks = np.unique(np.linspace(with_liver.min(), with_liver.max(), per_case).round().astype(int))
+        for ax in line:
+            ax.axis("off")
+        for ax, k in zip(line, picks):
+            ax.imshow(prediction.windowed[k], cmap="gray")
+            ax.contour(reference[k], [0.5], colors="lime", linewidths=0.8)
+            ax.contour(prediction.mask[k], [0.5], colors="red", linewidths=0.8)
+            ax.set_title(f"slice {k + 1} of {len(reference)}", fontsize=8)
+        line[0].text(0.01, 0.99, name.split(" (")[0], transform=line[0].transAxes, fontsize=7, va="top", color="w")
+    fig.suptitle("real CT: reference green, model red", fontsize=10)
+    fig.tight_layout(h_pad=0.3, w_pad=0.3)
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return path
+
+
 def cases(totalsegmentator: Path | None, dcmqi: Path | None, scratch: Path):
     """(name, series source, function series → reference mask) for every source given."""
     if totalsegmentator:
@@ -181,6 +207,7 @@ def main(argv=None):
     ap.add_argument("--totalsegmentator", type=Path, help="a checkout of github.com/wasserth/TotalSegmentator")
     ap.add_argument("--dcmqi", type=Path, help="a checkout of github.com/QIICR/dcmqi")
     ap.add_argument("--out", type=Path, help="keep each case's predict outputs (SEG, masks, overlay) here")
+    ap.add_argument("--picture", type=Path, help="write a PNG of every case: reference and prediction contours")
     args = ap.parse_args(argv)
     if not (args.totalsegmentator or args.dcmqi):
         ap.error("give --totalsegmentator and/or --dcmqi")
@@ -188,15 +215,19 @@ def main(argv=None):
     from ctseg.predict import load_model, load_series, predict_series, write_outputs
 
     served = load_model(args.model)
-    rows = []
+    rows, drawn = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, src, reference) in enumerate(cases(args.totalsegmentator, args.dcmqi, Path(tmp))):
             series = load_series(src)
             prediction = predict_series(series, served)
             if args.out:
                 write_outputs(prediction, args.out / f"case{i}")
-            rows.append({"case": name, **score(prediction.mask, reference(series), series)})
+            truth = reference(series)
+            rows.append({"case": name, **score(prediction.mask, truth, series)})
+            drawn.append((name, prediction, truth))
             print(json.dumps(rows[-1]), flush=True)
+    if args.picture:
+        print(f"picture: {picture(drawn, args.picture)}")
     dices = [r["dice"] for r in rows]
     print(json.dumps({"model": str(served.path), "context_slices": served.context_slices,
                       "mean_dice": round(float(np.mean(dices)), 4), "cases": rows}, indent=1))

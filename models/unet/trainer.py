@@ -2,8 +2,9 @@
 `run_fn='ctseg.models.unet.trainer.run_fn'`), in the style of TFX's penguin example.
 
 `custom_config` keys (all optional; a `preset` sets the defaults, explicit keys override it):
-  preset                   'small' (default: 128 px, depth 4, 8 base filters, dropout 0.1, for CPUs)
-                           or 'full' (256 px, depth 4, 32..512 filters, dropout 0.5: the blog post's net, for GPUs)
+  preset                   'small' (default: 128 px, depth 4, 12 base filters, dropout 0.1, 25 epochs, for CPUs)
+                           or 'full' (256 px, depth 4, 32..512 filters, dropout 0.5, 40 epochs: the blog post's net,
+                           for GPUs)
   image_size               input height = width in pixels; must equal ingest's image_size
   depth, base_filters      levels of the UNET and filters at the first level (doubling per level)
   dropout                  dropout rate after each pool and each up-concatenation
@@ -14,7 +15,8 @@
   bce_weight               loss = Dice loss + bce_weight * binary cross-entropy (0: pure Dice)
   keep_empty_probability   chance to keep a training slice without organ (default 0.4: drops 60%)
   augmentation, each with its probability (and its size), applied in this order to image and mask:
-    flip_probability; rotate_probability (max_rotation_degrees) and scale_probability (zoom 1 ± max_scale),
+    flip_probability (left-right: the liver is on the right, yet dropping the flip lowered real-CT Dice,
+    docs/BENCHMARKS.md); rotate_probability (max_rotation_degrees) and scale_probability (zoom 1 ± max_scale),
     one resampling; elastic_probability (elastic_max_px: a smooth displacement field);
     hu_scale_probability (1 ± max_hu_scale about 0 HU) and hu_shift_probability (± max_hu_shift HU):
     contrast phase and calibration; blur_probability (Gaussian, sigma up to max_blur_sigma_px) and

@@ -81,3 +81,34 @@ def test_oblique_nifti_is_refused(tmp_path):
     oblique[:2, :2] = np.array([[c, -s], [s, c]]) * ZOOMS[0]
     with pytest.raises(SystemExit, match="axis-aligned"):
         write_nifti_as_dicom(_save(tmp_path, "oblique", hu, oblique), tmp_path / "oblique", "oblique")
+
+
+def test_seg_reference_frames_follow_the_series_by_sop_instance_uid():
+    """dcmqi's liver.dcm (pydicom-data) references its 3 source slices by UID; the bench matches frames to
+    slices by that UID, whatever order the series is in, and refuses a slice the SEG does not cover."""
+    from pathlib import Path
+
+    import pydicom.data
+
+    from bench.real_ct import reference_from_seg
+    from ctseg.predict import Series, SliceFile
+
+    path = Path(pydicom.data.get_testdata_file("liver.dcm"))
+    seg = pydicom.dcmread(path)
+    frames = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
+    uids = [str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+            for item in seg.PerFrameFunctionalGroupsSequence]
+    assert len(set(uids)) == len(frames) == 3 and all(f.any() for f in frames)
+
+    def series(order):
+        return Series("x", tuple(SliceFile(f"s{i}", b"", pydicom.Dataset({})) for i in order))
+
+    slices = series(reversed(range(3)))
+    for s, i in zip(slices.slices, reversed(range(3))):
+        s.header.SOPInstanceUID = uids[i]
+    mask = reference_from_seg(slices, path)
+    for k, i in enumerate(reversed(range(3))):
+        assert np.array_equal(mask[k], (frames[i] > 0).astype(np.uint8))
+    slices.slices[0].header.SOPInstanceUID = "1.2.3"
+    with pytest.raises(SystemExit, match=r"has no frame for \['s2'\]"):
+        reference_from_seg(slices, path)

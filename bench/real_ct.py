@@ -64,7 +64,8 @@ def axial_grid(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndar
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if not np.allclose(np.abs(affine[:3, :3]), np.diag(zooms), atol=1e-3):
         raise SystemExit("only axis-aligned NIfTI volumes are written as DICOM here")
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    corners = np.array([[i, j, k, 1.0]
+                        for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
     lps = (corners @ affine.T)[:, :3] @ LPS_FROM_RAS.T
     lo, hi = lps.min(axis=0), lps.max(axis=0)
     pixel_mm = float(zooms[0])

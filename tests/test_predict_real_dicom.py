@@ -6,8 +6,8 @@ a real abdominal CT slice (NIH Pancreas-CT), JPEG 2000, without SliceThickness (
 refused, since highdicom 0.22 cannot write a SEG without it, but in a series of several slices the spacing
 of their positions stands in); eCT_Supplemental.dcm: Enhanced CT multi-frame; liver.dcm: a DICOM SEG, not
 an image (both refused by `ctseg.dicom.not_single_frame`, as ingest does). Each one-file series is either
-read as pydicom reads it (HU = pixel_array * slope + intercept) and gets a seg.dcm that pydicom and highdicom read back and that
-references the source instance, or is refused with its reason in one sentence and nothing written.
+read as pydicom reads it (HU = pixel_array * slope + intercept) and gets a seg.dcm that pydicom and
+highdicom read back and that references the source instance, or is refused with its reason in one sentence and nothing written.
 The model is the Trainer's UNET exported by `ctseg.serving.export_model` (tests/tiny_unet.py).
 """
 import json
@@ -115,5 +115,6 @@ def test_a_real_series_without_slice_thickness_takes_it_from_the_positions(model
     summary = json.loads((out / "summary.json").read_text())
     assert summary["slices"] == 3 and summary["slice_spacing_mm"] == pytest.approx(2.5)
     assert summary["derived_attributes"] == [
-        "SliceThickness missing: the spacing of the slice positions (2.5 mm) used for the Segmentation's pixel measures"]
+        "SliceThickness missing: the spacing of the slice positions (2.5 mm) used for the Segmentation's "
+        "pixel measures"]
     assert pydicom.dcmread(folder / "slice0.dcm").get("SliceThickness", "") in ("", None)  # the files are untouched

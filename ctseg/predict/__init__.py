@@ -17,9 +17,8 @@ import os
 from ctseg import postprocess
 from ctseg.serving import load_model
 from ctseg.dicom import ENHANCED_CT_STORAGE, SEGMENTATION_STORAGE
-from ctseg.predict.series import (ORGAN, Series, SliceFile,
-                                  complete_slice_thickness, complete_uids, load_series, read_header, series_files,
-                                  slice_spacing_mm, volume_ml)
+from ctseg.predict.series import (ORGAN, Series, SliceFile, complete_slice_thickness, complete_uids, load_series,
+                                  read_header, series_files, slice_spacing_mm, volume_ml)
 from ctseg.predict.reader import READERS, TFIO_TRANSFER_SYNTAXES, choose_reader, read_hu
 from ctseg.predict.inference import Prediction, predict_series
 from ctseg.predict.seg import ANATOMICAL_STRUCTURE, LOSSY_METHODS, STUDY_TYPE2, segmentation_dataset
@@ -30,9 +29,9 @@ from ctseg.predict.outputs import check_output_dir, write_outputs
 
 __all__ = ["ANATOMICAL_STRUCTURE", "ENHANCED_CT_STORAGE", "LOSSY_METHODS", "MASK_FOREGROUND", "ORGAN", "Prediction",
            "READERS", "SEGMENTATION_STORAGE", "STUDY_TYPE2", "Series", "SliceFile", "TFIO_TRANSFER_SYNTAXES",
-           "check_output_dir", "choose_reader", "complete_slice_thickness", "complete_uids", "load_series", "mask_dataset", "mask_names",
-           "overlay_png", "predict_series", "read_header", "read_hu", "reader_counts", "segmentation_dataset",
-           "series_files", "slice_spacing_mm", "summary", "volume_ml", "write_outputs", "predict"]
+           "check_output_dir", "choose_reader", "complete_slice_thickness", "complete_uids", "load_series",
+           "mask_dataset", "mask_names", "overlay_png", "predict_series", "read_header", "read_hu", "reader_counts",
+           "segmentation_dataset", "series_files", "slice_spacing_mm", "summary", "volume_ml", "write_outputs", "predict"]
 
 
 def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,

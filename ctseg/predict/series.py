@@ -120,9 +120,9 @@ def complete_slice_thickness(slices: Sequence[SliceFile]) -> tuple[list[SliceFil
     steps = steps[steps > 0]
     if len(positions) < len(slices) or not len(steps):
         name = next(s.name for s in slices if _blank(s.header, "SliceThickness"))
-        raise CtsegError(f"{name}: no SliceThickness, and no second slice position to take the spacing from; highdicom, "
-                         "which writes seg.dcm, needs it to describe the segmentation's voxels, so this series "
-                         "cannot be segmented")
+        raise CtsegError(f"{name}: no SliceThickness, and no second slice position to take the spacing from; "
+                         "highdicom, which writes seg.dcm, needs it to describe the segmentation's voxels, so this "
+                         "series cannot be segmented")
     spacing = round(float(np.median(steps)), 6)
     completed = []
     for s in slices:

@@ -1,13 +1,14 @@
 """`ctseg predict` on real DICOM no one here wrote (the pydicom-data package; issue 14, "Real DICOM").
 
-693_*.dcm: one real 512x512 CT slice, uncompressed (UNCR, UNCI) and JPEG 2000 lossless (J2KR) and lossy
-(J2KI, which records LossyImageCompression 01 without LossyImageCompressionMethod); explicit_VR-UN.dcm:
-a real abdominal CT slice (NIH Pancreas-CT), JPEG 2000, without SliceThickness (read correctly; alone it is
-refused, since highdicom 0.22 cannot write a SEG without it, but in a series of several slices the spacing
-of their positions stands in); eCT_Supplemental.dcm: Enhanced CT multi-frame; liver.dcm: a DICOM SEG, not
-an image (both refused by `ctseg.dicom.not_single_frame`, as ingest does). Each one-file series is either
-read as pydicom reads it (HU = pixel_array * slope + intercept) and gets a seg.dcm that pydicom and
-highdicom read back and that references the source instance, or is refused with its reason in one sentence and nothing written.
+693_*.dcm: one real 512x512 CT slice, uncompressed (UNCR, UNCI) and JPEG 2000 lossless (J2KR) and lossy (J2KI,
+which records LossyImageCompression 01 without LossyImageCompressionMethod); explicit_VR-UN.dcm: a real
+abdominal CT slice (NIH Pancreas-CT), JPEG 2000, without SliceThickness (read correctly; alone it is refused,
+since highdicom 0.22 cannot write a SEG without it, but in a series of several slices the spacing of their
+positions stands in); eCT_Supplemental.dcm: Enhanced CT multi-frame; liver.dcm: a DICOM SEG, not an image
+(both refused by `ctseg.dicom.not_single_frame`, as ingest does). Each one-file series is either read as
+pydicom reads it (HU = pixel_array * slope + intercept) and gets a seg.dcm that pydicom and highdicom read
+back and that references the source instance, or is refused with its reason in one sentence and nothing
+written.
 The model is the Trainer's UNET exported by `ctseg.serving.export_model` (tests/tiny_unet.py).
 """
 import json

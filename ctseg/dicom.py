@@ -39,13 +39,13 @@ def read_dataset(src: PathOrFile, name: str | None = None) -> pydicom.Dataset:
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise DicomError(name, f"not readable as DICOM ({type(e).__name__}: {e})") from e
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        if not _looks_like_dicom(ds):
+        if not looks_like_dicom(ds):
             raise DicomError(name, "not a DICOM file (no DICOM header or identifying elements)")
         raise DicomError(name, "no pixel data (not an image DICOM)")
     return ds
 
 
-def _looks_like_dicom(ds: pydicom.Dataset) -> bool:
+def looks_like_dicom(ds: pydicom.Dataset) -> bool:
     """`force` parses any bytes; a real DICOM has a file meta header or at least an identifying (0008,xxxx) element."""
     meta = getattr(ds, "file_meta", None)
     return bool(meta and "TransferSyntaxUID" in meta) or any(tag.group == 0x0008 for tag in ds.keys())

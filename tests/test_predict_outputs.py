@@ -89,3 +89,29 @@ def test_a_failure_while_writing_leaves_no_half_written_output(small_phantom, tm
     with pytest.raises(OSError, match="disk full"):
         P.write_outputs(_prediction(P.load_series(small_phantom / "3Dircadb1.1")), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_that_are_not_dicom_are_skipped_and_listed_but_a_damaged_slice_is_refused(small_phantom, tmp_path):
+    """PACS exports and hand-made folders carry a README, a report or a preview picture beside the slices:
+    such a file cannot be a slice, so it is skipped and listed (summary.json `skipped_files`) instead of
+    refusing the series. A damaged DICOM file (its preamble says DICOM) may be a slice: it is refused."""
+    series_dir = _series_dir(small_phantom, tmp_path / "series")
+    (series_dir / "README.txt").write_text("exported from PACS on 2026-11-29\n")
+    (series_dir / "preview.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    series = P.load_series(series_dir)
+    assert len(series.slices) == len(list((small_phantom / "3Dircadb1.1" / "PATIENT_DICOM").iterdir()))
+    assert sorted(s.split(":")[0].rsplit("/", 1)[-1] for s in series.skipped) == ["README.txt", "preview.png"]
+    summary = P.write_outputs(_prediction(series), tmp_path / "out")
+    assert summary["skipped_files"] == list(series.skipped)
+    assert all("not a DICOM file" in s for s in summary["skipped_files"])
+
+    slice_bytes = (series_dir / "image_0").read_bytes()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(series_dir, damaged)
+    (damaged / "image_0").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff")
+    with pytest.raises(CtsegError, match=r"1 file\(s\) that are not CT slices: image_0: not a DICOM image"):
+        P.load_series(damaged)
+    headless = slice_bytes[132:] if slice_bytes[128:132] == b"DICM" else slice_bytes  # IRCAD files have no preamble
+    (damaged / "image_0").write_bytes(headless[:40])
+    with pytest.raises(CtsegError, match=r"1 file\(s\) that are not CT slices: image_0"):
+        P.load_series(damaged)

@@ -59,8 +59,10 @@ def run(args) -> int:
     result = predict(args.series, args.model, args.out, batch_size=args.batch_size, progress=sys.stderr.isatty(),
                      overwrite=args.overwrite, cleanup=cleanup)
     result = _add_to_summary(Path(args.out) / "summary.json", blessing.summary())
-    for note in result.get("generated_uids", []):
+    for note in result.get("generated_uids", []) + result.get("derived_attributes", []):
         print(f"note: {note}", file=sys.stderr)
+    for skipped in result.get("skipped_files", []):
+        print(f"note: skipped {skipped}", file=sys.stderr)
     print(f"liver volume {result['volume_ml']:.1f} ml in {result['slices_with_liver']} of {result['slices']} "
           f"slices (model version {result['model_version']}); wrote seg.dcm, MASKS_DICOM/liver, "
           f"summary.json, overlay.png to {args.out}")

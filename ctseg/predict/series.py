@@ -14,8 +14,8 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, not_single_frame, slice_position_mm, slice_sort_key, spacing_mm,
-                         thickness_mm)
+from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, looks_like_dicom, not_single_frame, slice_position_mm,
+                         slice_sort_key, spacing_mm, thickness_mm)
 from ctseg.errors import CtsegError
 
 
@@ -35,6 +35,7 @@ class Series:
     slices: tuple[SliceFile, ...]
     generated: tuple[str, ...] = ()
     derived: tuple[str, ...] = ()  # header values the files lacked, derived from others (`complete_slice_thickness`)
+    skipped: tuple[str, ...] = ()  # files beside the slices that are not DICOM at all (`NotDicom`)
 
     @property
     def uid(self) -> str:
@@ -70,12 +71,24 @@ def series_files(src: str | os.PathLike) -> list[tuple[str, bytes]]:
     return [(name, data) for name, data in sorted(files.items()) if name.upper() != "DICOMDIR"]
 
 
+DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00")  # a DICOM file without preamble starts with group 0002 or 0008
+
+
+class NotDicom(DicomError):
+    """A file with no DICOM header and no DICOM element (a README, a report, a picture): it cannot be a
+    slice, so `load_series` skips it and lists it rather than refusing the series."""
+
+
 def read_header(name: str, data: bytes) -> pydicom.Dataset:
     """The header of a file that should be a single-frame grey-scale CT slice, or a DicomError why not."""
+    dicom_signature = data[128:132] == b"DICM" or data[:2] in DICOM_FIRST_GROUPS  # damaged, it may still be a slice
+    failure = DicomError if dicom_signature else NotDicom
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
     except Exception as e:  # pydicom raises many types for files that are not DICOM
-        raise DicomError(name, f"not readable as DICOM ({type(e).__name__}: {e})") from e
+        raise failure(name, f"not readable as DICOM ({type(e).__name__}: {e})") from e
+    if not looks_like_dicom(ds):
+        raise failure(name, "not a DICOM file (no DICOM header or identifying elements)")
     if "Rows" not in ds or "Columns" not in ds or "SeriesInstanceUID" not in ds:
         raise DicomError(name, "not a DICOM image (no Rows, Columns or SeriesInstanceUID)")
     reason = not_single_frame(ds)
@@ -139,12 +152,16 @@ def complete_slice_thickness(slices: Sequence[SliceFile]) -> tuple[list[SliceFil
 def load_series(src: str | os.PathLike) -> Series:
     """One patient's CT series, header-checked and in position order; CtsegError naming the bad file(s)."""
     files = series_files(src)
-    slices, bad = [], []
+    slices, bad, skipped = [], [], []
     for name, data in files:
         try:
             slices.append(SliceFile(name, data, read_header(name, data)))
+        except NotDicom as e:
+            skipped.append(e)
         except DicomError as e:
             bad.append(e)
+    if skipped and not slices and not bad:
+        bad = skipped
     if bad:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         what = "no CT DICOM slices" if not slices else f"{len(bad)} file(s) that are not CT slices"
@@ -153,7 +170,7 @@ def load_series(src: str | os.PathLike) -> Series:
     _check_one_series(slices, str(src))
     slices, thickness = complete_slice_thickness(slices)
     slices.sort(key=lambda s: slice_sort_key(s.header, s.name))
-    return Series(str(src), tuple(slices), tuple(generated), tuple(thickness))
+    return Series(str(src), tuple(slices), tuple(generated), tuple(thickness), tuple(str(e) for e in skipped))
 
 
 def _blank(header: pydicom.Dataset, keyword: str) -> bool:

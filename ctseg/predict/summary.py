@@ -31,5 +31,6 @@ def summary(prediction: Prediction) -> dict:
         "readers": reader_counts(prediction.readers),
         "generated_uids": list(series.generated),
         "derived_attributes": list(series.derived),
+        "skipped_files": list(series.skipped),
         "cleanup": prediction.cleanup,
     }

@@ -31,7 +31,8 @@ __all__ = ["ANATOMICAL_STRUCTURE", "ENHANCED_CT_STORAGE", "LOSSY_METHODS", "MASK
            "READERS", "SEGMENTATION_STORAGE", "STUDY_TYPE2", "Series", "SliceFile", "TFIO_TRANSFER_SYNTAXES",
            "check_output_dir", "choose_reader", "complete_slice_thickness", "complete_uids", "load_series",
            "mask_dataset", "mask_names", "overlay_png", "predict_series", "read_header", "read_hu", "reader_counts",
-           "segmentation_dataset", "series_files", "slice_spacing_mm", "summary", "volume_ml", "write_outputs", "predict"]
+           "segmentation_dataset", "series_files", "slice_spacing_mm", "summary", "volume_ml", "write_outputs",
+           "predict"]
 
 
 def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,

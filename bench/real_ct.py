@@ -12,7 +12,9 @@ we have no internet), so this bench reads it from public repositories fetched be
   - `example_ct_sm.nii.gz`: 30 slices of 3 mm voxels through the liver; reference `example_seg.nii.gz`
     (TotalSegmentator's full-resolution model).
   The NIfTI volumes are written here as a DICOM CT series (axial, square field of view padded with
-  air, as a scanner writes it) before `ctseg predict` reads them. These three are one patient.
+  air, as a scanner writes it) before `ctseg predict` reads them. The two NIfTI volumes are one scan;
+  the DICOM series is another (its field of view holds the arms), of the same patient or not: the
+  repository does not say.
   The references are TotalSegmentator's own output (label 5, liver), not manual contours: its liver
   Dice against manual contours is about 0.97 (Wasserthal et al. 2023), so figures here carry that error.
 * dcmqi (github.com/QIICR/dcmqi, BSD-3): `data/segmentations/ct-3slice/` (3 real CT slices) and the

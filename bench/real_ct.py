@@ -149,15 +149,14 @@ def reference_from_seg(series, seg_path: Path) -> np.ndarray:
 
 
 def score(predicted: np.ndarray, reference: np.ndarray, series) -> dict:
+    """The evaluator's Dice and IoU (`components/evaluation/metrics.py`) over the whole series, and both volumes."""
+    from ctseg.components.evaluation.metrics import dice, iou
     from ctseg.predict import volume_ml
 
-    p, r = predicted.astype(bool), reference.astype(bool)
-    both = int(np.count_nonzero(p & r))
-    total = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
-    return {"slices": len(series.slices), "liver_slices": int(r.any(axis=(1, 2)).sum()),
-            "dice": round(2.0 * both / total, 4) if total else 1.0,
-            "iou": round(both / max(int(np.count_nonzero(p | r)), 1), 4),
-            "volume_ml": round(volume_ml(p, series), 1), "reference_volume_ml": round(volume_ml(r, series), 1)}
+    return {"slices": len(series.slices), "liver_slices": int(reference.any(axis=(1, 2)).sum()),
+            "dice": round(dice(predicted, reference), 4), "iou": round(iou(predicted, reference), 4),
+            "volume_ml": round(volume_ml(predicted, series), 1),
+            "reference_volume_ml": round(volume_ml(reference, series), 1)}
 
 
 def picture(rows: list[tuple[str, object, np.ndarray]], path: Path, per_case: int = 4) -> Path:

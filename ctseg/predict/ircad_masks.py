@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ctseg.predict.series import ORGAN, Series, _copy_header
+from ctseg.predict.series import ORGAN, Series, copy_header
 
 
 MASK_FOREGROUND = 255  # IRCAD stores mask foreground as 255
@@ -24,7 +24,7 @@ def mask_names(series: Series) -> list[str]:
 
 def mask_dataset(source: pydicom.Dataset, mask: np.ndarray, series_uid: str) -> pydicom.Dataset:
     """An IRCAD-style mask slice: the source slice's header and geometry, 8-bit pixels 0/255."""
-    ds = _copy_header(source)
+    ds = copy_header(source)
     for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth",
                     "SmallestImagePixelValue", "LargestImagePixelValue", "PixelPaddingValue"):
         if keyword in ds:

@@ -8,7 +8,7 @@ from pydicom.uid import generate_uid
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
 from ctseg.predict.inference import Prediction
-from ctseg.predict.series import Series, _copy_header
+from ctseg.predict.series import Series, copy_header
 from ctseg.serving import ServedModel
 
 
@@ -32,8 +32,7 @@ def _with_type2_study_attributes(header: pydicom.Dataset, name: str = "") -> pyd
     method = "LossyImageCompressionMethod" not in header and lossy
     if not missing and not method:
         return header
-    ds = _copy_header(header)
-    ds.file_meta = header.file_meta
+    ds = copy_header(header)
     for keyword in missing:
         setattr(ds, keyword, None)
     if method:

@@ -118,30 +118,27 @@ def _check_one_series(slices: Sequence[SliceFile], source: str) -> None:
 
 
 def complete_slice_thickness(slices: Sequence[SliceFile]) -> tuple[list[SliceFile], list[str]]:
-    """Headers with a SliceThickness value, and a sentence if one was filled in.
+    """Headers (in position order) with a SliceThickness value, and a sentence if one was filled in.
 
     SliceThickness is Type 2 (may be empty; exports and de-identification leave it so), but highdicom
     0.22 cannot write a Segmentation of a single-frame source without its value: seg/sop.py:2228-2235
     reads it into the source's pixel measures and content.py:412 (PixelMeasuresSequence.__eq__) compares
-    it, an AttributeError when absent. A series of several slices gets the spacing of its positions (the
-    voxel depth ITK and dcm2niix use for the volume too); a single slice without it is refused before the
-    model runs rather than given a made-up value."""
+    it, an AttributeError when absent. A series of several slices gets the spacing of its positions, the
+    slice depth `slice_spacing_mm` gives `volume_ml` (and ITK and dcm2niix use); a single slice without
+    it is refused before the model runs rather than given a made-up value."""
     if not any(_blank(s.header, "SliceThickness") for s in slices):
         return list(slices), []
-    positions = sorted(p for p in (slice_position_mm(s.header) for s in slices) if p is not None)
-    steps = np.diff(positions)
-    steps = steps[steps > 0]
-    if len(positions) < len(slices) or not len(steps):
+    step = _position_step_mm(s.header for s in slices)
+    if step is None:
         name = next(s.name for s in slices if _blank(s.header, "SliceThickness"))
         raise CtsegError(f"{name}: no SliceThickness, and no second slice position to take the spacing from; "
                          "highdicom, which writes seg.dcm, needs it to describe the segmentation's voxels, so this "
                          "series cannot be segmented")
-    spacing = round(float(np.median(steps)), 6)
+    spacing = round(step, 6)
     completed = []
     for s in slices:
         if _blank(s.header, "SliceThickness"):
-            header = _copy_header(s.header)
-            header.file_meta = getattr(s.header, "file_meta", pydicom.dataset.FileMetaDataset())
+            header = copy_header(s.header)
             header.SliceThickness = spacing
             s = SliceFile(s.name, s.data, header)
         completed.append(s)
@@ -168,8 +165,8 @@ def load_series(src: str | os.PathLike) -> Series:
         raise CtsegError(f"{src}: {what}: " + "; ".join(str(e) for e in bad[:3]) + more)
     slices, generated = complete_uids(slices)
     _check_one_series(slices, str(src))
-    slices, thickness = complete_slice_thickness(slices)
     slices.sort(key=lambda s: slice_sort_key(s.header, s.name))
+    slices, thickness = complete_slice_thickness(slices)
     return Series(str(src), tuple(slices), tuple(generated), tuple(thickness), tuple(str(e) for e in skipped))
 
 
@@ -196,8 +193,7 @@ def complete_uids(slices: Sequence[SliceFile]) -> tuple[list[SliceFile], list[st
     notes: dict[str, str] = {}
     completed = []
     for s in slices:
-        header = _copy_header(s.header)
-        header.file_meta = getattr(s.header, "file_meta", pydicom.dataset.FileMetaDataset())
+        header = copy_header(s.header)
         meta = header.file_meta
         for keyword, from_meta in (("SOPClassUID", "MediaStorageSOPClassUID"),
                                    ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
@@ -220,18 +216,29 @@ def complete_uids(slices: Sequence[SliceFile]) -> tuple[list[SliceFile], list[st
     return completed, list(notes.values())
 
 
-def _copy_header(header: pydicom.Dataset) -> pydicom.Dataset:
-    """A copy whose elements can change without changing the source (Dataset(ds) shares them)."""
-    return pydicom.Dataset({tag: copy.deepcopy(element) for tag, element in header.items()})
+def copy_header(header: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy whose elements can change without changing the source (Dataset(ds) shares them), with the
+    source's file meta (an empty one if it has none)."""
+    ds = pydicom.Dataset({tag: copy.deepcopy(element) for tag, element in header.items()})
+    ds.file_meta = getattr(header, "file_meta", pydicom.dataset.FileMetaDataset())
+    return ds
+
+
+def _position_step_mm(headers) -> float | None:
+    """The median distance between consecutive slice positions along the normal (headers in position
+    order), or None without two positions or with no step: the one slice depth of a series."""
+    positions = [slice_position_mm(h) for h in headers]
+    if len(positions) < 2 or None in positions:
+        return None
+    step = float(np.median(np.abs(np.diff(positions))))
+    return step if step > 0 else None
 
 
 def slice_spacing_mm(series: Series) -> float:
     """Distance between slices: the median step of positions along the normal, else SliceThickness."""
-    positions = [slice_position_mm(s.header) for s in series.slices]
-    if len(positions) > 1 and None not in positions:
-        step = float(np.median(np.abs(np.diff(positions))))
-        if step > 0:
-            return step
+    step = _position_step_mm(s.header for s in series.slices)
+    if step is not None:
+        return step
     thickness = thickness_mm(series.slices[0].header)
     if thickness > 0:
         return thickness

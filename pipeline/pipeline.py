@@ -25,6 +25,16 @@ def trainer_code_version() -> str:
     return code_version(*TRAINER_PACKAGES)
 
 
+def serving_pusher(model, model_blessing, serving_dir: str):
+    """TFX's Pusher of a blessed model into `serving_dir/<version>/`, the folder TF Serving and `ctseg predict` read."""
+    return tfx.components.Pusher(
+        model=model,
+        model_blessing=model_blessing,
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)),
+    )
+
+
 def create_pipeline(
     *,
     pipeline_name: str,
@@ -98,12 +108,7 @@ def create_pipeline(
         dice_tolerance=dice_tolerance,
         cleanup=cleanup,
     )
-    pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)),
-    )
+    pusher = serving_pusher(trainer.outputs["model"], evaluator.outputs["blessing"], serving_dir)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,

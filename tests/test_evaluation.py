@@ -17,6 +17,7 @@ import pytest
 from ctseg.components.evaluation import format_evaluation, load_evaluation, metrics
 from ctseg.components.evaluation.figures import GridRow, write_grid
 from ctseg.errors import CtsegError
+from ctseg.pipeline.pipeline import serving_pusher
 
 SIZE = 64
 
@@ -225,10 +226,7 @@ def eval_pipeline(name: str, root: Path, examples_dir: Path, model_dir: str, ser
         examples=example_gen.outputs["examples"], model=model.outputs["result"], serving_dir=str(serving_dir),
         metadata=f"sqlite:{root / 'metadata.sqlite'}", dice_threshold=dice_threshold,
         dice_tolerance=dice_tolerance)
-    pusher = tfx.components.Pusher(
-        model=model.outputs["result"], model_blessing=evaluator.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(serving_dir))))
+    pusher = serving_pusher(model.outputs["result"], evaluator.outputs["blessing"], str(serving_dir))
     return tfx.dsl.Pipeline(
         pipeline_name=name, pipeline_root=str(root / "pipeline"),
         components=[example_gen, model, evaluator, pusher],

@@ -23,6 +23,7 @@ from ctseg.mlmd.lineage import lineage
 from ctseg.mlmd.runs import describe_run, find_run, list_runs
 from ctseg.mlmd.store import connect
 from ctseg.errors import CtsegError
+from ctseg.pipeline.pipeline import serving_pusher
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,10 +84,7 @@ def _pipeline(root: Path, *, fail: int = 0, dice_threshold: float = 0.5):
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id(RESOLVER)
     evaluate = Evaluate(model=trainer.outputs["model"], dice_threshold=dice_threshold)
-    pusher = tfx.components.Pusher(
-        model=trainer.outputs["model"], model_blessing=evaluate.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(root / "serving"))))
+    pusher = serving_pusher(trainer.outputs["model"], evaluate.outputs["blessing"], str(root / "serving"))
     return tfx.dsl.Pipeline(
         pipeline_name=PIPELINE, pipeline_root=str(root / "pipeline"),
         components=[example_gen, statistics, schema, validator, gate, trainer, baseline, evaluate, pusher],

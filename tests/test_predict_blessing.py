@@ -18,6 +18,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from ctseg.cli import main as cli_main
+from ctseg.pipeline.pipeline import serving_pusher
 
 pytestmark = pytest.mark.timeout(600)
 SLOW_FIXTURES = {"workdir"}  # see tests/conftest.py
@@ -42,10 +43,7 @@ def Evaluate(model: InputArtifact[standard_artifacts.Model], blessing: OutputArt
 def _pipeline(work: Path, seed: int, bless: int):
     train = Train(seed=seed).with_id("Trainer")
     evaluate = Evaluate(model=train.outputs["model"], bless=bless)
-    pusher = tfx.components.Pusher(
-        model=train.outputs["model"], model_blessing=evaluate.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=str(work / "serving"))))
+    pusher = serving_pusher(train.outputs["model"], evaluate.outputs["blessing"], str(work / "serving"))
     return tfx.dsl.Pipeline(
         pipeline_name="blessing", pipeline_root=str(work / "pipeline"), components=[train, evaluate, pusher],
         enable_cache=False, metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(

@@ -57,8 +57,7 @@ def run(args) -> int:
     if blessing.warning():
         print(f"warning: {blessing.warning()}", file=sys.stderr)
     result = predict(args.series, args.model, args.out, batch_size=args.batch_size, progress=sys.stderr.isatty(),
-                     overwrite=args.overwrite, cleanup=cleanup)
-    result = _add_to_summary(Path(args.out) / "summary.json", blessing.summary())
+                     overwrite=args.overwrite, cleanup=cleanup, extra_summary=blessing.summary())
     for note in result.get("generated_uids", []) + result.get("derived_attributes", []):
         print(f"note: {note}", file=sys.stderr)
     for skipped in result.get("skipped_files", []):
@@ -68,14 +67,3 @@ def run(args) -> int:
           f"summary.json, overlay.png to {args.out}")
     return 0
 
-
-def _add_to_summary(path, fields: dict) -> dict:
-    """summary.json with `fields` added, replaced in one rename so it is never half-written."""
-    import json
-    import os
-
-    result = {**json.loads(path.read_text()), **fields}
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(partial, path)
-    return result

@@ -37,9 +37,10 @@ __all__ = ["ANATOMICAL_STRUCTURE", "ENHANCED_CT_STORAGE", "LOSSY_METHODS", "MASK
 
 def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
             batch_size: int = 16, progress: bool = False, overwrite: bool = False,
-            cleanup: postprocess.Cleanup = postprocess.Cleanup()) -> dict:
-    """The whole command: load, predict, write (the mask cleaned up in 3D by `cleanup`); returns the summary."""
+            cleanup: postprocess.Cleanup = postprocess.Cleanup(), extra_summary: dict | None = None) -> dict:
+    """The whole command: load, predict, write (the mask cleaned up in 3D by `cleanup`; `extra_summary`'s
+    fields added to summary.json); returns the summary."""
     check_output_dir(out, overwrite)
     series = load_series(series_src)
     served = load_model(model)
-    return write_outputs(predict_series(series, served, batch_size, progress, cleanup), out)
+    return write_outputs(predict_series(series, served, batch_size, progress, cleanup), out, extra_summary)

@@ -27,9 +27,9 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
     return out
 
 
-def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
+def write_outputs(prediction: Prediction, out: str | os.PathLike, extra_summary: dict | None = None) -> dict:
     """Writes seg.dcm, MASKS_DICOM/liver/image_N, summary.json and overlay.png as the folder `out`
-    (replacing what was there); returns the summary.
+    (replacing what was there); returns the summary, with `extra_summary`'s fields (the CLI's blessing).
 
     Everything is written into a temporary folder beside `out` and renamed into place at the end, so a
     failure leaves no half-written output and no earlier prediction's files mixed with new ones.
@@ -41,7 +41,7 @@ def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        result = _write_into(prediction, partial)
+        result = _write_into(prediction, partial, extra_summary or {})
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
@@ -55,7 +55,7 @@ def write_outputs(prediction: Prediction, out: str | os.PathLike) -> dict:
     return result
 
 
-def _write_into(prediction: Prediction, out: Path) -> dict:
+def _write_into(prediction: Prediction, out: Path, extra_summary: dict) -> dict:
     masks_dir = out / "MASKS_DICOM" / ORGAN
     masks_dir.mkdir(parents=True, exist_ok=True)
     segmentation_dataset(prediction).save_as(out / "seg.dcm")
@@ -63,6 +63,6 @@ def _write_into(prediction: Prediction, out: Path) -> dict:
     for name, s, m in zip(mask_names(prediction.series), prediction.series.slices, prediction.mask):
         mask_dataset(s.header, m, series_uid).save_as(masks_dir / name, write_like_original=False)
     overlay_png(prediction, out / "overlay.png")
-    result = summary(prediction)
+    result = {**summary(prediction), **extra_summary}
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -33,31 +33,38 @@ def test_layout_matches_ircad(small_phantom):
             assert len(list((p / "MASKS_DICOM" / organ).iterdir())) == n
 
 
-def test_dicom_is_valid_ct(small_phantom):
-    p = small_phantom / "3Dircadb1.2"
-    images = _series(p, "PATIENT_DICOM")
-    ds = images[0]
-    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
-    assert ds.Modality == "CT" and ds.PhotometricInterpretation == "MONOCHROME2"
-    assert ds.BitsAllocated == 16 and ds.PixelRepresentation == 0
-    assert float(ds.RescaleIntercept) == -1024 and float(ds.RescaleSlope) == 1
-    assert 0.56 <= float(ds.PixelSpacing[0]) <= 0.87 and 1.6 <= float(ds.SliceThickness) <= 4.0
-    assert (ds.Rows, ds.Columns) == (64, 64)
-    assert len({d.SeriesInstanceUID for d in images}) == 1 and len({d.SOPInstanceUID for d in images}) == len(images)
-    assert [int(d.InstanceNumber) for d in images] == list(range(1, len(images) + 1))
-    z = [float(d.ImagePositionPatient[2]) for d in images]
-    assert np.allclose(np.diff(z), -float(ds.SliceThickness))
-    other = _series(small_phantom / "3Dircadb1.1", "PATIENT_DICOM")[0]
-    assert other.StudyInstanceUID != ds.StudyInstanceUID and other.SeriesInstanceUID != ds.SeriesInstanceUID
-    masks = _series(p, "MASKS_DICOM/liver")
-    assert set(np.unique(np.concatenate([m.pixel_array.ravel() for m in masks]))) <= {0, 255}
+def test_dicom_is_valid_ct_stored_as_ircad_stores_it(small_phantom):
+    """Feet first (image_0 the most inferior), ImagePositionPatient (0, 0, thickness x i), no
+    FrameOfReferenceUID, and CT unsigned with intercept -1024 or signed with intercept 0, per patient."""
+    storages = set()
+    for p in sorted(small_phantom.iterdir()):
+        images = _series(p, "PATIENT_DICOM")
+        ds = images[0]
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+        assert ds.Modality == "CT" and ds.PhotometricInterpretation == "MONOCHROME2" and ds.BitsAllocated == 16
+        signed = ds.PixelRepresentation == 1
+        storages.add(signed)
+        assert float(ds.RescaleIntercept) == (0 if signed else -1024) and float(ds.RescaleSlope) == 1
+        assert 0.56 <= float(ds.PixelSpacing[0]) <= 0.87 and 1.6 <= float(ds.SliceThickness) <= 4.0
+        assert (ds.Rows, ds.Columns) == (64, 64)
+        assert "FrameOfReferenceUID" not in ds
+        assert len({d.SeriesInstanceUID for d in images}) == 1 and len({d.SOPInstanceUID for d in images}) == len(images)
+        assert [int(d.InstanceNumber) for d in images] == list(range(1, len(images) + 1))
+        positions = np.array([[float(v) for v in d.ImagePositionPatient] for d in images])
+        assert np.allclose(positions, [[0, 0, i * float(ds.SliceThickness)] for i in range(len(images))])
+        hu = np.stack([hu_from_dataset(d) for d in images])
+        assert hu.min() < -900 and hu.max() > 300          # air outside the body, bone inside, whatever the storage
+        masks = _series(p, "MASKS_DICOM/liver")
+        assert set(np.unique(np.concatenate([m.pixel_array.ravel() for m in masks]))) <= {0, 255}
+    assert storages == {True, False}
 
 
 def test_geometry_varies_by_patient():
     gs = patient_geometries(6, 60, seed=3)
     assert len({g.spacing_mm for g in gs}) == 6 and len({g.thickness_mm for g in gs}) > 1
     assert len({g.num_slices for g in gs}) > 1
-    assert all(48 <= g.num_slices <= 72 for g in gs)
+    # 60 slices +-20% over an abdominal scan's height; longer protocols proportionally more
+    assert all(48 <= g.num_slices / (g.scan_range[1] - g.scan_range[0]) <= 72.5 for g in gs)
     assert all(8 <= g.noise_hu <= 25 for g in gs) and len({g.noise_hu for g in gs}) == 6
     assert {g.phase for g in patient_geometries(20, 60, seed=3)} == set(PHASES)
 
@@ -73,10 +80,12 @@ def _interior(labels: np.ndarray, margin: int = 2) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def one_patient_per_phase():
-    """The first patient of each contrast phase among seed 7's patients, rendered in memory at 128 px."""
+    """The first patient of each contrast phase among seed 7's abdominal scans with the arms up (the
+    largest organs in the field of view, so every tissue has enough interior pixels), at 128 px."""
     found = {}
-    for g in patient_geometries(12, 16, seed=7):
-        found.setdefault(g.phase, g)
+    for g in patient_geometries(24, 16, seed=7, protocols=("abdomen",)):
+        if not g.arms_down:
+            found.setdefault(g.phase, g)
     assert set(found) == set(PHASES)
     return {phase: (g, [PatientPhantom(g, 128).slice(i) for i in range(g.num_slices)])
             for phase, g in found.items()}
@@ -209,3 +218,83 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert "noise_hu" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["phantom", "--help"])
+
+
+def _render(g, size=64):
+    phantom = PatientPhantom(g, size)
+    return phantom, [phantom.slice(i) for i in range(g.num_slices)]
+
+
+@pytest.mark.parametrize("protocol, liver_share", [("abdomen", (0.5, 0.8)), ("abdomen_pelvis", (0.25, 0.5)),
+                                                   ("chest_abdomen", (0.25, 0.5))])
+def test_scan_protocols_cover_what_real_liver_ct_covers(protocol, liver_share):
+    """Abdominal scans hold the liver on most slices, abdomen-pelvis and chest-abdomen scans on under half;
+    the chest-abdomen scan's top slices are chest (lung, heart, no liver), the pelvis scan's bottom has
+    the hip bones and no lung."""
+    shares = []
+    for g in patient_geometries(4, 16, seed=5, protocols=(protocol,)):
+        assert g.protocol == protocol
+        phantom, slices = _render(g)
+        with_liver = [s.masks["liver"].any() for s in slices]
+        shares.append(np.mean(with_liver))
+        lung = [np.mean(s.labels == LABEL["lung"]) for s in slices]
+        top, bottom = slices[-1].labels, slices[0].labels
+        if protocol == "chest_abdomen":
+            assert not with_liver[-1] and lung[-1] > 0.05 and not with_liver[0]
+            heart = [phantom.anatomy.heart_mask(phantom._t(i)).any() for i in range(g.num_slices)]
+            assert np.mean(heart) > 0.2
+        if protocol == "abdomen_pelvis":
+            assert lung[0] == 0 and not with_liver[0]
+            assert np.mean(np.isin(bottom, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])) > 0.01
+        assert top.any() and bottom.any()
+    assert liver_share[0] <= np.mean(shares) <= liver_share[1], shares
+
+
+def test_heart_rests_on_the_liver_dome_across_the_diaphragm():
+    """On the liver's top slices the heart lies beside the dome, a few millimetres away, with the
+    diaphragm (muscle) between them, as on real CT: the confusion the model has to learn to avoid."""
+    from scipy import ndimage
+
+    touching = 0
+    for g in patient_geometries(4, 16, seed=5, protocols=("chest_abdomen",)):
+        phantom = PatientPhantom(g, 128)
+        a = phantom.anatomy
+        for i in range(g.num_slices):
+            t = phantom._t(i)
+            labels, masks = a.render(t)
+            heart = a.heart_mask(t) & (labels != LABEL["fat"])
+            liver = masks["liver"]
+            if not (heart.any() and liver.any()):
+                continue
+            near = ndimage.binary_dilation(liver, iterations=4)
+            between = near & ~liver & ndimage.binary_dilation(heart, iterations=4)
+            if (near & heart).any() and (labels[between] == LABEL["muscle"]).any():
+                touching += 1
+                assert not (heart & liver).any() or (labels[heart & liver] == LABEL["liver"]).all()
+    assert touching >= 4, touching
+
+
+def test_arms_body_position_and_size_vary():
+    gs = patient_geometries(40, 16, seed=0)
+    assert 0.1 < np.mean([g.arms_down for g in gs]) < 0.6
+    bodies = [PatientPhantom(g, 64).anatomy.body for g in gs]
+    ox, bx = np.array([b[0] for b in bodies]), np.array([b[2] for b in bodies])
+    assert ox.min() < -0.05 and ox.max() > 0.05                         # off-centre both ways
+    assert bx.min() < 0.62 and bx.max() > 0.88                          # filling 55-95% of the field's width
+    from scipy import ndimage
+
+    g = next(g for g in gs if g.arms_down)
+    s = PatientPhantom(g, 128).slice(g.num_slices // 2)
+    _, parts = ndimage.label((s.labels != LABEL["air"]) & (s.labels != LABEL["table"]))
+    assert parts >= 3                                                   # the body and two arms
+
+
+def test_feet_first_numbering(tmp_path):
+    """image_0 is the most inferior slice: a chest-abdomen scan's last file is chest, its first is not."""
+    root = write_phantom(tmp_path / "p", patients=1, slices=12, size=64, seed=5, protocols=("chest_abdomen",))
+    p = next(root.iterdir())
+    n = len(list((p / "PATIENT_DICOM").iterdir()))
+    first, last = (read_dataset(p / f"PATIENT_DICOM/image_{i}") for i in (0, n - 1))
+    assert float(first.ImagePositionPatient[2]) < float(last.ImagePositionPatient[2])
+    lung = [np.mean((hu_from_dataset(d) < -700) & (hu_from_dataset(d) > -950)) for d in (first, last)]
+    assert lung[1] > lung[0] + 0.05, lung

@@ -33,7 +33,7 @@ def _anonymised(ds):
     """What de-identification tools often leave: blank UIDs in the data set, the file meta intact."""
     for keyword in BLANKED:
         setattr(ds, keyword, "")
-    del ds.FrameOfReferenceUID
+    ds.pop("FrameOfReferenceUID", None)
 
 
 def _prediction(series: P.Series) -> P.Prediction:
@@ -62,21 +62,31 @@ def test_an_anonymised_series_without_frame_of_reference_gets_a_seg(small_phanto
 
 
 def test_a_complete_series_reports_nothing_generated(small_phantom, tmp_path):
-    series = P.load_series(small_phantom / "3Dircadb1.1")
+    frame = pydicom.uid.generate_uid()
+    series = P.load_series(_series_dir(small_phantom, tmp_path / "complete",
+                                       lambda ds: setattr(ds, "FrameOfReferenceUID", frame)))
     assert series.generated == ()
+
+
+def test_an_ircad_series_gets_only_a_frame_of_reference(small_phantom):
+    """3D-IRCADb-01 (and so the phantom) has no FrameOfReferenceUID: the one thing generated for it."""
+    generated = P.load_series(small_phantom / "3Dircadb1.1").generated
+    assert len(generated) == 1 and generated[0].startswith("FrameOfReferenceUID missing")
 
 
 def test_a_non_empty_output_is_refused_unless_overwrite(small_phantom, tmp_path, capsys):
     out = tmp_path / "out"
-    (out / "MASKS_DICOM" / "liver").mkdir(parents=True)
-    (out / "MASKS_DICOM" / "liver" / "image_999").write_text("an earlier patient's mask")
-    assert cli.main(["predict", str(small_phantom / "3Dircadb1.1"), "--model", str(tmp_path), "--out", str(out)]) == 2
+    series = P.load_series(small_phantom / "3Dircadb1.1")
+    P.write_outputs(_prediction(series), out)
+    (out / "MASKS_DICOM" / "liver" / "image_999").write_text("an earlier, longer patient's mask")
+    assert cli.main(["predict", str(small_phantom / "3Dircadb1.1"), "--model", str(tmp_path / "m"),
+                     "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"--out {out} is not empty (an earlier prediction?)" in err and "--overwrite" in err
     with pytest.raises(CtsegError, match="--overwrite"):
         P.check_output_dir(out)
     P.check_output_dir(out, overwrite=True)
-    P.write_outputs(_prediction(P.load_series(small_phantom / "3Dircadb1.1")), out)
+    P.write_outputs(_prediction(series), out)
     assert not (out / "MASKS_DICOM" / "liver" / "image_999").exists()  # replaced, not mixed
     assert (out / "seg.dcm").exists()
 

@@ -8,7 +8,9 @@ def register(sub) -> None:
                                    "3D-IRCADb-01 layout, as folders or as the published nested zips.")
     p.add_argument("out", help="output folder (or .zip path with --zip)")
     p.add_argument("--patients", type=int, default=3, help="number of patients (default 3)")
-    p.add_argument("--slices", type=int, default=60, help="slices per patient, varied +-20%% (default 60)")
+    p.add_argument("--slices", type=int, default=60,
+                   help="slices of an abdominal scan per patient, varied +-20%%; abdomen-pelvis and chest-abdomen "
+                        "scans have proportionally more (default 60)")
     p.add_argument("--size", type=int, default=512, help="rows and columns of each slice (default 512)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same pixels")
     p.add_argument("--zip", action="store_true", help="write the published 3Dircadb1.zip form with nested zips")
@@ -16,17 +18,20 @@ def register(sub) -> None:
                    help="contrast phases patients draw from (default: all three)")
     p.add_argument("--noise-hu", nargs=2, type=float, metavar=("LOW", "HIGH"), default=(8.0, 25.0),
                    help="range of the per-patient noise standard deviation in HU (default 8 25)")
+    p.add_argument("--protocols", nargs="+", choices=("abdomen", "abdomen_pelvis", "chest_abdomen"), default=None,
+                   help="scan ranges patients draw from (default: all three, half of them abdomen)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     import sys
 
-    from ctseg.phantom import write_phantom
+    from ctseg.phantom import PROTOCOLS, write_phantom
     from ctseg.phantom.tissues import PHASES
 
     path = write_phantom(args.out, patients=args.patients, slices=args.slices, size=args.size,
                          seed=args.seed, as_zip=args.zip, progress=sys.stderr.isatty(),
-                         phases=tuple(args.phases or PHASES), noise_hu=tuple(args.noise_hu))
+                         phases=tuple(args.phases or PHASES), noise_hu=tuple(args.noise_hu),
+                         protocols=tuple(args.protocols or PROTOCOLS))
     print(f"wrote {args.patients} phantom patients to {path}")
     return 0

@@ -7,10 +7,10 @@ anatomy (anatomy.py), Hounsfield units per tissue and contrast phase from publis
 DICOM (dicom_io.py). docs/PHANTOM.md shows it beside real CT and lists the sources.
 """
 from ctseg.phantom.dicom_io import HU_INTERCEPT, render_patient, write_phantom
-from ctseg.phantom.render import PatientGeometry, PatientPhantom, Slice, patient_geometries
+from ctseg.phantom.render import PROTOCOLS, PatientGeometry, PatientPhantom, Slice, patient_geometries
 
 # Written for every patient (lesions add livertumor01.. folders where a patient has them).
 ORGAN_MASKS = ("liver", "spleen", "gallbladder", "rightkidney", "leftkidney")
 
-__all__ = ["HU_INTERCEPT", "ORGAN_MASKS", "PatientGeometry", "PatientPhantom", "Slice", "patient_geometries",
+__all__ = ["HU_INTERCEPT", "ORGAN_MASKS", "PROTOCOLS", "PatientGeometry", "PatientPhantom", "Slice", "patient_geometries",
            "render_patient", "write_phantom"]

@@ -2,9 +2,12 @@
 
 Coordinates: u, v span the field of view from -1 to 1 (columns: patient right to left, rows: anterior to
 posterior, the radiological view); organs are placed in body coordinates x = (u - ox) / bx and
-y = (v - oy) / by, so they follow the patient's body size and position. t runs 0 (inferior end of the
-scan) to 1 (superior end); the liver spans [liver_lo, liver_hi] and the lung bases and heart sit above
-its dome. Every shape is a deformed ellipse whose boundary drifts smoothly with t.
+y = (v - oy) / by, so they follow the patient's body size and position. t is height along the body in
+units of an abdominal scan: 0 to 1 holds the kidneys up to just above the liver dome, the liver spans
+[lo, hi]; the chest (lung bases, heart on the diaphragm, mediastinum, great vessels) lies above, up to
+t = T_TOP, and the pelvis (iliac bones, bladder, bowel) below, down to t = T_BOTTOM. A scan protocol
+(render.PROTOCOLS) picks which heights a patient's slices cover. Every shape is a deformed ellipse whose
+boundary drifts smoothly with t.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import numpy as np
 
 from ctseg.phantom.tissues import LABEL
 
+T_BOTTOM, T_TOP = -0.8, 1.9   # the anatomy's extent: pubic symphysis to above the carina
 
 @dataclasses.dataclass
 class Shape:
@@ -129,11 +133,14 @@ class Lesion:
 class Anatomy:
     """The patient-specific organs; `render(t)` paints one slice and returns its labels and organ masks."""
 
-    def __init__(self, rng: np.random.Generator, n: int):
+    def __init__(self, rng: np.random.Generator, n: int, arms: bool = False):
         self.n = n
         U = rng.uniform
-        bx, by = U(0.74, 0.93), U(0.55, 0.70)
-        self.body = (U(-0.06, 0.06), U(-0.10, 0.02), bx, by)
+        # Arms down beside the body take room in the field of view: those bodies fill less of it.
+        bx = U(0.55, 0.72) if arms else U(0.68, 0.95)
+        by = bx * U(0.64, 0.8)
+        shift = min(0.15, 0.99 - bx)
+        self.body = (U(-shift, shift), U(-0.12, min(0.05, 0.9 - by)), bx, by)
         self.subcut = U(0.04, 0.16)                # subcutaneous fat thickness (body units)
         self.wall = U(0.035, 0.06)                 # abdominal wall muscle
         self.lo, self.hi = U(0.10, 0.32), U(0.80, 0.90)
@@ -177,17 +184,38 @@ class Anatomy:
         self.bowel = self._bowel(rng)
         self.ribs = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(9, 14)))
         self.rib_start = lo + U(0.2, 0.45) * span
-        self.heart = Shape.wobbly(rng, U(0.0, 0.15), U(-0.45, -0.3), 0.42, 0.34, U(-0.4, 0.0), 0.05)
+        # The heart rests on the central tendon of the diaphragm, below the right dome: on the liver's top
+        # slices it lies beside the dome, anterior and to the left, separated only by the diaphragm.
+        self.heart = Shape.wobbly(rng, U(0.0, 0.15), U(-0.45, -0.3), U(0.38, 0.46), U(0.3, 0.38), U(-0.4, 0.0), 0.05)
+        self.heart_lo = lo + U(0.72, 0.85) * span
+        self.heart_hi = self.heart_lo + U(0.4, 0.55)
         self.lung_start = hi - U(0.06, 0.12)
+        self.lung_vessels = [Tube((sx * U(0.2, 0.7), U(-0.4, 0.5), self.lung_start + U(-0.05, 0.2)),
+                                  (sx * U(0.2, 0.75), U(-0.5, 0.55), U(self.heart_lo, T_TOP + 0.1)), U(0.012, 0.03),
+                                  "blood_right_heart") for sx in (-1, 1) for _ in range(rng.integers(6, 11))]
+        self.sternum_start = hi - U(0.1, 0.2) * span
+        self.pelvis_top = kr - U(0.05, 0.15)      # iliac crest, about the level of the kidneys' lower poles
+        self.bladder_top = self.pelvis_top - U(0.3, 0.45)
+        self.arms = tuple(self._arm(rng, side) for side in (-1, 1)) if arms else ()
+
+    def _arm(self, rng, side: int) -> Shape:
+        """An arm down beside the body (field-of-view units turned into body units); it may leave the FOV."""
+        _, _, bx, by = self.body
+        r = rng.uniform(0.15, 0.21)
+        gap = rng.uniform(0.01, 0.08)
+        return Shape.wobbly(rng, side * (1 + (gap + r) / bx), rng.uniform(-0.15, 0.25), r / bx,
+                            r * rng.uniform(0.95, 1.25) / by, rng.uniform(-0.3, 0.3), 0.05)
 
     def _bowel(self, rng) -> list[Tube]:
         """Loops of small bowel and colon below and beside the liver, each with a wall and a content."""
         U = rng.uniform
-        loops = [Tube((-0.62, U(-0.1, 0.2), -0.1), (U(-0.6, -0.45), U(-0.1, 0.2), self.lo + 0.25 * (self.hi - self.lo)), U(0.1, 0.15)),
-                 Tube((0.65, U(0.0, 0.3), -0.1), (0.62, U(0.0, 0.3), self.lo + 0.6 * (self.hi - self.lo)), U(0.08, 0.12)),
+        top = self.lo + 0.6 * (self.hi - self.lo)
+        loops = [Tube((-0.62, U(-0.1, 0.2), T_BOTTOM + 0.3), (U(-0.6, -0.45), U(-0.1, 0.2), self.lo + 0.25 * (self.hi - self.lo)), U(0.1, 0.15)),
+                 Tube((0.65, U(0.0, 0.3), T_BOTTOM + 0.3), (0.62, U(0.0, 0.3), top), U(0.08, 0.12)),
                  Tube((U(-0.5, -0.2), U(-0.7, -0.5), self.lo + 0.2), (U(0.2, 0.5), U(-0.7, -0.5), self.lo + 0.3), U(0.08, 0.13))]
-        for _ in range(rng.integers(90, 130)):
-            x, y, t = U(-0.6, 0.6), U(-0.8, 0.35), U(-0.1, self.lo + 0.6 * (self.hi - self.lo))
+        # about 200 segments per unit of height, as in the abdomen: the pelvis is as full of bowel
+        for _ in range(int(rng.integers(90, 130) * (top - T_BOTTOM) / 0.55)):
+            x, y, t = U(-0.6, 0.6), U(-0.8, 0.35), U(T_BOTTOM, top)
             loops.append(Tube((x, y, t - U(0.06, 0.18)), (x + U(-0.25, 0.25), y + U(-0.25, 0.25), t + U(0.06, 0.18)),
                               U(0.06, 0.13)))
         for tube in loops:
@@ -201,7 +229,7 @@ class Anatomy:
         width = min(1.0, (s / 0.3) ** 0.6) * (np.sqrt(max(0.0, 1 - ((s - 0.75) / 0.25) ** 2)) if s > 0.75 else 1.0)
         k = self.liver_scale * width
         shapes = [self.right_lobe.scaled(k, 0.1 * (1 - width))]
-        left = _bump(s, 0.4, 1.02, 0.7) * self.left_reach * self.liver_scale
+        left = _bump(t, self.lo + 0.4 * (self.hi - self.lo), self.heart_lo + 0.03, 0.7) * self.left_reach * self.liver_scale
         if left > 0:
             shapes.append(dataclasses.replace(self.left_lobe, cx=self.left_lobe.cx - 0.3 + 0.45 * self.left_reach,
                                               rx=self.left_lobe.rx * left, ry=self.left_lobe.ry * min(1.0, left + 0.2)))
@@ -215,6 +243,8 @@ class Anatomy:
         c = Canvas(self.n, self.body, t)
         ox, oy, bx, by = self.body
         body = Shape(0.0, 0.0, 1.0, 1.0)
+        for arm in self.arms:
+            self._limb(c, arm)
         c.paint("skin", body)
         c.paint("fat", body.scaled(1 - 0.02 / bx))
         inner = body.scaled(1 - self.subcut)
@@ -224,19 +254,13 @@ class Anatomy:
         self._spine_and_back(c, t, c.labels != LABEL["air"])
         self._ribs(c, t)
         if t > self.lung_start:
-            grow = min(1.0, (t - self.lung_start) / 0.08)
-            for side in (-1, 1):
-                c.paint("lung", Shape(side * 0.42, 0.2, 0.35 * grow + 0.05, 0.45 * grow + 0.05), within=cavity)
-            heart = _bump(t, self.hi - 0.04, 1.6, 0.5)
-            if heart > 0:
-                h = self.heart.scaled(heart)
-                c.paint("myocardium", h, within=cavity)
-                c.paint("blood_artery", h.scaled(0.7), within=cavity)
+            self._chest(c, t, cavity)
         for tube in self.bowel:
             s = tube.at(t)
             if s is not None:
                 wall_mask = c.paint("bowel_wall", s, within=cavity)
                 c.paint(tube.tissue, s.scaled(0.7), within=wall_mask)
+        self._pelvis(c, t, cavity)
         masks: dict[str, np.ndarray] = {}
         for name, shape, (klo, khi) in zip(("rightkidney", "leftkidney"), self.kidneys, self.kidney_spans):
             k = _bump(t, klo, khi, 0.6)
@@ -260,10 +284,19 @@ class Anatomy:
             lumen = c.paint("bowel_content" if self.stomach_food else "fluid", shape.scaled(0.85), within=wall_mask)
             level = shape.cy - shape.ry * 0.85 * (1 - 2 * self.stomach_air)
             c.paint_mask("gas", lumen & (c.axis[:, None] < oy + level * by))
-        c.paint("blood_artery", self.aorta)
-        c.paint("blood_vein", self.ivc)
+        self._heart(c, t, cavity)
+        aorta = self.aorta if t > self.pelvis_top else None   # it divides into the iliac arteries at L4
+        if aorta is not None:
+            c.paint("blood_artery", aorta)
+        ivc_in_reach = t < self.heart_lo + 0.04           # the IVC ends in the right atrium
+        if ivc_in_reach:
+            c.paint("blood_vein", self.ivc)
         liver = np.zeros((self.n, self.n), bool)
-        for shape in self.liver_shapes(t):
+        shapes = self.liver_shapes(t)
+        if t > self.lo + 0.55 * (self.hi - self.lo):
+            for shape in shapes:   # the diaphragm: a thin muscle band over the upper liver
+                c.paint("muscle", shape.scaled(1.0 + 0.03 / max(shape.rx, shape.ry)), within=cavity)
+        for shape in shapes:
             liver |= c.paint("liver", shape, within=cavity)
         if liver.any():
             for tube in self.portal:
@@ -282,7 +315,8 @@ class Anatomy:
             if gb > 0:
                 masks["gallbladder"] = c.paint("fluid", self.gallbladder.scaled(gb), within=cavity)
                 liver &= ~masks["gallbladder"]
-            liver &= ~c.paint("blood_vein", self.ivc)
+            if ivc_in_reach:
+                liver &= ~c.paint("blood_vein", self.ivc)
             for name in masks:
                 if name.startswith("livertumor"):
                     masks[name] &= liver
@@ -292,9 +326,84 @@ class Anatomy:
         self._table(c)
         return c.labels, masks
 
+    def heart_mask(self, t: float) -> np.ndarray:
+        """Where the heart (myocardium and chambers) lies at height t, for tests and benches."""
+        c = Canvas(self.n, self.body, t)
+        scale = _bump(t, self.heart_lo, self.heart_hi, 0.3)
+        if scale <= 0:
+            return np.zeros((self.n, self.n), bool)
+        return c.paint("myocardium", self.heart.scaled(scale))
+
+    def _chest(self, c: Canvas, t: float, cavity: np.ndarray) -> None:
+        """Lung bases and lungs with their vessels, the heart in its pericardial fat, the mediastinum."""
+        grow = min(1.0, (t - self.lung_start) / 0.08)
+        lungs = np.zeros_like(cavity)
+        for side in (-1, 1):
+            lungs |= c.paint("lung", Shape(side * 0.45, 0.12, 0.38 * grow + 0.05, 0.55 * grow + 0.05), within=cavity)
+        for tube in self.lung_vessels:
+            s = tube.at(t)
+            if s is not None:
+                c.paint(tube.tissue, s, within=lungs)
+        if t > self.heart_lo - 0.05:                     # the mediastinum between the lungs
+            c.paint("fat", Shape(0.03, -0.25, 0.2, 0.5), within=cavity)
+        if t > self.sternum_start:
+            front = -1 + self.subcut + 0.04
+            c.paint("bone_cortical", Shape(0.0, front, 0.1, 0.045))
+            c.paint("bone_trabecular", Shape(0.0, front, 0.07, 0.025))
+        sx, sy = self.spine
+        c.paint("muscle", Shape(sx + 0.03, sy - 0.3, 0.045, 0.04), within=cavity)           # oesophagus
+        c.paint("gas", Shape(sx + 0.03, sy - 0.3, 0.012, 0.01), within=cavity)
+        if t > self.heart_hi - 0.12:                     # the great vessels and the airway above the heart
+            c.paint("blood_artery", Shape(0.06, -0.32, 0.09, 0.09), within=cavity)           # ascending aorta
+            c.paint("blood_vein", Shape(-0.16, -0.3, 0.06, 0.06), within=cavity)             # superior vena cava
+            c.paint("blood_right_heart", Shape(0.14, -0.5, 0.09, 0.08), within=cavity)       # pulmonary trunk
+            c.paint("gas", Shape(0.0, 0.1, 0.06, 0.055), within=cavity)                      # trachea
+
+    def _heart(self, c: Canvas, t: float, cavity: np.ndarray) -> None:
+        """Myocardium, right and left heart blood pools, pericardial fat; above the abdominal organs, which
+        the diaphragm keeps below it, and under the liver, whose dome it rests on."""
+        scale = _bump(t, self.heart_lo, self.heart_hi, 0.3)
+        if scale <= 0:
+            return
+        h = self.heart.scaled(scale)
+        c.paint("fat", h.scaled(1.12), within=cavity)
+        c.paint("myocardium", h, within=cavity)
+        c.paint("blood_right_heart", dataclasses.replace(h, cx=h.cx - 0.32 * h.rx, cy=h.cy - 0.18 * h.ry,
+                                                         rx=0.45 * h.rx, ry=0.55 * h.ry), within=cavity)
+        c.paint("blood_artery", dataclasses.replace(h, cx=h.cx + 0.28 * h.rx, cy=h.cy + 0.12 * h.ry,
+                                                    rx=0.32 * h.rx, ry=0.42 * h.ry), within=cavity)
+
+    def _pelvis(self, c: Canvas, t: float, cavity: np.ndarray) -> None:
+        """Iliac wings below the crest, the acetabula and femoral heads, the bladder filling the low pelvis."""
+        if t >= self.pelvis_top:
+            return
+        depth = self.pelvis_top - t
+        wing = min(1.0, depth / 0.12)
+        for side in (-1, 1):
+            if depth < 0.45:
+                ilium = Shape(side * (0.52 - 0.15 * depth), 0.32 + 0.1 * depth, 0.3 * wing, 0.07, -side * 0.55)
+                c.paint("bone_cortical", ilium)
+                c.paint("bone_trabecular", ilium.scaled(0.6))
+            else:
+                head = Shape(side * 0.6, 0.05, 0.13, 0.13)
+                c.paint("bone_cortical", head)
+                c.paint("bone_trabecular", head.scaled(0.75))
+        bladder = _bump(t, T_BOTTOM - 0.05, self.bladder_top, 0.6)
+        if bladder > 0:
+            wall_mask = c.paint("muscle", Shape(0.0, -0.35, 0.3 * bladder, 0.25 * bladder), within=cavity)
+            c.paint("urine", Shape(0.0, -0.35, 0.27 * bladder, 0.22 * bladder), within=wall_mask)
+
+    def _limb(self, c: Canvas, arm: Shape) -> None:
+        c.paint("skin", arm)
+        c.paint("fat", arm.scaled(0.93))
+        c.paint("muscle", arm.scaled(0.72, dy=0.05 * arm.ry))
+        bone = dataclasses.replace(arm, rx=arm.rx * 0.2, ry=arm.ry * 0.2, k=np.zeros(0))
+        c.paint("bone_cortical", bone)
+        c.paint("bone_trabecular", bone.scaled(0.55))
+
     def _spine_and_back(self, c: Canvas, t: float, body: np.ndarray) -> None:
         sx, sy = self.spine
-        low = max(0.0, 0.5 - t) * 2          # psoas and quadratus grow towards the pelvis
+        low = min(1.0, max(0.0, 0.5 - t) * 2)   # psoas and quadratus grow towards the pelvis
         for side in (-1, 1):
             c.paint("muscle", Shape(sx + side * 0.2, sy + 0.26, 0.16, 0.19, side * 0.3), within=body)
             if low > 0:

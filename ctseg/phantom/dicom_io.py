@@ -1,6 +1,8 @@
 """Writing the phantom as DICOM in the 3D-IRCADb-01 layout: folders, or the published nested zips.
 
-Values are Hounsfield units stored as IRCAD stores them (unsigned, intercept -1024).
+Stored as 3D-IRCADb-01 stores it: files numbered feet first (image_0 is the most inferior slice),
+ImagePositionPatient (0, 0, thickness x index), no FrameOfReferenceUID, and CT either unsigned with
+RescaleIntercept -1024 or, for some patients, signed with intercept 0.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ctseg.dicom import CT_IMAGE_STORAGE
-from ctseg.phantom.render import PatientGeometry, PatientPhantom, patient_geometries
+from ctseg.phantom.render import PROTOCOLS, PatientGeometry, PatientPhantom, patient_geometries
 from ctseg.phantom.tissues import PHASES
 
 HU_INTERCEPT = -1024.0
@@ -45,12 +47,10 @@ def _dataset(g: PatientGeometry, size: int, index: int, pixels: np.ndarray, *, s
     ds.StudyDate = ds.SeriesDate = "20100101"
     ds.StudyInstanceUID = _uid(seed, g.patient_id, "study")
     ds.SeriesInstanceUID = _uid(seed, g.patient_id, series)
-    ds.FrameOfReferenceUID = _uid(seed, g.patient_id, "frame")
     ds.SeriesDescription = series
     ds.SeriesNumber = 2 if is_mask else 1
     ds.InstanceNumber = index + 1
-    half = size * g.spacing_mm / 2
-    ds.ImagePositionPatient = [-half, -half, round(-index * g.thickness_mm, 3)]
+    ds.ImagePositionPatient = [0.0, 0.0, round(index * g.thickness_mm, 3)]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.SliceLocation = ds.ImagePositionPatient[2]
     ds.PixelSpacing = [g.spacing_mm, g.spacing_mm]
@@ -58,21 +58,21 @@ def _dataset(g: PatientGeometry, size: int, index: int, pixels: np.ndarray, *, s
     ds.Rows = ds.Columns = size
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelRepresentation = 0
+    ds.PixelRepresentation = 1 if g.signed_storage and not is_mask else 0
     if is_mask:
         ds.BitsAllocated = ds.BitsStored = 8
         ds.HighBit = 7
         ds.PixelData = pixels.astype(np.uint8).tobytes()
     else:
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.RescaleIntercept = HU_INTERCEPT
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = (16, 16, 15) if g.signed_storage else (16, 12, 11)
+        ds.RescaleIntercept = 0.0 if g.signed_storage else HU_INTERCEPT
         ds.RescaleSlope = 1
         ds.RescaleType = "HU"
         ds.WindowCenter, ds.WindowWidth = 60, 400
         if g.phase != "native":
             ds.ContrastBolusAgent = "IV iodinated contrast"
         ds.ImageComments = f"contrast phase: {g.phase}"
-        ds.PixelData = pixels.astype("<u2").tobytes()
+        ds.PixelData = pixels.astype("<i2" if g.signed_storage else "<u2").tobytes()
     return ds
 
 
@@ -83,15 +83,11 @@ def _to_bytes(ds: Dataset) -> bytes:
 
 
 def render_patient(g: PatientGeometry, size: int, seed: int) -> Iterator[tuple[int, dict[str, bytes]]]:
-    """Yields (slice index, {relative IRCAD path: DICOM bytes}) for one patient.
-
-    Slice 0 is the most superior, as ImagePositionPatient z decreases with the index; the phantom's
-    own index runs inferior to superior, so organs are rendered at t = 1 - i/(n-1).
-    """
+    """Yields (slice index, {relative IRCAD path: DICOM bytes}) for one patient, image_0 the most inferior."""
     phantom = PatientPhantom(g, size)
     for i in range(g.num_slices):
-        rendered = phantom.slice(g.num_slices - 1 - i)
-        stored = np.rint(rendered.hu - HU_INTERCEPT).astype(np.uint16)
+        rendered = phantom.slice(i)
+        stored = np.rint(rendered.hu if g.signed_storage else rendered.hu - HU_INTERCEPT)
         files = {f"PATIENT_DICOM/image_{i}": _to_bytes(_dataset(g, size, i, stored, seed=seed, series="PATIENT_DICOM", is_mask=False))}
         for organ, m in rendered.masks.items():
             files[f"MASKS_DICOM/{organ}/image_{i}"] = _to_bytes(
@@ -111,11 +107,12 @@ def _zip_bytes(entries: dict[str, bytes]) -> bytes:
 
 def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60, size: int = 512,
                   seed: int = 0, as_zip: bool = False, progress: bool = False, phases: tuple[str, ...] = PHASES,
-                  noise_hu: tuple[float, float] = (8.0, 25.0)) -> Path:
+                  noise_hu: tuple[float, float] = (8.0, 25.0), protocols: tuple[str, ...] = tuple(PROTOCOLS)) -> Path:
     """Writes the phantom; returns the dataset folder, or the outer zip with `as_zip`.
 
-    `phases` and `noise_hu` narrow the contrast phases and noise levels patients draw from (default:
-    all three phases, 8-25 HU, as real scans vary); a narrower phantom is an easier one.
+    `phases`, `noise_hu` and `protocols` narrow the contrast phases, noise levels and scan ranges
+    patients draw from (default: all three phases, 8-25 HU, abdomen, abdomen-pelvis and
+    chest-abdomen scans, as real scans vary); a narrower phantom is an easier one.
 
     Folder form: OUT/3Dircadb1.<k>/PATIENT_DICOM/image_<i> and OUT/3Dircadb1.<k>/MASKS_DICOM/<organ>/image_<i>.
     Zip form: OUT (or OUT/3Dircadb1.zip when OUT is not a .zip path) holding
@@ -124,7 +121,7 @@ def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60
     if patients < 1 or slices < 1 or size < 16:
         raise ValueError("need at least 1 patient, 1 slice and a size of 16 pixels")
     out = Path(out)
-    geometries = patient_geometries(patients, slices, seed, phases=phases, noise_hu=noise_hu)
+    geometries = patient_geometries(patients, slices, seed, phases=phases, noise_hu=noise_hu, protocols=protocols)
     total = sum(g.num_slices for g in geometries)
     bar = None
     if progress:

@@ -91,5 +91,9 @@ TABLE: tuple[Tissue, ...] = (
     _t("lesion_hyper", (35, 50), (110, 170), (80, 115), texture_hu=8, source="baron1996"),
     _t("cyst", (0, 18), texture_hu=2, source="mortele2001"),
     _t("table", (150, 350), texture_hu=10, source="measured"),
+    # Right heart and pulmonary arteries: in the arterial phase the contrast has already passed on to the
+    # left heart and aorta, so the right heart is far less dense than the left; by the portal phase they match.
+    _t("blood_right_heart", (35, 50), (100, 180), (130, 175), texture_hu=4, source="bae2010"),
+    _t("urine", (0, 15), texture_hu=2, source="mortele2001"),
 )
 LABEL = {t.name: i for i, t in enumerate(TABLE)}

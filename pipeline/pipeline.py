@@ -7,22 +7,35 @@ from typing import Any, Sequence
 
 from tfx import v1 as tfx
 
-from ctseg.code_version import code_version
+from ctseg.code_version import CODE_VERSION_KEY, code_version
 from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE
 from ctseg.schemas import SCHEMA_FILE
 
 TRAINER_RUN_FN = "ctseg.models.unet.trainer.run_fn"
-# The packages whose code the Trainer runs: their files make up the Trainer's code_version.
-TRAINER_PACKAGES = ("ctseg.models.unet",)
 
 
 def trainer_code_version() -> str:
-    """A digest of the model code, passed to the Trainer so that TFX's cache notices code changes.
+    """A digest of the code `run_fn`'s module imports, passed to the Trainer so that TFX's cache notices
+    code changes.
 
     The Trainer is given `run_fn` as an import path (it works unchanged inside the cluster's image),
     so TFX cannot fingerprint a module file itself.
     """
-    return code_version(*TRAINER_PACKAGES)
+    return code_version(TRAINER_RUN_FN.rpartition(".")[0])
+
+
+def trainer_step(examples, schema=None, *, image_size: int, custom_config: dict[str, Any] | None = None,
+                 train_steps: int | None = None, eval_steps: int | None = None):
+    """TFX's Trainer running `TRAINER_RUN_FN` on `examples` of `image_size` px, keyed on the model code."""
+    config = {"image_size": image_size, CODE_VERSION_KEY: trainer_code_version(), **(custom_config or {})}
+    return tfx.components.Trainer(
+        run_fn=TRAINER_RUN_FN,
+        examples=examples,
+        schema=schema,
+        train_args=tfx.proto.TrainArgs(num_steps=train_steps) if train_steps else tfx.proto.TrainArgs(),
+        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps) if eval_steps else tfx.proto.EvalArgs(),
+        custom_config=config,
+    )
 
 
 def serving_pusher(model, model_blessing, serving_dir: str):
@@ -85,15 +98,8 @@ def create_pipeline(
     validation = validation_stage(examples, schema_file)
     import_schema, gate = validation[2], validation[-1]
 
-    config = {"image_size": image_size, "code_version": trainer_code_version(), **(custom_config or {})}
-    trainer = tfx.components.Trainer(
-        run_fn=TRAINER_RUN_FN,
-        examples=examples,
-        schema=import_schema.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=train_steps) if train_steps else tfx.proto.TrainArgs(),
-        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps) if eval_steps else tfx.proto.EvalArgs(),
-        custom_config=config,
-    )
+    trainer = trainer_step(examples, import_schema.outputs["schema"], image_size=image_size,
+                           custom_config=custom_config, train_steps=train_steps, eval_steps=eval_steps)
     trainer.add_upstream_node(gate)
 
     if baseline_metadata is None and metadata_connection_config is not None:

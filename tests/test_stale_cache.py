@@ -1,4 +1,4 @@
-"""Changed data at the same path, or changed step code, is never served from TFX's cache (issue 14).
+"""Changed data at the same path, or changed step code, is never served from TFX's cache.
 
 TFX's own FileBasedExampleGen fingerprints its input files before it runs (its driver puts
 `io_utils.generate_fingerprint` into the exec properties: `tfx/components/example_gen/driver.py`
@@ -6,10 +6,9 @@ lines 110-121 and `tfx/utils/io_utils.py` lines 202-220, TFX 1.15.1), and exec p
 of the cache key (`tfx/orchestration/portable/cache_utils.py` `get_cache_context`, lines 77-133).
 IrcadExampleGen does the same with `ircad.data_fingerprint`, taken when the component is built.
 """
-import json
+import importlib.util
 import shutil
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,13 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from ctseg import ircad
-from ctseg.code_version import code_version
+from ctseg.code_version import code_version, import_closure
 from ctseg.components.ingest.component import IrcadExampleGen
 from ctseg.features import decode_example
+from ctseg.mlmd.runs import describe_run
 from ctseg.phantom import write_phantom
-from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS
-from ctseg.pipeline.pipeline import create_pipeline
+from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS, ingest_pipeline
+from ctseg.pipeline.pipeline import TRAINER_RUN_FN, create_pipeline, trainer_step
 
 
 def _run(tmp: Path, gen: IrcadExampleGen):
@@ -101,16 +101,81 @@ def test_create_pipeline_fingerprints_the_data_and_versions_every_custom_step(sm
         assert len(by_id[step].exec_properties["code_version"]) == 16
 
 
-def test_code_version_changes_with_the_code(tmp_path, monkeypatch):
-    package = tmp_path / "fakestep"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "executor.py").write_text(textwrap.dedent("def do():\n    return 1\n"))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    before = code_version("fakestep")
-    (package / "executor.py").write_text(textwrap.dedent("def do():\n    return 2\n"))
-    assert code_version("fakestep") != before
-    sys.modules.pop("fakestep", None)
-    assert json.dumps(code_version("ctseg.ircad")) and code_version("ctseg.ircad") != code_version("ctseg.dicom")
+FAKE_PACKAGE = {
+    "__init__.py": "",
+    "executor.py": "from . import helpers\nfrom fakestep.lazy import Thing\n\ndef do():\n    return helpers.one()\n",
+    "helpers.py": "def one():\n    import fakestep.deep.leaf\n    return 1\n",
+    "deep/__init__.py": "",
+    "deep/leaf.py": "from .. import errors\nVALUE = 1\n",
+    "errors.py": "",
+    "lazy.py": "BOUND = 1\n\ndef __getattr__(name):\n    from fakestep import lazy_target\n    return lazy_target\n",
+    "lazy_target.py": "",
+    "unrelated.py": "X = 1\n",
+}
+
+
+def _fake_package(root: Path, monkeypatch) -> Path:
+    for name, text in FAKE_PACKAGE.items():
+        (root / "fakestep" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "fakestep" / name).write_text(text)
+    monkeypatch.syspath_prepend(str(root))
+    return root / "fakestep"
+
+
+def test_code_version_follows_every_import_of_the_entry_module_and_nothing_else(tmp_path, monkeypatch):
+    package = _fake_package(tmp_path, monkeypatch)
+    try:
+        closure = import_closure("fakestep.executor", package="fakestep")
+        assert closure == ["fakestep", "fakestep.deep", "fakestep.deep.leaf", "fakestep.errors",
+                           "fakestep.executor", "fakestep.helpers", "fakestep.lazy", "fakestep.lazy_target"]
+        before = code_version("fakestep.executor", package="fakestep")
+        (package / "unrelated.py").write_text("X = 2\n")
+        assert code_version("fakestep.executor", package="fakestep") == before
+        (package / "deep" / "leaf.py").write_text("from .. import errors\nVALUE = 2\n")  # two imports away
+        assert code_version("fakestep.executor", package="fakestep") != before
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] == "fakestep"]:
+            sys.modules.pop(name)
     with pytest.raises(FileNotFoundError):
         code_version("ctseg.no_such_module")
+
+
+def test_each_step_is_keyed_on_the_modules_it_imports():
+    """The Trainer runs the export (ctseg.serving) and the slice decoding behind the features
+    (ctseg.dicom, reached through ctseg.features); the evaluator does not run `ctseg predict`."""
+    trainer = import_closure(TRAINER_RUN_FN.rpartition(".")[0])
+    assert {"ctseg.serving", "ctseg.features", "ctseg.dicom", "ctseg.models.unet.model"} <= set(trainer)
+    assert not any(m.startswith("ctseg.components") for m in trainer)
+    assert "ctseg.ircad" in import_closure("ctseg.components.ingest.executor")
+    evaluator = import_closure("ctseg.components.evaluation.executor")
+    assert "ctseg.postprocess" in evaluator and "ctseg.predict" not in evaluator
+    for entry in (TRAINER_RUN_FN.rpartition(".")[0], "ctseg.components.ingest.executor",
+                  "ctseg.components.validation.executor", "ctseg.components.evaluation.executor"):
+        for module in import_closure(entry):  # a name imported from a string would be invisible to the walk
+            source = Path(importlib.util.find_spec(module).origin).read_text()
+            assert "import_module(" not in source and "__import__(" not in source, module
+
+
+@pytest.mark.slow
+def test_trainer_runs_again_when_code_outside_the_model_package_changes(small_phantom, tmp_path, monkeypatch):
+    """The Trainer as `create_pipeline` builds it, in three LocalDagRunner runs: the second is served
+    from the cache; the third follows an edit of the model export (ctseg.serving, outside
+    ctseg.models.unet and not used by ingest, whose Examples stay cached) and trains again."""
+    import ctseg.code_version
+
+    def run():
+        pipeline, example_gen = ingest_pipeline(data_root=small_phantom, workdir=tmp_path, image_size=64)
+        pipeline.components.append(trainer_step(
+            example_gen.outputs["examples"], image_size=64, train_steps=2, eval_steps=1,
+            custom_config={"depth": 1, "base_filters": 4, "epochs": 1, "batch_size": 4}))
+        pipeline.enable_cache = True
+        LocalDagRunner().run(pipeline)
+        store = metadata_store.MetadataStore(pipeline.metadata_connection_config)
+        return {e["node_id"]: e["state"] for e in describe_run(store, "latest")["executions"]}
+
+    assert run()["Trainer"] == "complete"
+    assert run() == {"IrcadExampleGen": "cached", "Trainer": "cached"}
+    source = ctseg.code_version._source
+    monkeypatch.setattr(ctseg.code_version, "_source",
+                        lambda name: source(name) + (b"\n# edited\n" if name == "ctseg.serving" else b""))
+    assert run() == {"IrcadExampleGen": "cached", "Trainer": "complete"}

@@ -21,13 +21,10 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.types.system_executions import Evaluate
 
 from ctseg import postprocess
-from ctseg.code_version import code_version
+from ctseg.code_version import CODE_VERSION_KEY, code_version
 from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE, executor
 
 DEFAULT_BATCH_SIZE = 32
-CODE_VERSION_KEY = "code_version"
-EVALUATOR_MODULES = ("ctseg.components.evaluation", "ctseg.predict", "ctseg.features", "ctseg.dicom",
-                     "ctseg.postprocess", "ctseg.serving")
 
 
 class SegmentationEvaluatorSpec(types.ComponentSpec):
@@ -80,7 +77,7 @@ class SegmentationEvaluator(base_component.BaseComponent):
         spec = SegmentationEvaluatorSpec(
             examples=examples, model=model, serving_dir=serving_dir, metadata=metadata,
             split=split, dice_threshold=float(dice_threshold), dice_tolerance=float(dice_tolerance),
-            batch_size=int(batch_size), cleanup=cleanup, code_version=code_version(*EVALUATOR_MODULES),
+            batch_size=int(batch_size), cleanup=cleanup, code_version=code_version(executor.Executor.__module__),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing))
         super().__init__(spec=spec)

@@ -8,13 +8,12 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import channel, component_spec, standard_artifacts
 
 from ctseg import ircad
-from ctseg.code_version import code_version
+from ctseg.code_version import CODE_VERSION_KEY, code_version
 from ctseg.components.ingest import executor
 from ctseg.errors import CtsegError
 from ctseg.features import check_image_size
 
 DEFAULT_SPLIT_RATIOS = {"train": 0.75, "eval": 0.25}
-INGEST_MODULES = ("ctseg.components.ingest", "ctseg.ircad", "ctseg.dicom", "ctseg.features")
 
 
 class IrcadExampleGenSpec(component_spec.ComponentSpec):
@@ -26,7 +25,7 @@ class IrcadExampleGenSpec(component_spec.ComponentSpec):
         "max_bad_fraction": component_spec.ExecutionParameter(type=float),
         # Part of TFX's cache key, so that changed data or changed ingest code is ingested again.
         executor.FINGERPRINT_KEY: component_spec.ExecutionParameter(type=str, optional=True),
-        executor.CODE_VERSION_KEY: component_spec.ExecutionParameter(type=str, optional=True),
+        CODE_VERSION_KEY: component_spec.ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {}
     OUTPUTS = {executor.EXAMPLES_KEY: component_spec.ChannelParameter(type=standard_artifacts.Examples)}
@@ -76,5 +75,5 @@ class IrcadExampleGen(base_component.BaseComponent):
             data_root=str(data_root), organ=organ, image_size=int(image_size),
             split_ratios=json.dumps(ratios), max_bad_fraction=float(max_bad_fraction),
             input_fingerprint=input_fingerprint or ircad.build_fingerprint(str(data_root)),
-            code_version=code_version(*INGEST_MODULES),
+            code_version=code_version(executor.Executor.__module__),
             examples=channel.Channel(type=standard_artifacts.Examples)))

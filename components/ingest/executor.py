@@ -29,7 +29,6 @@ from ctseg.features import check_image_size, slice_example
 
 EXAMPLES_KEY = "examples"
 FINGERPRINT_KEY = "input_fingerprint"  # TFX's name (example_gen/utils.py FINGERPRINT_PROPERTY_NAME)
-CODE_VERSION_KEY = "code_version"
 QUARANTINE_FILE = "quarantine.jsonl"
 SKIPPED_FILE = "skipped.jsonl"  # operating-system debris (Thumbs.db, .DS_Store, __MACOSX/...): listed, not read
 SPLITS = ("train", "eval", "test")

@@ -5,7 +5,6 @@ Importing the package is cheap (no TFX): `anomalies_details` decodes ExampleVali
 """
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any
 
@@ -16,8 +15,6 @@ ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes in each Split-<
 
 __all__ = ["ANOMALIES_FILE", "SCHEMA_FILE", "ValidationGate", "ValidationReport", "ValidationStage",
            "validation_stage"]
-_LAZY = {"ValidationGate": "component", "ValidationReport": "component", "ValidationStage": "stage",
-         "validation_stage": "stage"}
 
 
 def anomalies_details(uri: str) -> dict[str, Any]:
@@ -44,6 +41,11 @@ def anomalies_details(uri: str) -> dict[str, Any]:
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    # Plain import statements, so that `ctseg.code_version` sees which modules these names run.
+    if name in ("ValidationGate", "ValidationReport"):
+        from ctseg.components.validation import component
+        return getattr(component, name)
+    if name in ("ValidationStage", "validation_stage"):
+        from ctseg.components.validation import stage
+        return getattr(stage, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

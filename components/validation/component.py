@@ -8,7 +8,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from ctseg.code_version import code_version
+from ctseg.code_version import CODE_VERSION_KEY, code_version
 from ctseg.components.validation import executor
 
 STATISTICS_KEY = "statistics"
@@ -19,8 +19,6 @@ REPORT_KEY = "report"
 SKEW_THRESHOLD_KEY = "skew_threshold"
 FAIL_ON_SKEW_KEY = "fail_on_skew"
 UNIFORM_SOURCE_SIZE_KEY = "require_uniform_source_size"
-CODE_VERSION_KEY = "code_version"
-GATE_MODULES = ("ctseg.components.validation", "ctseg.features")
 
 
 class ValidationReport(types.Artifact):
@@ -62,5 +60,6 @@ class ValidationGate(base_component.BaseComponent):
         super().__init__(spec=ValidationGateSpec(
             statistics=statistics, anomalies=anomalies, schema=schema, examples=examples,
             skew_threshold=skew_threshold, fail_on_skew=fail_on_skew,
-            require_uniform_source_size=require_uniform_source_size, code_version=code_version(*GATE_MODULES),
+            require_uniform_source_size=require_uniform_source_size,
+            code_version=code_version(executor.Executor.__module__),
             report=types.Channel(type=ValidationReport)))

@@ -57,7 +57,7 @@ class UnetConfig:
     shuffle_buffer: int = 1024
     seed: int = 0
     jit_compile: bool = False  # XLA for the train step; off until a GPU measurement says it helps (docs/BENCHMARKS.md)
-    code_version: str = ""  # digest of models/unet set by the pipeline, so TFX's cache notices code changes
+    code_version: str = ""  # digest of the code run_fn imports, set by the pipeline so TFX's cache notices changes
 
     @classmethod
     def from_custom_config(cls, custom: Mapping[str, Any] | None) -> "UnetConfig":

@@ -25,7 +25,8 @@ def register(sub) -> None:
                    help="3D clean-up of the mask, as the evaluator scores it: 'on' (default: keep the largest "
                         "connected component, fill holes), 'off', or a comma list of largest_component,fill_holes")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the contents of a non-empty --out folder (default: refuse it)")
+                   help="replace an earlier prediction in --out (a folder holding only what predict writes, its "
+                        "summary.json among them); any other non-empty folder is refused")
     p.set_defaults(func=run)
 
 
@@ -47,9 +48,9 @@ def run(args) -> int:
     if not Path(args.series).exists():
         raise CtsegError(f"{args.series}: no such file or folder")
     from ctseg.blessing import check_blessing
-    from ctseg.predict import check_output_dir, predict  # TensorFlow is imported later, by the model
+    from ctseg.predict import check_output_dir, predict, read_locations  # TensorFlow is imported later, by the model
 
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, read_locations(args.series, args.model, args.metadata))
     blessing = check_blessing(args.model, args.metadata)
     if args.require_blessed and blessing.blessed is not True:
         state = "not blessed" if blessing.blessed is False else "of unknown blessing"

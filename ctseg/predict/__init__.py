@@ -25,14 +25,14 @@ from ctseg.predict.seg import ANATOMICAL_STRUCTURE, LOSSY_METHODS, STUDY_TYPE2, 
 from ctseg.predict.ircad_masks import MASK_FOREGROUND, mask_dataset, mask_names
 from ctseg.predict.overlay import overlay_png
 from ctseg.predict.summary import reader_counts, summary
-from ctseg.predict.outputs import check_output_dir, write_outputs
+from ctseg.predict.outputs import check_output_dir, read_locations, written_by_predict, write_outputs
 
 __all__ = ["ANATOMICAL_STRUCTURE", "ENHANCED_CT_STORAGE", "LOSSY_METHODS", "MASK_FOREGROUND", "ORGAN", "Prediction",
            "READERS", "SEGMENTATION_STORAGE", "STUDY_TYPE2", "Series", "SliceFile", "TFIO_TRANSFER_SYNTAXES",
            "check_output_dir", "choose_reader", "complete_slice_thickness", "complete_uids", "load_series",
            "mask_dataset", "mask_names", "overlay_png", "predict_series", "read_header", "read_hu", "reader_counts",
-           "segmentation_dataset", "series_files", "slice_spacing_mm", "summary", "volume_ml", "write_outputs",
-           "predict"]
+           "read_locations", "segmentation_dataset", "series_files", "slice_spacing_mm", "summary", "volume_ml",
+           "write_outputs", "written_by_predict", "predict"]
 
 
 def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
@@ -40,7 +40,7 @@ def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | 
             cleanup: postprocess.Cleanup = postprocess.Cleanup(), extra_summary: dict | None = None) -> dict:
     """The whole command: load, predict, write (the mask cleaned up in 3D by `cleanup`; `extra_summary`'s
     fields added to summary.json); returns the summary."""
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, read_locations(series_src, model))
     series = load_series(series_src)
     served = load_model(model)
     return write_outputs(predict_series(series, served, batch_size, progress, cleanup), out, extra_summary)

@@ -112,3 +112,161 @@ def test_seg_reference_frames_follow_the_series_by_sop_instance_uid():
     slices.slices[0].header.SOPInstanceUID = "1.2.3"
     with pytest.raises(SystemExit, match=r"has no frame for \['s2'\]"):
         reference_from_seg(slices, path)
+
+
+# Where the error goes: the accounting on small arrays whose answer is known voxel by voxel.
+
+def _labels_with_blobs() -> tuple[np.ndarray, np.ndarray]:
+    """(labels, reference): a liver (label 5) and, beside it, a heart, a left kidney, a kidney cyst, a back
+    muscle (autochthon, not a named structure) and unlabelled space."""
+    labels = np.zeros((4, 12, 12), np.uint8)
+    labels[:, 0:4, 0:4] = LIVER_LABEL
+    labels[:, 0:4, 6:10] = 51       # heart
+    labels[:, 6:8, 0:4] = 3         # kidney_left
+    labels[:, 6:8, 6:8] = 24        # kidney_cyst_right
+    labels[:, 10:12, 0:4] = 86      # autochthon_left
+    return labels, (labels == LIVER_LABEL).astype(np.uint8)
+
+
+def test_false_positives_are_attributed_to_the_structure_they_fall_in():
+    from bench.real_ct import OTHER_LABELLED, OUTSIDE_LABELS, STRUCTURES, false_positives_by_structure
+
+    labels, reference = _labels_with_blobs()
+    predicted = reference.copy()
+    predicted[0, 0:2, 6:9] = 1      # 6 voxels of heart
+    predicted[1, 6, 0:4] = 1        # 4 of kidney_left
+    predicted[1, 6, 6] = 1          # 1 of a kidney cyst: still the kidneys
+    predicted[2, 10, 0:2] = 1       # 2 of a back muscle: another labelled structure
+    predicted[3, 4:6, 10:12] = 1    # 4 in no label
+    ml = false_positives_by_structure(predicted, reference, labels, ml_per_voxel=0.5)
+    assert list(ml) == [name for name, _ in STRUCTURES] + [OTHER_LABELLED, OUTSIDE_LABELS]
+    assert ml["heart"] == 3.0 and ml["kidneys"] == 2.5
+    assert ml[OTHER_LABELLED] == 1.0 and ml[OUTSIDE_LABELS] == 2.0
+    assert sum(ml.values()) == 0.5 * np.count_nonzero(predicted & ~reference.astype(bool))  # true liver not counted
+    assert all(ml[name] == 0 for name in ("stomach", "aorta", "spleen", "lungs"))
+
+
+def test_heart_labelled_liver_is_none_when_the_scan_does_not_show_the_heart():
+    from bench.real_ct import heart_labelled_liver_ml
+
+    labels, reference = _labels_with_blobs()
+    predicted = reference.copy()
+    predicted[:, 0, 6:8] = 1
+    assert heart_labelled_liver_ml(predicted, labels, 0.5) == 4.0
+    assert heart_labelled_liver_ml(reference, labels, 0.5) == 0.0
+    assert heart_labelled_liver_ml(predicted, np.where(labels == 51, 0, labels), 0.5) is None
+
+
+def test_dome_is_the_superior_fraction_of_the_liver_slices_whatever_the_series_order():
+    from bench.real_ct import dome_slices
+
+    reference = np.zeros((12, 4, 4), np.uint8)
+    reference[1:11, 1:3, 1:3] = 1                      # liver on 10 slices: ceil(1.5) = 2 dome slices
+    z_up = np.arange(12) * 2.0                          # feet first: the last slices are superior
+    assert np.flatnonzero(dome_slices(reference, z_up)).tolist() == [9, 10]
+    assert np.flatnonzero(dome_slices(reference, -z_up)).tolist() == [1, 2]
+    assert np.flatnonzero(dome_slices(reference[:3], z_up[:3])).tolist() == [2]  # 2 liver slices: at least 1
+
+
+def test_border_is_measured_in_mm_in_plane():
+    from bench.real_ct import border_voxels
+
+    reference = np.zeros((1, 20, 20), np.uint8)
+    reference[0, 2:18, 2:18] = 1
+    one_mm = border_voxels(reference, (1.0, 1.0))       # 3 rings of 1 mm pixels
+    assert one_mm[0, 2:18, 2].all() and one_mm[0, 10, 4] and not one_mm[0, 10, 5]
+    assert not one_mm[0, 0, 0]                          # outside the liver is never border
+    three_mm = border_voxels(reference, (3.0, 3.0))     # one ring of 3 mm pixels
+    assert three_mm[0, 10, 2] and not three_mm[0, 10, 3]
+    anisotropic = border_voxels(reference, (1.0, 3.0))  # 1 mm between rows, 3 mm between columns
+    assert anisotropic[0, 4, 10] and not anisotropic[0, 5, 10] and not anisotropic[0, 10, 3]
+    edge = np.ones((1, 9, 9), np.uint8)                 # a liver cut by the image's edge: the edge is border
+    assert border_voxels(edge, (1.0, 1.0))[0, 0, 4] and not border_voxels(edge, (1.0, 1.0))[0, 4, 4]
+
+
+def test_rim_is_outside_the_liver_within_3_mm_in_plane():
+    from bench.real_ct import rim_voxels
+
+    reference = np.zeros((2, 20, 20), np.uint8)
+    reference[0, 8:12, 8:12] = 1
+    rim = rim_voxels(reference, (1.0, 1.0))
+    assert rim[0, 8, 5] and not rim[0, 8, 4] and rim[0, 6, 6] and not rim[0, 5, 5]  # 3 mm, 4 mm, 2.8 mm, 4.2 mm
+    assert not (rim & (reference > 0)).any() and not rim[1].any()
+
+
+def _liver_block() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(reference, hu, z_mm): a 10-slice liver of 12x12 pixels (1 mm) at 100 HU, feet first."""
+    reference = np.zeros((10, 16, 16), np.uint8)
+    reference[:, 2:14, 2:14] = 1
+    hu = np.where(reference > 0, 100.0, -100.0)
+    return reference, hu, np.arange(10) * 3.0
+
+
+def test_misses_go_to_the_first_place_that_holds_them():
+    from bench.real_ct import MISS_PLACES, misses_by_place
+
+    reference, hu, z_mm = _liver_block()
+    predicted = reference.copy()
+    predicted[9, 7:9, 7:9] = 0       # 4 voxels on the most superior slice, hypodense too: dome
+    hu[9, 7:9, 7:9] = 50
+    predicted[4, 2, 2:7] = 0         # 5 voxels on the outer ring: border
+    predicted[4, 3, 3] = 0           # 1 voxel 2 mm inside, hypodense: border comes first
+    hu[4, 3, 3] = 20
+    predicted[5, 7:9, 7:10] = 0      # 6 interior voxels 30 HU below the median: hypodense
+    hu[5, 7:9, 7:10] = 70
+    predicted[6, 8, 8] = 0           # 1 interior voxel 10 HU below the median: other
+    hu[6, 8, 8] = 90
+    ml = misses_by_place(predicted, reference, hu, z_mm, (1.0, 1.0), ml_per_voxel=0.25)
+    assert list(ml) == list(MISS_PLACES)
+    assert ml == {"dome": 1.0, "border": 1.5, "hypodense": 1.5, "other": 0.25}
+
+
+def test_where_the_error_goes_reads_voxel_size_and_height_from_the_headers():
+    """The row's ml come from PixelSpacing and the slice positions (2 x 2 x 3 mm = 0.012 ml a voxel), the
+    dome from ImagePositionPatient's z, and a case without a label map has no false-positive structures."""
+    from bench.real_ct import percentages, table, where_the_error_goes
+    from ctseg.predict import Series, SliceFile
+
+    reference, hu, _ = _liver_block()
+    labels = np.where(reference > 0, LIVER_LABEL, 0).astype(np.uint8)
+    labels[:, 0:2, :] = 51
+    headers = []
+    for k in range(10):                                 # series order: head first
+        header = pydicom.Dataset()
+        header.PixelSpacing, header.SliceThickness = [2.0, 2.0], 3.0
+        header.ImagePositionPatient, header.ImageOrientationPatient = [0.0, 0.0, 30.0 - 3.0 * k], [1, 0, 0, 0, 1, 0]
+        headers.append(SliceFile(f"s{k}", b"", header))
+    series = Series("x", tuple(headers))
+    predicted = reference.copy()
+    predicted[0, 7, 7] = 0                              # slice 0 is the most superior: dome
+    predicted[:, 0, 0:5] = 1                            # 50 voxels of heart
+    row = where_the_error_goes(predicted, reference, labels, hu, series)
+    assert row["false_positive_ml"] == row["false_positive_by_structure_ml"]["heart"] == 0.6
+    assert row["false_positive_rim_ml"] == 0.0          # 2 pixels of 2 mm from the liver: beyond the 3 mm rim
+    assert row["dome_in_scan"] is False                 # liver on the top slice: its dome is above the scan
+    assert row["heart_labelled_liver_ml"] == 0.6 and row["heart_in_scan"] is True
+    assert row["false_positive_by_structure_pct"]["heart"] == 100.0
+    assert row["missed_by_place_ml"]["dome"] == round(0.012, 1) and row["missed_by_place_pct"]["dome"] == 100.0
+    no_map = where_the_error_goes(predicted, reference, None, hu, series)
+    assert no_map["false_positive_by_structure_ml"] is None and no_map["heart_in_scan"] is None
+    assert no_map["false_positive_ml"] == 0.6
+    assert percentages({"a": 0.0}) is None
+    markdown = table([{"short": "c", "dice": 0.9, "volume_ml": 2.0, "reference_volume_ml": 2.0, **no_map},
+                      {"short": "d", "dice": 0.8, "volume_ml": 3.0, "reference_volume_ml": 2.0, **row}], [])
+    assert "| in heart | n/a | 0.6 (100%) |" in markdown and "| heart labelled liver, ml | n/a | 0.6 |" in markdown
+
+
+def test_a_probe_is_padded_to_a_scanner_field_of_view_without_moving_its_anatomy(tmp_path):
+    """A chest crop is written into a wider field of view (air around it), so the model sees organs at the
+    scale of a whole scan; the heart mask still lands on its voxels."""
+    from bench.real_ct import HEART_LABEL, heart_from_nifti
+
+    hu, labels, affine = _volume()
+    series_dir = write_nifti_as_dicom(_save(tmp_path, "crop_ct", hu, affine), tmp_path / "crop", "crop",
+                                      field_of_view_mm=61.0)
+    series = load_series(series_dir)
+    images = np.stack([hu_from_dataset(pydicom.dcmread(io.BytesIO(s.data))) for s in series.slices])
+    assert images.shape == (6, 31, 31)                  # ceil(61 / 2) pixels of 2 mm
+    heart = heart_from_nifti(series, _save(tmp_path, "heart", (labels == LIVER_LABEL).astype(np.uint8), affine))
+    assert set(np.unique(heart)) == {0, HEART_LABEL}
+    assert np.array_equal(heart == HEART_LABEL, images == 100)

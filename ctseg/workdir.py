@@ -44,9 +44,15 @@ def os_error_sentence(what: str, path: Path | str, error: OSError) -> CtsegError
     return CtsegError(f"cannot use {path} as {what}: {reason}")
 
 
+def workdir_path(workdir: str | os.PathLike) -> Path:
+    """The one spelling of a work dir (symlinks and `..` resolved), so that the lock and everything under
+    it name one folder however the user wrote it."""
+    return Path(workdir).resolve()
+
+
 def prepare_workdir(workdir: str | os.PathLike) -> Path:
-    """The work dir, created if missing; a CtsegError in words when it cannot be."""
-    path = Path(workdir).absolute()
+    """The work dir (`workdir_path`), created if missing; a CtsegError in words when it cannot be."""
+    path = workdir_path(workdir)
     if path.exists() and not path.is_dir():
         raise CtsegError(f"cannot use {path} as the work dir: it is a file, not a folder")
     try:
@@ -131,7 +137,7 @@ class WorkdirLock:
 
     def __init__(self, workdir: str | os.PathLike, *, wait: bool = False,
                  on_wait: Optional[Callable[[str], None]] = None):
-        self.path = Path(workdir).absolute() / LOCK_FILE
+        self.path = workdir_path(workdir) / LOCK_FILE
         self.wait, self.on_wait = wait, on_wait
         self.fd: Optional[int] = None
         self.owner: Optional[WorkdirLock] = None

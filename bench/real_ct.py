@@ -443,14 +443,14 @@ def table(rows: list[dict], probes: list[dict]) -> str:
     def line(label, cells):
         return f"| {label} | " + " | ".join(cells) + " |"
 
-    names = [OTHER_LABELLED, OUTSIDE_LABELS]
     lines = [line("", [r["short"] for r in rows]), "|---|" + "---:|" * len(rows),
              line("Dice", [f"{r['dice']:.3f}" for r in rows]),
              line("predicted / reference volume",
                   [f"{r['volume_ml'] / r['reference_volume_ml']:.2f}" for r in rows]),
              line("**false positives, ml**", [f"**{r['false_positive_ml']:.1f}**" for r in rows])]
-    lines += [line(f"in {name}", [_cell(r["false_positive_by_structure_ml"], r["false_positive_by_structure_pct"], name)
-                                  for r in rows]) for name in [n for n, _ in STRUCTURES] + names]
+    for name in [n for n, _ in STRUCTURES] + [OTHER_LABELLED, OUTSIDE_LABELS]:
+        lines.append(line(name if name == OUTSIDE_LABELS else f"in {name}", [
+            _cell(r["false_positive_by_structure_ml"], r["false_positive_by_structure_pct"], name) for r in rows]))
     lines.append(line(f"(of all false positives: within {BORDER_MM:g} mm of the reference liver)", [
         f"{r['false_positive_rim_ml']:.1f} ({100 * r['false_positive_rim_ml'] / r['false_positive_ml']:.0f}%)"
         if r["false_positive_ml"] else "0.0" for r in rows]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import os
@@ -27,6 +28,7 @@ import tempfile
 import uuid
 import zipfile
 import zlib
+from stat import S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Iterator, Optional
 
 import numpy as np
@@ -65,7 +67,8 @@ class _Tree:
     """What both trees share: skipping (and remembering) operating-system debris."""
 
     def __init__(self):
-        self.skipped: dict[str, None] = {}  # locations of debris seen while listing, in order, once each
+        # locations of debris (reason None) and of local entries that are not files, seen while listing, in order
+        self.skipped: dict[str, Optional[str]] = {}
 
     def _listed(self, path: str, dirs, files) -> tuple[list[str], list[str]]:
         for name in sorted({*dirs, *files}):
@@ -98,9 +101,30 @@ class _FolderTree(_Tree):
         return posixpath.join(self.root, path) if path else self.root
 
     def entries(self, path: str) -> tuple[list[str], list[str]]:
-        """(sub-folders, files) directly in `path`, sorted, debris skipped."""
+        """(sub-folders, files) directly in `path`, sorted, debris and local non-files skipped."""
         _, dirs, files = next(iter(self._gfile.walk(self.location(path))), (None, [], []))
-        return self._listed(path, [d.rstrip("/") for d in dirs], files)
+        dirs, files = self._listed(path, [d.rstrip("/") for d in dirs], files)
+        if "://" in self.root:
+            return dirs, files
+        return dirs, [f for f in files if self._regular(posixpath.join(path, f))]
+
+    def _regular(self, path: str) -> bool:
+        """Whether a local entry is a regular file; anything else is skipped with the reason (a named pipe
+        would block the read forever; a dangling or looping link has nothing to read)."""
+        where = self.location(path)
+        try:
+            mode = os.stat(where).st_mode
+        except OSError as e:
+            reason = ("a symbolic link loop" if e.errno == errno.ELOOP else "a symbolic link to nothing"
+                      if os.path.islink(where) else (e.strerror or type(e).__name__).lower())
+            self.skipped[where] = f"cannot be read: {reason}"
+            return False
+        if not S_ISREG(mode):
+            kind = ("a named pipe (FIFO)" if S_ISFIFO(mode) else "a socket" if S_ISSOCK(mode)
+                    else "a device")
+            self.skipped[where] = f"{kind}, not a file"
+            return False
+        return True
 
     def open(self, path: str):
         """The file, unread (local files through the builtin open, a few times faster than GFile)."""
@@ -356,17 +380,31 @@ def open_patient(ref: PatientRef, organ: str) -> Iterator[PatientSeries]:
         yield PatientSeries(ref, tree.location(ref.path), images, masks, [*tree.skipped, *skipped])
 
 
-def read_series(path: str) -> dict[str, bytes]:
+def read_series(path: str, skipped: Optional[list[str]] = None) -> dict[str, bytes]:
     """Every file of one image series, by file name: a patient folder or zip (its PATIENT_DICOM), a
-    PATIENT_DICOM folder, a PATIENT_DICOM.zip, or any folder of DICOM files. For `ctseg predict`."""
+    PATIENT_DICOM folder, a PATIENT_DICOM.zip, or any folder of DICOM files. For `ctseg predict`.
+
+    Entries that are not files (named pipes, dangling links) are appended to `skipped` as
+    "location: reason"; a file that cannot be read is a MemberError naming it.
+    """
     with open_tree(path) as tree, contextlib.ExitStack() as stack:
         series = _open_series(tree, "", stack, IMAGES_DIR)
         if series is None:
             _, names = tree.entries("")
             series = Series(tree, "", {n: tree.location(n) for n in names})
+        if skipped is not None:
+            skipped.extend(f"{where}: {reason}" for t in {id(tree): tree, id(series.tree): series.tree}.values()
+                           for where, reason in t.skipped.items() if reason)
         if not series.files:
             raise CtsegError(f"no DICOM files found in {path}")
-        return {name: series.read(name) for name in series.files}
+        return {name: _read(series, name) for name in series.files}
+
+
+def _read(series: Series, name: str) -> bytes:
+    try:
+        return series.read(name)
+    except OSError as e:
+        raise MemberError(series.files[name], f"cannot be read ({(e.strerror or type(e).__name__).lower()})") from e
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ class Series:
     slices: tuple[SliceFile, ...]
     generated: tuple[str, ...] = ()
     derived: tuple[str, ...] = ()  # header values the files lacked, derived from others (`complete_slice_thickness`)
-    skipped: tuple[str, ...] = ()  # files beside the slices that are not DICOM at all (`NotDicom`)
+    skipped: tuple[str, ...] = ()  # entries beside the slices that are not files, or not DICOM at all (`NotDicom`)
 
     @property
     def uid(self) -> str:
@@ -47,14 +47,15 @@ class Series:
         return int(h.Rows), int(h.Columns)
 
 
-def series_files(src: str | os.PathLike) -> list[tuple[str, bytes]]:
+def series_files(src: str | os.PathLike, skipped: list[str] | None = None) -> list[tuple[str, bytes]]:
     """(name, bytes) of every candidate slice of one patient, through `ctseg.ircad`: a folder of DICOM
     files, an IRCAD patient folder (its PATIENT_DICOM folder or .zip), or a zip of either, also when
-    the zip wraps the patient in one folder. DICOMDIR index files are left out."""
+    the zip wraps the patient in one folder. DICOMDIR index files are left out; entries that are not
+    files (a named pipe, a dangling link) are appended to `skipped` with the reason."""
     from ctseg import ircad
 
     try:
-        files = ircad.read_series(str(src))
+        files = ircad.read_series(str(src), skipped)
     except CtsegError as first:
         try:
             patients = ircad.find_patients(str(src))
@@ -95,7 +96,7 @@ def read_header(name: str, data: bytes) -> pydicom.Dataset:
     if reason:
         raise DicomError(name, reason)
     modality = str(ds.get("Modality", "")).strip()
-    if modality != "CT" and str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE:
+    if modality != "CT" and (modality or str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE):
         raise DicomError(name, f"modality {modality or '?'} is not CT")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if not photometric.startswith("MONOCHROME") or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
@@ -115,6 +116,20 @@ def _check_one_series(slices: Sequence[SliceFile], source: str) -> None:
         if (int(s.header.Rows), int(s.header.Columns)) != (rows, cols):
             raise CtsegError(f"{s.name}: {s.header.Rows}x{s.header.Columns} slice in a series of "
                              f"{rows}x{cols} slices (e.g. {slices[0].name})")
+
+
+def _check_positions(slices: Sequence[SliceFile]) -> None:
+    """Every slice has a position and no two share one (checked before the model runs: highdicom needs
+    the positions, and two slices at one place are a duplicated file or a second series mixed in)."""
+    missing = [s.name for s in slices if slice_position_mm(s.header) is None]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CtsegError(f"{missing[0]}{more}: no ImagePositionPatient, so the slice cannot be placed in the series "
+                         "nor in the Segmentation")
+    for before, after in zip(slices, slices[1:]):
+        if round(slice_position_mm(before.header), 3) == round(slice_position_mm(after.header), 3):
+            raise CtsegError(f"{after.name}: same ImagePositionPatient as {before.name}: two slices at one position "
+                             "(a duplicated file, or a second series mixed in)")
 
 
 def complete_slice_thickness(slices: Sequence[SliceFile]) -> tuple[list[SliceFile], list[str]]:
@@ -148,7 +163,8 @@ def complete_slice_thickness(slices: Sequence[SliceFile]) -> tuple[list[SliceFil
 
 def load_series(src: str | os.PathLike) -> Series:
     """One patient's CT series, header-checked and in position order; CtsegError naming the bad file(s)."""
-    files = series_files(src)
+    not_files: list[str] = []
+    files = series_files(src, not_files)
     slices, bad, skipped = [], [], []
     for name, data in files:
         try:
@@ -166,8 +182,10 @@ def load_series(src: str | os.PathLike) -> Series:
     slices, generated = complete_uids(slices)
     _check_one_series(slices, str(src))
     slices.sort(key=lambda s: slice_sort_key(s.header, s.name))
+    _check_positions(slices)
     slices, thickness = complete_slice_thickness(slices)
-    return Series(str(src), tuple(slices), tuple(generated), tuple(thickness), tuple(str(e) for e in skipped))
+    return Series(str(src), tuple(slices), tuple(generated), tuple(thickness),
+                  tuple(not_files) + tuple(str(e) for e in skipped))
 
 
 def _blank(header: pydicom.Dataset, keyword: str) -> bool:

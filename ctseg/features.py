@@ -31,12 +31,12 @@ MIN_IMAGE_SIZE = 8
 MAX_IMAGE_SIZE = 1024
 
 
-def check_image_size(size: int) -> int:
-    """The examples' side in pixels, or a CtsegError saying the bounds."""
+def check_image_size(size: int, name: str = "image_size") -> int:
+    """The examples' side in pixels, or a CtsegError saying the bounds (of `name`, the knob as the caller spells it)."""
     from ctseg.errors import CtsegError
 
     if not MIN_IMAGE_SIZE <= int(size) <= MAX_IMAGE_SIZE:
-        raise CtsegError(f"image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {size}")
+        raise CtsegError(f"{name} must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {size}")
     return int(size)
 
 

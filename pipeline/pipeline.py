@@ -9,6 +9,7 @@ from tfx import v1 as tfx
 
 from ctseg.code_version import CODE_VERSION_KEY, code_version
 from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE
+from ctseg.pipeline.knobs import check_pipeline_knobs
 from ctseg.schemas import SCHEMA_FILE
 
 TRAINER_RUN_FN = "ctseg.models.unet.trainer.run_fn"
@@ -86,10 +87,11 @@ def create_pipeline(
     from ctseg.components.evaluation.component import SegmentationEvaluator
     from ctseg.components.ingest.component import IrcadExampleGen
     from ctseg.components.validation import validation_stage
-    from ctseg.models.unet.config import UnetConfig
 
-    if image_size is None:  # the Trainer's preset decides (custom_config "preset", default small)
-        image_size = UnetConfig.from_custom_config(custom_config).image_size
+    image_size = check_pipeline_knobs(  # None: the Trainer's preset decides (custom_config "preset", default small)
+        organ=organ, image_size=image_size, custom_config=custom_config, split_ratios=split_ratios,
+        max_bad_fraction=max_bad_fraction, dice_threshold=dice_threshold, dice_tolerance=dice_tolerance,
+        cleanup=cleanup, train_steps=train_steps, eval_steps=eval_steps)
 
     example_gen = IrcadExampleGen(
         data_root=data_root, organ=organ, image_size=image_size,

@@ -1,4 +1,4 @@
-"""The CLI answers bad knobs and missing paths in one sentence, before anything heavy runs (issue 14).
+"""The CLI answers bad knobs and missing paths in one sentence, before anything heavy runs.
 
 No pipeline runs here: each case must be refused before TensorFlow, TFX or Beam is imported, which
 the subprocess cases check through `sys.modules` (a count, not a timing).
@@ -27,22 +27,45 @@ def _refused(argv: list[str], capsys) -> str:
     return captured.err
 
 
-@pytest.mark.parametrize("knobs, says", [
-    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+KNOB_CASES = [
+    (["--epochs", "0"], "(--image-size, --preset/--epochs/--config): invalid custom_config: epochs must be at "
+                        "least 1, got 0"),
     (["--image-size", "0"], f"--image-size must be between 8 and {MAX_IMAGE_SIZE} pixels, got 0"),
     (["--image-size", "7"], "--image-size must be between 8"),
     (["--image-size", str(MAX_IMAGE_SIZE * 2)], f"between 8 and {MAX_IMAGE_SIZE} pixels, got {MAX_IMAGE_SIZE * 2}"),
-    (["--image-size", "100"], "--image-size 100 must be divisible by 16 (2**depth of the small preset's UNET)"),
+    (["--image-size", "100"], "image_size 100 must be divisible by 2**depth = 16"),
+    (["--preset", "full", "--config", '{"depth": 5}', "--image-size", "272"], "divisible by 2**depth = 32"),
     (["--dice-threshold", "1.5"], "--dice-threshold must be between 0 and 1, got 1.5"),
     (["--dice-tolerance", "-0.1"], "--dice-tolerance must be between 0 and 1"),
     (["--max-bad-fraction", "2"], "--max-bad-fraction must be between 0 and 1"),
+    (["--organ", "../x"], "--organ must be the name of a MASKS_DICOM folder"),
+    (["--split-ratios", '{"train": 1}'], "--split-ratios must name train and eval"),
+    (["--split-ratios", "[1]"], "--split-ratios must be a JSON object of split weights"),
+    (["--config", "{"], "--config is not JSON"),
+    (["--config", '{"epoch": 3}'], "custom_config has unknown keys ['epoch']"),
+    (["--cleanup", "sometimes"], "--cleanup: clean-up 'sometimes'"),
+    (["--train-steps", "0"], "--train-steps must be at least 1 when given, got 0"),
+    (["--eval-steps", "-1"], "--eval-steps must be at least 1"),
+]
+COMMANDS = {"run": ["run"], "compile": ["compile", "--data", "gs://b/d", "--pipeline-root", "gs://b/r"]}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("knobs, says", KNOB_CASES)
+def test_pipeline_knobs_are_checked_before_the_work_dir_is_touched(command, knobs, says, tmp_path, capsys):
+    workdir = tmp_path / "work"
+    err = _refused([*COMMANDS[command], "--workdir", str(workdir), *knobs], capsys)
+    assert says in err
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("knobs, says", [
     (["--phantom-patients", "1"], "--phantom-patients must be at least 2"),
     (["--phantom-slices", "0"], "--phantom-slices must be at least 1"),
 ])
-def test_run_knobs_are_checked_before_the_work_dir_is_touched(knobs, says, tmp_path, capsys):
+def test_phantom_knobs_are_checked_before_the_work_dir_is_touched(knobs, says, tmp_path, capsys):
     workdir = tmp_path / "work"
-    err = _refused(["run", "--workdir", str(workdir), *knobs], capsys)
-    assert says in err
+    assert says in _refused(["run", "--workdir", str(workdir), *knobs], capsys)
     assert not workdir.exists()
 
 
@@ -64,7 +87,9 @@ def _cli_in_fresh_python(*argv: str, env: dict | None = None) -> tuple[int, str,
     (["stats", "/nonexistent"], "/nonexistent: no such folder"),
     (["run", "--data", "/nonexistent"], "--data /nonexistent does not exist"),
     (["run", "--data", "/nonexistent", "--epochs", "0"], "--data /nonexistent does not exist"),
-    (["run", "--epochs", "0"], "--epochs must be at least 1"),
+    (["run", "--epochs", "0"], "epochs must be at least 1"),
+    (["compile", "--data", "gs://b/d", "--pipeline-root", "gs://b/r", "--dice-threshold", "2"],
+     "--dice-threshold must be between 0 and 1"),
     (["runs", "--metadata", "/nonexistent.sqlite"], "no ML Metadata store at /nonexistent.sqlite"),
 ])
 def test_cheap_checks_come_before_heavy_imports(argv, says):

@@ -133,10 +133,12 @@ def test_component_rejects_bad_parameters():
     from ctseg.components.evaluation import SegmentationEvaluator
     examples = channel_utils.as_channel([standard_artifacts.Examples()])
     model = channel_utils.as_channel([standard_artifacts.Model()])
-    with pytest.raises(ValueError, match="dice_threshold"):
+    with pytest.raises(CtsegError, match="dice_threshold must be between 0 and 1, got 1.5"):
         SegmentationEvaluator(examples=examples, model=model, dice_threshold=1.5)
-    with pytest.raises(ValueError, match="dice_tolerance"):
+    with pytest.raises(CtsegError, match="dice_tolerance must be between 0 and 1"):
         SegmentationEvaluator(examples=examples, model=model, dice_tolerance=-0.1)
+    with pytest.raises(CtsegError, match="cleanup: clean-up 'sometimes'"):
+        SegmentationEvaluator(examples=examples, model=model, cleanup="sometimes")
 
 
 # ---------------------------------------------------------------- real pipelines

@@ -64,7 +64,7 @@ BUILD_RUN_PIPELINE = """
 import json, sys
 import ctseg
 from ctseg.cli import build_parser
-from ctseg.commands.run import pipeline_knobs
+from ctseg.commands.pipeline_options import pipeline_knobs
 from ctseg.pipeline.local_runner import build_local_pipeline
 from ctseg.pipeline.pipeline import trainer_code_version
 

@@ -10,12 +10,25 @@ import os
 from typing import Any
 
 from ctseg.errors import CtsegError
+from ctseg.knobs import Spelling, check_fraction, plain_name
 from ctseg.mlmd.files import read_bytes
 
 METRICS_FILE = "metrics.json"
 # SegmentationEvaluator's blessing rule, here so that the CLI shows them without importing TFX.
 DEFAULT_DICE_THRESHOLD = 0.90
 DEFAULT_DICE_TOLERANCE = 0.01
+
+
+def check_blessing(dice_threshold: float, dice_tolerance: float, cleanup: str, spell: Spelling = plain_name) -> str:
+    """SegmentationEvaluator's knobs; returns the clean-up in its canonical spelling."""
+    from ctseg.postprocess import Cleanup
+
+    check_fraction(dice_threshold, spell("dice_threshold"))
+    check_fraction(dice_tolerance, spell("dice_tolerance"))
+    try:
+        return str(Cleanup.parse(cleanup))
+    except ValueError as e:
+        raise CtsegError(f"{spell('cleanup')}: {e}") from None
 
 
 def load_evaluation(uri: str | os.PathLike) -> dict:

@@ -20,9 +20,8 @@ from tfx.types import standard_component_specs as keys
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.types.system_executions import Evaluate
 
-from ctseg import postprocess
 from ctseg.code_version import CODE_VERSION_KEY, code_version
-from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE, executor
+from ctseg.components.evaluation import DEFAULT_DICE_THRESHOLD, DEFAULT_DICE_TOLERANCE, check_blessing, executor
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -69,11 +68,7 @@ class SegmentationEvaluator(base_component.BaseComponent):
                  dice_threshold: float = DEFAULT_DICE_THRESHOLD,
                  dice_tolerance: float = DEFAULT_DICE_TOLERANCE,
                  split: str = "eval", batch_size: int = DEFAULT_BATCH_SIZE, cleanup: str = "on"):
-        if not 0.0 <= dice_threshold <= 1.0:
-            raise ValueError(f"dice_threshold must be in [0, 1], got {dice_threshold}")
-        if dice_tolerance < 0.0:
-            raise ValueError(f"dice_tolerance must be >= 0, got {dice_tolerance}")
-        cleanup = str(postprocess.Cleanup.parse(cleanup))  # a ValueError here, not in the executor
+        cleanup = check_blessing(dice_threshold, dice_tolerance, cleanup)  # here, not in the executor
         spec = SegmentationEvaluatorSpec(
             examples=examples, model=model, serving_dir=serving_dir, metadata=metadata,
             split=split, dice_threshold=float(dice_threshold), dice_tolerance=float(dice_tolerance),

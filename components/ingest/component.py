@@ -10,10 +10,7 @@ from tfx.types import channel, component_spec, standard_artifacts
 from ctseg import ircad
 from ctseg.code_version import CODE_VERSION_KEY, code_version
 from ctseg.components.ingest import executor
-from ctseg.errors import CtsegError
-from ctseg.features import check_image_size
-
-DEFAULT_SPLIT_RATIOS = {"train": 0.75, "eval": 0.25}
+from ctseg.knobs import DEFAULT_SPLIT_RATIOS, check_ingest
 
 
 class IrcadExampleGenSpec(component_spec.ComponentSpec):
@@ -65,12 +62,7 @@ class IrcadExampleGen(base_component.BaseComponent):
                  split_ratios: Optional[dict[str, float]] = None, max_bad_fraction: float = 0.0,
                  input_fingerprint: Optional[str] = None):
         ratios = dict(split_ratios or DEFAULT_SPLIT_RATIOS)
-        executor.parse_split_ratios(ratios)
-        if not organ or "/" in organ or organ.startswith("."):
-            raise CtsegError(f"organ must be the name of a MASKS_DICOM folder such as 'liver', got {organ!r}")
-        check_image_size(image_size)
-        if not 0.0 <= float(max_bad_fraction) <= 1.0:
-            raise CtsegError(f"max_bad_fraction must be between 0 and 1, got {max_bad_fraction}")
+        check_ingest(organ, image_size, max_bad_fraction, ratios)
         super().__init__(spec=IrcadExampleGenSpec(
             data_root=str(data_root), organ=organ, image_size=int(image_size),
             split_ratios=json.dumps(ratios), max_bad_fraction=float(max_bad_fraction),

@@ -26,31 +26,16 @@ from ctseg.components.ingest.tfrecord_sink import GzipTFRecordSink
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
 from ctseg.features import check_image_size, slice_example
+from ctseg.knobs import SPLITS, parse_split_ratios
 
 EXAMPLES_KEY = "examples"
 FINGERPRINT_KEY = "input_fingerprint"  # TFX's name (example_gen/utils.py FINGERPRINT_PROPERTY_NAME)
 QUARANTINE_FILE = "quarantine.jsonl"
 SKIPPED_FILE = "skipped.jsonl"  # operating-system debris (Thumbs.db, .DS_Store, __MACOSX/...): listed, not read
-SPLITS = ("train", "eval", "test")
 WORST_FILES_SHOWN = 5
 _QUARANTINE, _SUMMARY = "quarantine", "summary"  # side outputs: one record per bad file, one per patient
 
 log = logging.getLogger(__name__)
-
-
-def parse_split_ratios(ratios: dict[str, float] | str) -> dict[str, float]:
-    """Validated split → weight, normalised to sum to 1, in the order train, eval, test."""
-    if isinstance(ratios, str):
-        try:
-            ratios = json.loads(ratios)
-        except json.JSONDecodeError as e:
-            raise CtsegError(f"split_ratios is not JSON: {ratios!r}") from e
-    if not isinstance(ratios, dict) or not {"train", "eval"} <= set(ratios) or set(ratios) - set(SPLITS):
-        raise CtsegError(f"split_ratios must name train and eval (and optionally test), got {ratios!r}")
-    if any(not isinstance(v, (int, float)) or v <= 0 for v in ratios.values()):
-        raise CtsegError(f"split_ratios must be positive numbers, got {ratios!r}")
-    total = float(sum(ratios.values()))
-    return {name: ratios[name] / total for name in SPLITS if name in ratios}
 
 
 def _hash_unit(patient_id: str) -> float:

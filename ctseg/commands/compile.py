@@ -4,13 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctseg.commands import DEFAULT_WORKDIR
+from ctseg.commands.pipeline_options import add_pipeline_options, pipeline_knobs
+from ctseg.pipeline.kubeflow_runner import CLUSTER_PRESET, IMAGE_SCHEMA_FILE
 
 
 def register(sub) -> None:
     p = sub.add_parser("compile", help="compile the pipeline into a Kubeflow Pipelines v2 spec",
-                       description="Build the same pipeline as `ctseg run` and compile it with TFX's "
-                                   "KubeflowV2DagRunner into a KFP v2 spec for `ctseg submit`. The Trainer "
-                                   "asks for a GPU, CPU and memory; the other steps for CPU and memory.")
+                       description="Build the same pipeline as `ctseg run`, with the same knobs, and compile it "
+                                   "with TFX's KubeflowV2DagRunner into a KFP v2 spec for `ctseg submit`. The "
+                                   "Trainer asks for a GPU, CPU and memory; the other steps for CPU and memory.")
     p.add_argument("--data", required=True,
                    help="IRCAD folder or 3Dircadb1.zip as the pods see it, e.g. gs://bucket/3Dircadb1.zip")
     p.add_argument("--pipeline-root", required=True,
@@ -24,7 +26,6 @@ def register(sub) -> None:
                    help="a Beam pipeline argument, repeated, e.g. --beam-arg=--runner=DataflowRunner "
                         "--beam-arg=--project=P --beam-arg=--region=R --beam-arg=--temp_location=gs://... "
                         "(default: DirectRunner on all of the pod's cores)")
-    p.add_argument("--preset", default="full", help="Trainer's custom_config preset (default: %(default)s, the GPU network)")
     p.add_argument("--trainer-gpus", type=int, default=1, help="GPUs for the Trainer (default: %(default)s; 0 for none)")
     p.add_argument("--trainer-accelerator", default="nvidia.com/gpu",
                    help="accelerator type: the Kubernetes resource name on Kubeflow (default: %(default)s), "
@@ -33,31 +34,39 @@ def register(sub) -> None:
     p.add_argument("--trainer-memory", default="32G", help="Trainer memory (default: %(default)s)")
     p.add_argument("--step-cpu", default="4", help="CPU cores of every other step (default: %(default)s)")
     p.add_argument("--step-memory", default="16G", help="memory of every other step (default: %(default)s)")
-    p.add_argument("--schema-file", help="curated schema as the pods see it (default: the copy in the image)")
     p.add_argument("--baseline-metadata", metavar="grpc:HOST:PORT",
                    help="ML Metadata service in which the evaluator looks up the Model artifact id of the model "
                         "serving (its baseline), e.g. grpc:metadata-grpc-service.kubeflow:8080; without it the "
                         "baseline is recorded by its path alone")
+    add_pipeline_options(p, preset=CLUSTER_PRESET, schema_file=IMAGE_SCHEMA_FILE,
+                         schema_help="the curated schema as the pods see it (default: the copy in the image)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ctseg.pipeline.kubeflow_runner import DEFAULT_IMAGE, IMAGE_SCHEMA_FILE, SPEC_FILE, StepResources, compile_pipeline
+def cluster_pipeline_args(args) -> dict:
+    """`build_cluster_pipeline` keyword arguments: the pipeline's knobs, then the cluster's paths and resources."""
+    from ctseg.pipeline.kubeflow_runner import StepResources
 
-    path = compile_pipeline(
-        image=args.image or DEFAULT_IMAGE,
-        output=args.output or Path(args.workdir) / SPEC_FILE,
+    knobs = pipeline_knobs(args)
+    return dict(
+        knobs,
         data_root=args.data,
         pipeline_root=args.pipeline_root,
         serving_dir=args.serving_dir,
         beam_pipeline_args=args.beam_arg,
         preset=args.preset,
-        schema_file=args.schema_file or IMAGE_SCHEMA_FILE,
         trainer_resources=StepResources(cpu=args.trainer_cpu, memory=args.trainer_memory,
                                         accelerator=args.trainer_accelerator, accelerator_count=args.trainer_gpus),
         step_resources=StepResources(cpu=args.step_cpu, memory=args.step_memory),
         baseline_metadata=args.baseline_metadata,
     )
+
+
+def run(args) -> int:
+    from ctseg.pipeline.kubeflow_runner import DEFAULT_IMAGE, SPEC_FILE, compile_pipeline
+
+    path = compile_pipeline(image=args.image or DEFAULT_IMAGE, output=args.output or Path(args.workdir) / SPEC_FILE,
+                            **cluster_pipeline_args(args))
     print(f"wrote the Kubeflow pipeline spec to {path}")
     import yaml
 

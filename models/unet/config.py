@@ -91,8 +91,8 @@ class UnetConfig:
         problems = []
         if self.image_size % (2 ** self.depth):
             problems.append(f"image_size {self.image_size} must be divisible by 2**depth = {2 ** self.depth}")
-        if self.depth < 1 or self.base_filters < 1 or self.batch_size < 1 or self.epochs < 1:
-            problems.append("depth, base_filters, batch_size and epochs must be at least 1")
+        problems += [f"{k} must be at least 1, got {getattr(self, k)}"
+                     for k in ("depth", "base_filters", "batch_size", "epochs") if getattr(self, k) < 1]
         if not 0 <= self.context_slices <= 8:
             problems.append(f"context_slices {self.context_slices} must be 0 to 8 (neighbours on each side)")
         if self.window_width <= 0:

@@ -4,22 +4,21 @@ One run at a time per work dir (`ctseg.workdir.WorkdirLock`). Each run gets its 
 starts, so what is recorded and summarised afterwards is this run's and never the newest in the
 store. The run's `pipeline_run` context is registered first, through TFX's own context_lib (TFX then
 reuses it), carrying the pid, host and start time of this process and a heartbeat; a run ends with
-`ctseg_state` set to complete, failed or interrupted (SIGINT, SIGTERM, SIGHUP), so `ctseg runs` can
-tell a run still going from one whose process is gone ("abandoned").
+`ctseg_state` set to complete, failed or interrupted (SIGINT, SIGTERM, SIGHUP: `ctseg.interrupts`), so
+`ctseg runs` can tell a run still going from one whose process is gone ("abandoned").
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from tfx import v1 as tfx
 
+from ctseg.interrupts import interrupts_raise, signals_ignored
 from ctseg.pipeline.pipeline import create_pipeline
 from ctseg.workdir import HEARTBEAT_S, WorkdirLock, this_process
 
@@ -30,7 +29,6 @@ LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1",
                    "--sdk_container_image=apache/beam_python3.10_sdk:2.59.0")
 # Custom properties of the pipeline_run context (read by ctseg.mlmd.runs).
 RUN_PROPERTY_PREFIX = "ctseg_"
-INTERRUPTING_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +48,6 @@ class LocalPaths:
     @property
     def serving_dir(self) -> Path:
         return self.workdir / "serving"
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """A signal stopped the run; KeyboardInterrupt so that TFX's launcher lets it through untouched."""
-
-    def __init__(self, signal_name: str):
-        super().__init__(f"interrupted by {signal_name}")
-        self.signal_name = signal_name
 
 
 def new_run_id() -> str:
@@ -145,42 +135,6 @@ def run_pipeline(pipeline: tfx.dsl.Pipeline, workdir: str | Path, *, run_id: Opt
                 raise
             record.end("complete")
     return paths
-
-
-@contextlib.contextmanager
-def interrupts_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise RunInterrupted like Ctrl-C does, so the run is recorded before the exit."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, _frame):
-        raise RunInterrupted(signal.Signals(signum).name)
-
-    previous = {}
-    for name in INTERRUPTING_SIGNALS:
-        if hasattr(signal, name):
-            signum = getattr(signal, name)
-            previous[signum] = signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """While the interruption is recorded, a second Ctrl-C does not cut the record short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 class RunRecord:

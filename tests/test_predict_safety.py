@@ -5,7 +5,10 @@ that came too late would show as files lost, not as a message."""
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,29 @@ def test_write_outputs_itself_leaves_a_foreign_folder_alone(data, tmp_path):
         P.write_outputs(prediction, out)
     assert _files(out) == ["documents"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_writing_leaves_nothing_behind(sig, workdir, tmp_path):
+    """SIGTERM (a scheduler stopping the job) and SIGHUP (the terminal closed) clean up as Ctrl-C does."""
+    data = write_phantom(tmp_path / "D", patients=1, slices=60, size=64, seed=1)
+    parent = tmp_path / "preds"
+    parent.mkdir()
+    run = subprocess.Popen([sys.executable, "-m", "ctseg.cli", "predict", str(data / "3Dircadb1.1"),
+                            "--model", str(workdir / "serving"), "--out", str(parent / "out")],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while not any(p.name.startswith(".out.partial-") for p in parent.iterdir()):
+            assert run.poll() is None, f"predict ended before writing:\n{run.stdout.read()}"
+            assert time.time() < deadline, "predict never started writing"
+            time.sleep(0.002)
+        run.send_signal(sig)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, output
+    assert "interrupted" in output
+    assert list(parent.iterdir()) == []

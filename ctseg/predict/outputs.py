@@ -9,6 +9,7 @@ from typing import Iterable
 from pydicom.uid import generate_uid
 
 from ctseg.errors import CtsegError
+from ctseg.interrupts import signals_ignored
 from ctseg.ircad import IMAGES_DIR
 from ctseg.predict.inference import Prediction
 from ctseg.predict.ircad_masks import mask_dataset, mask_names
@@ -135,13 +136,14 @@ def write_outputs(prediction: Prediction, out: str | os.PathLike, extra_summary:
         result = _write_into(prediction, partial, extra_summary or {})
         if out.is_dir() and any(out.iterdir()) and not written_by_predict(out):
             raise CtsegError(f"{out} holds files that ctseg predict did not write; it is left as it is")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            partial.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            partial.rename(out)
+        with signals_ignored():
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                out.rename(old)
+                partial.rename(out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 from ctseg.errors import CtsegError
@@ -127,7 +128,25 @@ def resolve_model_dir(model: str | os.PathLike) -> Path:
     versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
     if not versions:
         raise CtsegError(f"{path}: neither a SavedModel nor a serving dir with numeric version folders")
-    return max(versions, key=lambda p: int(p.name))
+    complete = [p for p in versions if is_complete_saved_model(p)]
+    if not complete:
+        raise CtsegError(f"{path}: no complete model version (every version lacks some of its variables files; "
+                         "is the Pusher still copying one?)")
+    return max(complete, key=lambda p: int(p.name))
+
+
+def is_complete_saved_model(path: Path) -> bool:
+    """saved_model.pb with its variables index and every data shard the shard names count: a version the
+    Pusher is still copying (its files arrive one by one) is not complete yet."""
+    variables = path / "variables"
+    if not (path / "saved_model.pb").is_file() or not (variables / "variables.index").is_file():
+        return False
+    shards = [re.fullmatch(r"variables\.data-(\d+)-of-(\d+)", p.name) for p in variables.iterdir()]
+    counts = {int(m.group(2)) for m in shards if m}
+    if len(counts) != 1:
+        return False
+    count = counts.pop()
+    return {int(m.group(1)) for m in shards if m} == set(range(count))
 
 
 def load_model(model: str | os.PathLike) -> ServedModel:

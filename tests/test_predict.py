@@ -401,10 +401,22 @@ def test_bad_inputs_name_the_file(phantom, tmp_path):
         P.load_series(multi)
 
 
+def _version(folder: Path, shards: int = 1, copied: int | None = None) -> None:
+    """A version folder's files as the Pusher copies them; `copied` of the shards arrived so far."""
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"")
+    (folder / "variables" / "variables.index").write_bytes(b"")
+    for k in range(shards if copied is None else copied):
+        (folder / "variables" / f"variables.data-{k:05d}-of-{shards:05d}").write_bytes(b"")
+
+
 def test_model_dir_resolution(tmp_path):
     for version in ("9", "10", "not_a_version"):
-        (tmp_path / version).mkdir()
-        (tmp_path / version / "saved_model.pb").write_bytes(b"")
+        _version(tmp_path / version)
+    assert resolve_model_dir(tmp_path).name == "10"
+    _version(tmp_path / "11", shards=2, copied=1)  # the Pusher is still copying version 11
+    (tmp_path / "12").mkdir()
+    (tmp_path / "12" / "saved_model.pb").write_bytes(b"")  # its first file only
     assert resolve_model_dir(tmp_path).name == "10"
     assert resolve_model_dir(tmp_path / "9").name == "9"
     (tmp_path / "bare").mkdir()

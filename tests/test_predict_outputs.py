@@ -96,9 +96,38 @@ def test_a_failure_while_writing_leaves_no_half_written_output(small_phantom, tm
         raise OSError("disk full while writing the overlay")
 
     monkeypatch.setattr(P.outputs, "overlay_png", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CtsegError, match="disk full"):
         P.write_outputs(_prediction(P.load_series(small_phantom / "3Dircadb1.1")), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_too_large_for_the_system_is_one_sentence(small_phantom, tmp_path):
+    """A real EFBIG (the process's file-size limit, as a quota or a FAT32 volume gives it): pydicom
+    re-raises the write error with the data element's text in it; the user gets the system's reason."""
+    import resource
+    import signal
+
+    prediction = _prediction(P.load_series(small_phantom / "3Dircadb1.1"))
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+    try:
+        with pytest.raises(CtsegError) as error:
+            P.write_outputs(prediction, tmp_path / "out")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert str(error.value) == f"cannot use {tmp_path / 'out'} as the output folder: file too large"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where, reason", [("file/out", "is a file, not a folder"),
+                                           ("file/deeper/out", "is a file, not a folder"),
+                                           ("/sys/ctseg-out", "permission denied")])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_model_runs(where, reason, tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(CtsegError, match=reason):
+        P.check_output_dir(tmp_path / where)
 
 
 def test_files_that_are_not_dicom_are_skipped_and_listed_but_a_damaged_slice_is_refused(small_phantom, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -18,6 +19,7 @@ from ctseg.predict.seg import segmentation_dataset
 from ctseg.predict.series import ORGAN
 from ctseg.predict.summary import summary
 from ctseg.serving import resolve_model_dir
+from ctseg.workdir import LOCK_FILE, os_error_sentence
 
 
 OUTPUT_NAMES = frozenset({"seg.dcm", "MASKS_DICOM", "summary.json", "overlay.png"})
@@ -57,7 +59,6 @@ def _dataset_root(series: Path) -> Path | None:
 def _model_workdir(model: str | os.PathLike) -> Path | None:
     """The `ctseg run` work dir a pushed or Trainer model lives in, recognised by its store or lock."""
     from ctseg.blessing import default_store, model_kind
-    from ctseg.workdir import LOCK_FILE
 
     try:
         model_dir = resolve_model_dir(model).absolute()
@@ -108,6 +109,7 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
                          f"give an output folder outside it")
     if out.exists() and not out.is_dir():
         raise CtsegError(f"--out {out} is a file, not a folder")
+    _check_writable(out)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise CtsegError(f"--out {out} is not empty (an earlier prediction?); give an empty or new folder, "
@@ -119,6 +121,29 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False,
     return out
 
 
+def _check_writable(out: Path) -> None:
+    """The folder beside `out`, where the outputs are first written, can be made: checked before the model runs."""
+    parent = out.absolute().parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise CtsegError(f"--out {out} cannot be made: {existing} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ctseg-write-test-", dir=existing))
+    except OSError as e:
+        raise os_error_sentence("the output folder", out, e) from None
+
+
+def _write_error(out: Path, error: OSError) -> CtsegError:
+    """The operating system's reason (disk full, file too large...) in one sentence: pydicom re-raises a
+    failed write as an OSError whose text holds the data element, the cause is in the chain."""
+    cause: BaseException | None = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return os_error_sentence("the output folder", out, cause)
+    return CtsegError(f"cannot write the outputs to {out}: {str(error).splitlines()[0] if str(error) else error!r}")
+
+
 def write_outputs(prediction: Prediction, out: str | os.PathLike, extra_summary: dict | None = None) -> dict:
     """Writes seg.dcm, MASKS_DICOM/liver/image_N, summary.json and overlay.png as the folder `out`
     (replacing what was there); returns the summary, with `extra_summary`'s fields (the CLI's blessing).
@@ -127,7 +152,6 @@ def write_outputs(prediction: Prediction, out: str | os.PathLike, extra_summary:
     failure leaves no half-written output and no earlier prediction's files mixed with new ones.
     """
     import shutil
-    import tempfile
 
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +168,9 @@ def write_outputs(prediction: Prediction, out: str | os.PathLike, extra_summary:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 partial.rename(out)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise _write_error(out, e) from e
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -17,10 +17,11 @@ from tfx.types import standard_component_specs as keys
 from tfx.utils import io_utils, path_utils
 
 from ctseg.components.evaluation import METRICS_FILE, figures, metrics, scoring
-from ctseg import features, postprocess
+from ctseg import features, postprocess, profile
 from ctseg.errors import CtsegError
 
 SPLIT_KEY = "split"
+PROFILE_SUBDIR = "training_profile"  # the model's training profile, as the evaluation recorded it
 DICE_THRESHOLD_KEY = "dice_threshold"
 DICE_TOLERANCE_KEY = "dice_tolerance"
 BATCH_SIZE_KEY = "batch_size"
@@ -202,6 +203,7 @@ class Executor(base_executor.BaseExecutor):
             "model": {"uri": model.uri, "id": model.id},
             "serving": None if served is None else {"uri": served, "id": baseline_id, "is_this_model": already_serving},
             "baseline": None if baseline_dir is None else {"uri": baseline_dir, "id": baseline_id, **base_summary},
+            "training_profile": record_profile(model_path(model), evaluation, blessing),
         }
         io_utils.write_string_file(os.path.join(evaluation.uri, METRICS_FILE), json.dumps(result, indent=2))
         self._annotate(evaluation, result)
@@ -224,6 +226,20 @@ class Executor(base_executor.BaseExecutor):
         artifact.set_string_custom_property("reason", result["reason"])
         artifact.set_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY, int(result["blessed"]))
         artifact.set_string_custom_property(constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, result["reason"])
+
+
+def record_profile(model_dir: str, evaluation: types.Artifact, blessing: types.Artifact) -> Optional[str]:
+    """Copies the training profile the model carries (`ctseg.profile`) into the evaluation and names it on
+    both artifacts, so ML Metadata finds the profile of the model this evaluation judged; None without one."""
+    source = os.path.join(model_dir, profile.PROFILE_DIR)
+    dest = os.path.join(evaluation.uri, PROFILE_SUBDIR)
+    if not profile.copy_profile(source, dest):
+        logging.warning("model %s carries no training profile (%s)", model_dir, source)
+        return None
+    for artifact in (evaluation, blessing):
+        artifact.set_string_custom_property(profile.PROFILE_URI_KEY, dest)
+        artifact.set_string_custom_property(profile.PROFILE_SOURCE_KEY, source)
+    return dest
 
 
 def write_blessing(blessing: types.Artifact, model: types.Artifact, baseline: Optional[dict],

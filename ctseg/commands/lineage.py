@@ -69,6 +69,19 @@ def format_lineage(d: dict[str, Any]) -> str:
         for a in artifacts:
             if a["type"] == "Schema":
                 lines.append(_artifact_line(f"Trained with {key}", a))
+    lines += _profile_lines(d.get("training_profile"))
     lines.append(f"{'Input data':<20}{d['data_path'] or '(not recorded)'}")
     lines.append(f"{'Input fingerprint':<20}{d.get('data_fingerprint') or '(not recorded)'}")
     return "\n".join(lines)
+
+
+def _profile_lines(p: dict | None) -> list[str]:
+    """Where the model's training profile (what `ctseg predict` compares a series with) came from."""
+    if not p:
+        return []
+    by = p["computed_by"]
+    lines = [f"{'Training profile':<20}{p['in_model'] or '(the model folder carries none)'}",
+             f"{'':<20}computed by {by['node_id']} (execution {by['id']}) in run {by['run_id']} from the train "
+             f"split of {', '.join(p['from_examples']) or '(no examples recorded)'}"]
+    lines += [f"{'':<20}recorded by the evaluation: ModelBlessing {r['id']}, {r['uri']}" for r in p["recorded_by"]]
+    return lines

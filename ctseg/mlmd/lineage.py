@@ -94,7 +94,22 @@ def lineage(store, path_or_id: str) -> dict[str, Any]:
     for key in ("data_path", "data_fingerprint"):
         result[key] = next((e[key] for e in result["examples"] if e[key]), None)
     result["derived"] = _derived(store, graph, [a.id for a in examples], trainers[0], trainer["run_id"])
+    result["training_profile"] = _training_profile(store, model, trainer, result["trainer_inputs"])
     return result
+
+
+def _training_profile(store, model, trainer: dict, trainer_inputs: dict) -> dict:
+    """Where the model's training profile (`ctseg.profile`) came from: the folder the model carries it in,
+    the Trainer execution that computed it from its train examples, and the evaluations that recorded it."""
+    from ctseg.profile import CURRENT_MODEL_ID_KEY, PROFILE_DIR, PROFILE_FILE, PROFILE_URI_KEY
+
+    carried = os.path.join(model.uri, "Format-Serving", PROFILE_DIR)
+    recorded = [{"id": b.id, "uri": _properties(b)[PROFILE_URI_KEY]} for b in _artifacts_of_type(store, "ModelBlessing")
+                if _properties(b).get(CURRENT_MODEL_ID_KEY) == model.id and _properties(b).get(PROFILE_URI_KEY)]
+    return {"in_model": carried if os.path.isfile(os.path.join(carried, PROFILE_FILE)) else None,
+            "computed_by": {"node_id": trainer["node_id"], "id": trainer["id"], "run_id": trainer["run_id"]},
+            "from_examples": [a["uri"] for a in trainer_inputs.get("examples", [])],
+            "recorded_by": recorded}
 
 
 def _derived(store, graph: _Graph, artifact_ids: Iterable[int], trainer, run_id: Optional[str]) -> dict:

@@ -26,6 +26,7 @@ from ctseg.predict.ircad_masks import MASK_FOREGROUND, mask_dataset, mask_names
 from ctseg.predict.overlay import overlay_png
 from ctseg.predict.summary import reader_counts, summary
 from ctseg.predict.outputs import check_output_dir, read_locations, written_by_predict, write_outputs
+from ctseg.predict import ood
 
 __all__ = ["ANATOMICAL_STRUCTURE", "ENHANCED_CT_STORAGE", "LOSSY_METHODS", "MASK_FOREGROUND", "ORGAN", "Prediction",
            "READERS", "SEGMENTATION_STORAGE", "STUDY_TYPE2", "Series", "SliceFile", "TFIO_TRANSFER_SYNTAXES",
@@ -37,10 +38,16 @@ __all__ = ["ANATOMICAL_STRUCTURE", "ENHANCED_CT_STORAGE", "LOSSY_METHODS", "MASK
 
 def predict(series_src: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
             batch_size: int = 16, progress: bool = False, overwrite: bool = False,
-            cleanup: postprocess.Cleanup = postprocess.Cleanup(), extra_summary: dict | None = None) -> dict:
+            cleanup: postprocess.Cleanup = postprocess.Cleanup(), extra_summary: dict | None = None,
+            in_distribution: "ood.Check | None" = None) -> dict:
     """The whole command: load, predict, write (the mask cleaned up in 3D by `cleanup`; `extra_summary`'s
-    fields added to summary.json); returns the summary."""
+    fields added to summary.json); returns the summary. `in_distribution` compares the series before the
+    model runs and the prediction after it with the model's training profile (`ctseg.predict.ood`)."""
     check_output_dir(out, overwrite, read_locations(series_src, model))
     series = load_series(series_src)
     served = load_model(model)
-    return write_outputs(predict_series(series, served, batch_size, progress, cleanup), out, extra_summary)
+    check = in_distribution.before_model([s.header for s in series.slices]) if in_distribution else None
+    prediction = predict_series(series, served, batch_size, progress, cleanup, before_model=check)
+    if in_distribution:
+        in_distribution.after_model(prediction)
+    return write_outputs(prediction, out, extra_summary)

@@ -3,12 +3,14 @@ back to the series' size, thresholded and cleaned up in 3D as the evaluator scor
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable, Optional
 
 import numpy as np
 
 from ctseg import postprocess
 from ctseg.dicom import window
 from ctseg.errors import CtsegError
+from ctseg.profile import count_components
 from ctseg.predict.reader import READERS, read_hu
 from ctseg.predict.series import Series
 from ctseg.serving import ServedModel
@@ -22,6 +24,8 @@ class Prediction:
     windowed: np.ndarray      # uint8 liver-window rendering of the source, for the overlay
     readers: list[str]        # which reader decoded each slice
     cleanup: str = "off"      # the 3D clean-up applied to `mask` (postprocess.Cleanup)
+    components_before_cleanup: Optional[int] = None  # 3D pieces of the mask at the model's size, before clean-up
+    out_of_distribution: Optional[list] = None  # ood.Finding of the series and prediction; None: not checked
 
     @property
     def slices_with_liver(self) -> int:
@@ -29,10 +33,12 @@ class Prediction:
 
 
 def predict_series(series: Series, model: ServedModel, batch_size: int = 16, progress: bool = False,
-                   cleanup: postprocess.Cleanup = postprocess.Cleanup()) -> Prediction:
+                   cleanup: postprocess.Cleanup = postprocess.Cleanup(),
+                   before_model: Optional[Callable[[np.ndarray], None]] = None) -> Prediction:
     """Runs the model on the series (HU resized to the trained size, the slices in position order so a
     2.5D model sees each slice's neighbours, probabilities resized back, organ where `serving.is_organ`),
-    then cleans the patient's mask up in 3D, as the evaluator scores it (`ctseg.postprocess`)."""
+    then cleans the patient's mask up in 3D, as the evaluator scores it (`ctseg.postprocess`).
+    `before_model` gets the series' HU at the model's size before the model runs (the input check)."""
     import tensorflow as tf
     from tqdm import tqdm
 
@@ -47,8 +53,11 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
                 bar.update(len(code))
         except tf.errors.OpError as e:  # a pydicom decode failure inside the reader names its file
             raise CtsegError(f"{series.source}: a slice could not be decoded: {e.message.splitlines()[0]}") from e
+    if before_model is not None:
+        before_model(np.concatenate(small))
     probabilities = model.series_probabilities(np.concatenate(small), batch_size)
     masks = [postprocess.source_mask(probabilities[i:i + batch_size], (rows, cols))
              for i in range(0, len(probabilities), batch_size)]
     mask = postprocess.clean_volume(np.concatenate(masks), cleanup)
-    return Prediction(series, model, mask, np.concatenate(windowed), [READERS[c] for c in codes], str(cleanup))
+    return Prediction(series, model, mask, np.concatenate(windowed), [READERS[c] for c in codes], str(cleanup),
+                      count_components(postprocess.binarize(probabilities)))

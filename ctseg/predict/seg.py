@@ -7,6 +7,7 @@ from pydicom.uid import generate_uid
 
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
+from ctseg.predict import ood
 from ctseg.predict.inference import Prediction
 from ctseg.predict.series import Series, copy_header
 from ctseg.serving import ServedModel
@@ -59,9 +60,13 @@ def segmentation_dataset(prediction: Prediction):
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name="ctseg UNET", family=codes.cid7162.ArtificialIntelligence, version=model.version),
     )
+    findings = prediction.out_of_distribution or []
+    if findings:  # SegmentDescription (ST) holds the lines; ContentDescription (LO) only 64 characters
+        segment.SegmentDescription = "; ".join(f["message"] for f in findings)[:1024]
     series = prediction.series
     try:
-        return _segmentation(hd, series, prediction.mask, segment, model)
+        return _segmentation(hd, series, prediction.mask, segment, model, ood.content_description(findings)
+                             if findings else None)
     except DicomError as e:
         raise CtsegError(f"{series.source}: no DICOM Segmentation can reference {e}") from e
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # highdicom's checks of the source headers
@@ -69,7 +74,8 @@ def segmentation_dataset(prediction: Prediction):
                          f"({type(e).__name__}: {e})") from e
 
 
-def _segmentation(hd, series: Series, mask: np.ndarray, segment, model: ServedModel):
+def _segmentation(hd, series: Series, mask: np.ndarray, segment, model: ServedModel,
+                  content_description: str | None = None):
     from ctseg import __version__
 
     return hd.seg.Segmentation(
@@ -87,4 +93,5 @@ def _segmentation(hd, series: Series, mask: np.ndarray, segment, model: ServedMo
         device_serial_number=model.version,
         series_description="ctseg liver segmentation",
         omit_empty_frames=False,
+        content_description=content_description,
     )

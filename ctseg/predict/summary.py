@@ -33,4 +33,6 @@ def summary(prediction: Prediction) -> dict:
         "derived_attributes": list(series.derived),
         "skipped_files": list(series.skipped),
         "cleanup": prediction.cleanup,
+        "components_before_cleanup": prediction.components_before_cleanup,
+        "out_of_distribution": prediction.out_of_distribution,
     }

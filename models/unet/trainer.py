@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
-from ctseg import serving
+from ctseg import profile, serving
 from ctseg.models.unet import data
 from ctseg.models.unet.config import UnetConfig
 from ctseg.models.unet.model import build_unet, compile_model, serving_model
@@ -130,7 +130,8 @@ def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> 
 
 
 def run_fn(fn_args: tfx.components.FnArgs, devices=None):
-    """Trains the UNET on the train split, validates on eval, and exports to `serving_model_dir`.
+    """Trains the UNET on the train split, validates on eval, and exports to `serving_model_dir` with the
+    training profile in its assets.extra (`ctseg.profile`: what `ctseg predict` compares a series with).
 
     `devices` overrides which devices count as accelerators (see `distribution_strategy`); TFX passes none.
     """
@@ -159,3 +160,4 @@ def run_fn(fn_args: tfx.components.FnArgs, devices=None):
     model.fit(train_ds, epochs=epochs, steps_per_epoch=train_steps, validation_data=eval_ds,
               validation_steps=eval_steps, callbacks=_callbacks(fn_args, config, has_eval, batch_size, train_steps), verbose=2)
     export_model(model, config, fn_args.serving_model_dir)
+    profile.profile_trained_model(fn_args.serving_model_dir, fn_args.train_files, fn_args.eval_files)

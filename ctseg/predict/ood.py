@@ -1,0 +1,287 @@
+"""Is this series like what the model was trained on? Findings in words a radiologist reads.
+
+Before the model runs (`check_input`), the series' slices become the per-slice features ingest
+writes (`ctseg.features`: pixel spacing, slice thickness, HU min/max/mean/std at the trained size);
+TFDV computes their statistics and `tfdv.validate_statistics` compares them with the training
+statistics the model carries (`ctseg.profile`), with the comparators and ranges of
+`schemas/in_distribution.pbtxt` (Jensen-Shannon drift on the HU features, the curated schema's HU
+ranges, the training range of spacing and thickness). After it runs (`check_prediction`), the
+predicted organ volume, fraction of slices with organ and 3D components before the clean-up are
+compared with the profile's patients. Each finding is one `Finding`; none means in distribution.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ctseg import features
+from ctseg.profile import HU_SAMPLE_KEY, SERIES_FEATURES, Profile, hu_sample
+
+MARGIN_TAG = "training_range_margin="
+SCHEMA_RANGE_TAG = "schema_range"
+# What each feature is, for a person reading the finding.
+WORDS = {
+    "thickness_mm": "slice thickness", "spacing_mm": "pixel spacing", "hu_min": "darkest pixel per slice",
+    "hu_max": "brightest pixel per slice", "hu_mean": "mean HU per slice", "hu_std": "HU spread per slice",
+    HU_SAMPLE_KEY: "HU",
+    "volume_ml": "predicted volume", "organ_slice_fraction": "slices with organ",
+    "components_before_cleanup": "separate pieces before the clean-up",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One way the series or its prediction differs from the training data."""
+    stage: str                      # "input" (before the model ran) or "prediction"
+    feature: str
+    value: float
+    message: str                    # the line the user reads
+    training_range: Optional[tuple[float, float]] = None
+    allowed_range: Optional[tuple[float, float]] = None
+    distance: Optional[float] = None  # Jensen-Shannon divergence for a drift finding
+    threshold: Optional[float] = None
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def curated_schema():
+    """schemas/in_distribution.pbtxt as a TFDV Schema."""
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from ctseg.schemas import IN_DISTRIBUTION_FILE
+
+    with open(IN_DISTRIBUTION_FILE) as f:
+        return text_format.Parse(f.read(), schema_pb2.Schema())
+
+
+def _schema_features(schema) -> dict:
+    return {f.name: f for f in schema.feature}
+
+
+def margin(feature) -> Optional[float]:
+    tags = [t for t in feature.annotation.tag if t.startswith(MARGIN_TAG)]
+    return float(tags[0][len(MARGIN_TAG):]) if tags else None
+
+
+def hint(feature) -> str:
+    return feature.annotation.comment[0] if feature.annotation.comment else ""
+
+
+def widened(lo: float, hi: float, fraction: float) -> tuple[float, float]:
+    """`fraction` of the range's width (at least of its midpoint, for a range of one value) on each side."""
+    width = (hi - lo) or abs(hi + lo) / 2
+    return lo - fraction * width, hi + fraction * width
+
+
+def training_range(statistics, name: str) -> Optional[tuple[float, float]]:
+    """min and max of a numeric feature in TFDV statistics."""
+    for dataset in statistics.datasets:
+        for f in dataset.features:
+            if f.path.step and f.path.step[-1] == name and f.HasField("num_stats"):
+                return float(f.num_stats.min), float(f.num_stats.max)
+    return None
+
+
+def check_schema(profile: Profile):
+    """The schema a series is validated with: the curated comparators, the curated schema's HU ranges,
+    and spacing and thickness within the profile's training range (widened by the curated margin)."""
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from ctseg.schemas import SCHEMA_FILE
+
+    with open(SCHEMA_FILE) as f:
+        slice_schema = _schema_features(text_format.Parse(f.read(), schema_pb2.Schema()))
+    schema = schema_pb2.Schema()
+    for curated in curated_schema().feature:
+        if curated.name not in (*SERIES_FEATURES, HU_SAMPLE_KEY):
+            continue
+        feature = schema.feature.add()
+        feature.CopyFrom(curated)
+        feature.ClearField("annotation")
+        if SCHEMA_RANGE_TAG in curated.annotation.tag:
+            feature.float_domain.CopyFrom(slice_schema[curated.name].float_domain)
+        allowed = margin(curated)
+        trained = training_range(profile.statistics, curated.name)
+        if allowed is not None and trained is not None:
+            feature.float_domain.min, feature.float_domain.max = widened(*trained, allowed)
+    return schema
+
+
+def series_feature_rows(headers: Sequence, hu_at_model_size: np.ndarray) -> list[dict]:
+    """The per-slice features ingest writes for a series (headers in position order, HU resized to the
+    model's size as ingest resizes them), as rows of SERIES_FEATURES."""
+    from ctseg.dicom import spacing_mm, thickness_mm
+
+    rows = []
+    for header, hu in zip(headers, hu_at_model_size):
+        hu = np.clip(np.rint(hu), -32768, 32767)
+        rows.append({features.SPACING_KEY: spacing_mm(header)[0], features.THICKNESS_KEY: thickness_mm(header),
+                     **features.hu_statistics(hu), HU_SAMPLE_KEY: hu_sample(hu)})
+    return rows
+
+
+def _number(value: float, unit: str = "") -> str:
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}".rstrip("0").rstrip(".") if abs(value) < 10 \
+        else f"{value:.1f}"
+    return f"{text}{unit}"
+
+
+def _span(lo: float, hi: float, unit: str) -> str:
+    return _number(lo, unit) if _number(lo) == _number(hi) else f"{_number(lo)}-{_number(hi, unit)}"
+
+
+def _range_finding(name: str, values: np.ndarray, trained, allowed, curated, from_schema: bool) -> Finding:
+    lo_ok, hi_ok = allowed
+    outside = values[(values < lo_ok) | (values > hi_ok)]
+    worst = float(outside.max() if outside.max() > hi_ok else outside.min())
+    if name == features.THICKNESS_KEY:
+        message = f"slices are {_span(values.min(), values.max(), ' mm')} thick; " \
+                  f"the model was trained on {_span(*trained, ' mm')}"
+    elif name == features.SPACING_KEY:
+        message = f"pixels are {_span(values.min(), values.max(), ' mm')} wide; " \
+                  f"the model was trained on {_span(*trained, ' mm')}"
+    else:
+        expected = f"a CT slice has {_span(lo_ok, hi_ok, ' HU')}" if from_schema else \
+            f"the training slices had {_span(*trained, ' HU')}"
+        message = f"{WORDS.get(name, name)} {_number(worst, ' HU')} on {len(outside)} of {len(values)} slices " \
+                  f"({expected})"
+    if hint(curated) and name not in (features.THICKNESS_KEY, features.SPACING_KEY):
+        message += f": {hint(curated)}"
+    return Finding("input", name, worst, message, trained, (lo_ok, hi_ok))
+
+
+def validate(rows: list[dict], profile: Profile):
+    """(the check schema, TFDV's Anomalies) of the series' per-slice rows against the training statistics;
+    the Anomalies' drift_skew_info holds every feature's Jensen-Shannon divergence, over its threshold or not."""
+    import tensorflow_data_validation as tfdv
+
+    from ctseg.profile import feature_statistics
+
+    schema = check_schema(profile)
+    return schema, tfdv.validate_statistics(feature_statistics(rows), schema, previous_statistics=profile.statistics)
+
+
+def input_findings(rows: list[dict], profile: Profile) -> list[Finding]:
+    """The series' per-slice feature rows against the training statistics, through tfdv.validate_statistics."""
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    schema, anomalies = validate(rows, profile)
+    curated, checked = _schema_features(curated_schema()), _schema_features(schema)
+    out_of_range = {anomalies_pb2.AnomalyInfo.FLOAT_TYPE_BIG_FLOAT, anomalies_pb2.AnomalyInfo.FLOAT_TYPE_SMALL_FLOAT}
+    findings = []
+    for name in SERIES_FEATURES:
+        reasons = {r.type for r in anomalies.anomaly_info[name].reason} if name in anomalies.anomaly_info else set()
+        if reasons & out_of_range and checked[name].HasField("float_domain"):
+            domain = checked[name].float_domain
+            values = np.asarray([r[name] for r in rows], np.float64)
+            trained = training_range(profile.statistics, name)
+            from_schema = margin(curated[name]) is None
+            findings.append(_range_finding(name, values, trained, (domain.min, domain.max), curated[name],
+                                           from_schema))
+    for info in anomalies.drift_skew_info:
+        name = info.path.step[-1]
+        for m in info.drift_measurements:
+            if m.value > m.threshold:
+                findings.append(Finding(
+                    "input", name, round(m.value, 3),
+                    f"{WORDS.get(name, name)} histogram unlike the training data (Jensen-Shannon {m.value:.2f}, "
+                    f"threshold {m.threshold:.2f}): {hint(curated[name])}",
+                    training_range(profile.statistics, name), None, round(m.value, 3), m.threshold))
+    return findings
+
+
+def check_input(headers: Sequence, hu_at_model_size: np.ndarray, profile: Profile) -> list[Finding]:
+    return input_findings(series_feature_rows(headers, hu_at_model_size), profile)
+
+
+def _patient_finding(name: str, value: float, rows: list[dict], curated, what: str, unit: str, whose: str,
+                     scale: float = 1.0, only_above: bool = False) -> Optional[Finding]:
+    values = [r[name] for r in rows if r.get(name) is not None]
+    if not values or margin(curated) is None:
+        return None
+    lo, hi = min(values), max(values)
+    allowed = widened(lo, hi, margin(curated))
+    if only_above:
+        allowed = (0.0, allowed[1])
+    if allowed[0] <= value <= allowed[1]:
+        return None
+    above = value > allowed[1]
+
+    def shown(v):
+        return _number(v * scale, unit)
+
+    message = (f"{what} {shown(value)}: {'above' if above else 'below'} every {whose} "
+               f"({'largest' if above else 'smallest'} {shown(hi if above else lo)}): {hint(curated)}")
+    return Finding("prediction", name, round(value, 3), message, (lo, hi), allowed)
+
+
+def check_prediction(volume_ml: float, organ_slice_fraction: float, components_before_cleanup: Optional[int],
+                     profile: Profile) -> list[Finding]:
+    """The prediction against the profile's training patients (volume, slices with organ) and the
+    model's predictions on its eval patients (components before the clean-up)."""
+    curated = _schema_features(curated_schema())
+    organ = profile.organ
+    found = [
+        _patient_finding("volume_ml", volume_ml, profile.patients, curated["volume_ml"], f"predicted {organ}", " ml",
+                         "training patient"),
+        _patient_finding("organ_slice_fraction", organ_slice_fraction, profile.patients,
+                         curated["organ_slice_fraction"], f"{organ} on", "% of slices", "training patient",
+                         scale=100.0),
+    ]
+    if components_before_cleanup is not None:
+        found.append(_patient_finding("components_before_cleanup", float(components_before_cleanup),
+                                      profile.eval_predictions, curated["components_before_cleanup"],
+                                      f"{organ} predicted in", " separate pieces",
+                                      "eval patient of the model", only_above=True))
+    return [f for f in found if f is not None]
+
+
+def refusal(findings: Sequence[Finding], stage: str) -> str:
+    what = "the series is" if stage == "input" else "the prediction is"
+    lines = "; ".join(f.message for f in findings)
+    written = "nothing was written" if stage == "input" else "nothing was written (the model ran)"
+    return f"--require-in-distribution: {what} unlike the model's training data: {lines}; {written}"
+
+
+@dataclasses.dataclass
+class Check:
+    """The out-of-distribution check of one predict run: `before_model` on the series' HU at the model's
+    size, `after_model` on the prediction (recording the findings on it). With `require`, a finding is a
+    CtsegError: before the model runs for the input, before anything is written for the prediction."""
+    profile: Profile
+    require: bool = False
+    findings: list = dataclasses.field(default_factory=list)
+
+    def before_model(self, headers: Sequence):
+        def check(hu_at_model_size: np.ndarray) -> None:
+            found = check_input(headers, hu_at_model_size, self.profile)
+            self.findings.extend(found)
+            if self.require and found:
+                from ctseg.errors import CtsegError
+                raise CtsegError(refusal(found, "input"))
+        return check
+
+    def after_model(self, prediction) -> list[Finding]:
+        from ctseg.predict.series import volume_ml
+
+        fraction = prediction.slices_with_liver / max(len(prediction.mask), 1)
+        found = check_prediction(volume_ml(prediction.mask, prediction.series), fraction,
+                                 prediction.components_before_cleanup, self.profile)
+        self.findings.extend(found)
+        prediction.out_of_distribution = [f.to_json() for f in self.findings]
+        if self.require and found:
+            from ctseg.errors import CtsegError
+            raise CtsegError(refusal(found, "prediction"))
+        return self.findings
+
+
+def content_description(findings: Sequence[dict], limit: int = 64) -> str:
+    """The SEG's ContentDescription (LO, 64 characters): how many findings and on what."""
+    names = ", ".join(dict.fromkeys(WORDS.get(f["feature"], f["feature"]) for f in findings))
+    text = f"OUT OF DISTRIBUTION ({len(findings)}): {names}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -154,3 +154,17 @@ def test_files_that_are_not_dicom_are_skipped_and_listed_but_a_damaged_slice_is_
     (damaged / "image_0").write_bytes(headless[:40])
     with pytest.raises(CtsegError, match=r"1 file\(s\) that are not CT slices: image_0"):
         P.load_series(damaged)
+
+
+def test_the_output_folder_is_as_readable_as_its_files(small_phantom, tmp_path):
+    """A folder made as any other under the user's umask (022 here: 0755), not mkdtemp's private 0700."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        P.write_outputs(_prediction(P.load_series(small_phantom / "3Dircadb1.1")), tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "summary.json").stat().st_mode) == 0o644

@@ -4,6 +4,7 @@ artifacts, and the per-step lines `ctseg run` prints while it runs.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Optional
 
 from ctseg.errors import CtsegError
@@ -89,18 +90,27 @@ class _Run:
         counts: dict[str, int] = {}
         for e in self.executions:
             counts[_state_name(e)] = counts.get(_state_name(e), 0) + 1
+        state = self.state()
         return RunSummary(
             run_id=self.context.name,
             pipeline=self.pipeline_name(),
             started=_ms_to_iso(self.context.create_time_since_epoch),
-            state=self.state(),
-            duration_s=_duration_s(min((e.create_time_since_epoch for e in self.executions), default=0),
-                                   max((e.last_update_time_since_epoch for e in self.executions), default=0)),
+            state=state,
+            duration_s=self._duration_s(state),
             dice=dice,
             blessed=None if blessed is None else bool(blessed),
             pushed_version=str(_properties(pushed[0]).get("pushed_version")) if pushed else None,
             executions=counts,
         )
+
+    def _duration_s(self, state: str) -> Optional[float]:
+        """From the first step's start to the last step's end; a run still going counts up to now."""
+        start = min((e.create_time_since_epoch for e in self.executions),
+                    default=self.context.create_time_since_epoch)
+        end = max((e.last_update_time_since_epoch for e in self.executions), default=0)
+        if state == "running":
+            end = max(end, int(time.time() * 1000))
+        return _duration_s(start, end)
 
     def pipeline_name(self) -> Optional[str]:
         if not self.executions:

@@ -144,6 +144,12 @@ def _write_error(out: Path, error: OSError) -> CtsegError:
     return CtsegError(f"cannot write the outputs to {out}: {str(error).splitlines()[0] if str(error) else error!r}")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_outputs(prediction: Prediction, out: str | os.PathLike, extra_summary: dict | None = None) -> dict:
     """Writes seg.dcm, MASKS_DICOM/liver/image_N, summary.json and overlay.png as the folder `out`
     (replacing what was there); returns the summary, with `extra_summary`'s fields (the CLI's blessing).
@@ -157,6 +163,7 @@ def write_outputs(prediction: Prediction, out: str | os.PathLike, extra_summary:
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        partial.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the outputs from everyone else
         result = _write_into(prediction, partial, extra_summary or {})
         if out.is_dir() and any(out.iterdir()) and not written_by_predict(out):
             raise CtsegError(f"{out} holds files that ctseg predict did not write; it is left as it is")

@@ -2,11 +2,13 @@
 patient with edited headers or odd entries beside the slices."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -92,3 +94,85 @@ def test_a_file_that_cannot_be_read_is_named(small_phantom, tmp_path):
     (folder / "image_4").chmod(0)
     with pytest.raises(CtsegError, match=r"image_4: cannot be read \(permission denied\)"):
         P.load_series(folder)
+
+
+def _orientation(iop):
+    def change(ds):
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in iop]
+    return change
+
+
+@pytest.mark.parametrize("iop, says", [
+    ((0, 1, 0, 0, 0, -1), "a sagittal slice tilted 90 degrees from axial"),
+    ((1, 0, 0, 0, 0, -1), "a coronal slice tilted 90 degrees from axial"),
+    ((1, 0, 0, 0, math.cos(math.radians(20)), -math.sin(math.radians(20))), "an axial slice tilted 20 degrees"),
+    ((0, 1, 0, 1, 0, 0), "rows and columns swapped"),
+])
+def test_slices_the_model_cannot_read_as_axial_are_refused(iop, says, small_phantom, tmp_path):
+    folder = _series(small_phantom, tmp_path / "turned", _orientation(iop))
+    with pytest.raises(CtsegError, match=says):
+        P.load_series(folder)
+
+
+def test_a_few_degrees_of_tilt_are_read_as_axial(small_phantom, tmp_path):
+    tilt = math.radians(3)
+    folder = _series(small_phantom, tmp_path / "tilt", _orientation((1, 0, 0, 0, math.cos(tilt), -math.sin(tilt))))
+    assert len(P.load_series(folder).slices) == len(list(folder.iterdir()))
+
+
+def test_a_localizer_is_split_off_and_listed(small_phantom, tmp_path):
+    folder = _series(small_phantom, tmp_path / "scout")
+    ds = pydicom.dcmread(folder / "image_0")
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.ImagePositionPatient = [0, 0, 0]
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(folder / "scout")
+    series = P.load_series(folder)
+    assert "scout" not in [s.name for s in series.slices]
+    assert len(series.slices) == len(list(folder.iterdir())) - 1
+    assert [s for s in series.skipped if "LOCALIZER" in s] == ["scout: a localizer (ImageType LOCALIZER), not a slice "
+                                                               "of the series"]
+
+
+def test_mixed_pixel_spacing_is_refused_naming_the_slice(small_phantom, tmp_path):
+    def finer(ds):
+        ds.PixelSpacing = [float(ds.PixelSpacing[0]) * 0.8, float(ds.PixelSpacing[1]) * 0.8]
+
+    folder = _series(small_phantom, tmp_path / "spacing", finer, names={"image_6"})
+    with pytest.raises(CtsegError, match=r"^image_6: PixelSpacing .* in a series of .* \(e\.g\. image_0\)"):
+        P.load_series(folder)
+
+
+def test_missing_slices_are_refused_naming_the_gap(small_phantom, tmp_path):
+    folder = _series(small_phantom, tmp_path / "gaps")
+    for k in range(4, len(list(folder.iterdir())), 5):
+        (folder / f"image_{k}").unlink()
+    with pytest.raises(CtsegError, match=r"slices missing between image_3 and image_5: .* \(about 1 missing\)"):
+        P.load_series(folder)
+
+
+def _flipped(ds):
+    """The same slice stored upside down and mirrored: rows and columns run the other way."""
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array[::-1, ::-1]).tobytes()
+    ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]
+
+
+def test_a_flipped_series_is_turned_for_the_model_and_its_mask_turned_back(small_phantom, tmp_path):
+    import sys
+
+    from ctseg.serving import load_model
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_unet import export_tiny_unet
+
+    model = load_model(export_tiny_unet(tmp_path / "model"))
+    original = P.load_series(_series(small_phantom, tmp_path / "original"))
+    flipped = P.load_series(_series(small_phantom, tmp_path / "flipped", _flipped))
+    assert flipped.flip_axes == (1, 2) and len(flipped.geometry_notes) == 2
+    seen = {}
+    plain = P.predict_series(original, model, before_model=lambda hu: seen.setdefault("original", hu))
+    turned = P.predict_series(flipped, model, before_model=lambda hu: seen.setdefault("flipped", hu))
+    assert np.allclose(seen["flipped"], seen["original"], atol=1e-3)  # the model saw the same slices
+    assert 0 < plain.mask.sum() < plain.mask.size
+    assert np.array_equal(turned.mask, plain.mask[:, ::-1, ::-1])

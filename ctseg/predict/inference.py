@@ -47,7 +47,9 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
     with tqdm(total=len(series.slices), unit="slice", desc="predict", disable=not progress) as bar:
         try:
             for hu, code in read_hu(series).batch(batch_size).prefetch(1):
-                small.append(tf.image.resize(hu[..., None], model.size, antialias=True)[..., 0].numpy())  # ingest's kernel
+                facing = tf.reverse(hu, series.flip_axes) if series.flip_axes else hu  # as the model was trained
+                small.append(tf.image.resize(facing[..., None], model.size,  # ingest's kernel
+                                             antialias=True)[..., 0].numpy())
                 windowed.append(np.rint(window(hu.numpy()) * 255).astype(np.uint8))
                 codes.extend(int(c) for c in code.numpy())
                 bar.update(len(code))
@@ -58,6 +60,6 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
     probabilities = model.series_probabilities(np.concatenate(small), batch_size)
     masks = [postprocess.source_mask(probabilities[i:i + batch_size], (rows, cols))
              for i in range(0, len(probabilities), batch_size)]
-    mask = postprocess.clean_volume(np.concatenate(masks), cleanup)
+    mask = np.flip(postprocess.clean_volume(np.concatenate(masks), cleanup), series.flip_axes)
     return Prediction(series, model, mask, np.concatenate(windowed), [READERS[c] for c in codes], str(cleanup),
                       count_components(postprocess.binarize(probabilities)))

@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, looks_like_dicom, not_single_frame, slice_position_mm,
                          slice_sort_key, spacing_mm, thickness_mm)
+from ctseg import geometry
 from ctseg.errors import CtsegError
 
 
@@ -45,6 +46,20 @@ class Series:
     def shape(self) -> tuple[int, int]:
         h = self.slices[0].header
         return int(h.Rows), int(h.Columns)
+
+    @property
+    def flip_axes(self) -> tuple[int, ...]:
+        """Axes of a (slices, rows, columns) array to flip so that the slices face as the model was trained
+        (`ctseg.geometry.in_plane_flips`); the mask is flipped back."""
+        rows, cols = geometry.in_plane_flips(self.slices[0].header)
+        return tuple(axis for axis, flip in ((1, rows), (2, cols)) if flip)
+
+    @property
+    def geometry_notes(self) -> tuple[str, ...]:
+        """What predict did about the series' geometry, for summary.json."""
+        names = {1: "the top of the image is the patient's back", 2: "the left of the image is the patient's left"}
+        return tuple(f"{names[axis]} (ImageOrientationPatient): the slices were flipped for the model and the mask "
+                     "flipped back" for axis in self.flip_axes)
 
 
 def series_files(src: str | os.PathLike, skipped: list[str] | None = None) -> list[tuple[str, bytes]]:
@@ -80,6 +95,10 @@ class NotDicom(DicomError):
     slice, so `load_series` skips it and lists it rather than refusing the series."""
 
 
+class Localizer(NotDicom):
+    """A scout or topogram beside the slices: split off and listed, as a file that is not a slice is."""
+
+
 def read_header(name: str, data: bytes) -> pydicom.Dataset:
     """The header of a file that should be a single-frame grey-scale CT slice, or a DicomError why not."""
     dicom_signature = data[128:132] == b"DICM" or data[:2] in DICOM_FIRST_GROUPS  # damaged, it may still be a slice
@@ -101,6 +120,11 @@ def read_header(name: str, data: bytes) -> pydicom.Dataset:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if not photometric.startswith("MONOCHROME") or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DicomError(name, f"{photometric} image is not a grey-scale CT slice")
+    if geometry.is_localizer(ds):
+        raise Localizer(name, "a localizer (ImageType LOCALIZER), not a slice of the series")
+    reason = geometry.not_axial(ds)
+    if reason:
+        raise DicomError(name, reason)
     return ds
 
 
@@ -116,6 +140,15 @@ def _check_one_series(slices: Sequence[SliceFile], source: str) -> None:
         if (int(s.header.Rows), int(s.header.Columns)) != (rows, cols):
             raise CtsegError(f"{s.name}: {s.header.Rows}x{s.header.Columns} slice in a series of "
                              f"{rows}x{cols} slices (e.g. {slices[0].name})")
+    mixed = geometry.mixed_spacing([s.name for s in slices], [spacing_mm(s.header) for s in slices])
+    if mixed:
+        more = f" (and {len(mixed) - 1} more)" if len(mixed) > 1 else ""
+        raise CtsegError(f"{mixed[0]}{more}: one pixel spacing per series is what the Segmentation and the volume "
+                         "can describe")
+    flips = {geometry.in_plane_flips(s.header) for s in slices}
+    if len(flips) > 1:
+        raise CtsegError(f"{source} mixes slices of different in-plane orientations (ImageOrientationPatient); "
+                         "give one series")
 
 
 def _check_positions(slices: Sequence[SliceFile]) -> None:
@@ -130,6 +163,11 @@ def _check_positions(slices: Sequence[SliceFile]) -> None:
         if round(slice_position_mm(before.header), 3) == round(slice_position_mm(after.header), 3):
             raise CtsegError(f"{after.name}: same ImagePositionPatient as {before.name}: two slices at one position "
                              "(a duplicated file, or a second series mixed in)")
+    gaps = geometry.position_gaps([s.name for s in slices], [slice_position_mm(s.header) for s in slices])
+    if gaps:
+        more = f" (and {len(gaps) - 1} more gaps)" if len(gaps) > 1 else ""
+        raise CtsegError(f"{gaps[0]}{more}; predict needs the whole series: a 2.5D model reads each slice's "
+                         "neighbours, and the volume would leave the gap out")
 
 
 def complete_slice_thickness(slices: Sequence[SliceFile]) -> tuple[list[SliceFile], list[str]]:
@@ -143,7 +181,7 @@ def complete_slice_thickness(slices: Sequence[SliceFile]) -> tuple[list[SliceFil
     it is refused before the model runs rather than given a made-up value."""
     if not any(_blank(s.header, "SliceThickness") for s in slices):
         return list(slices), []
-    step = _position_step_mm(s.header for s in slices)
+    step = geometry.median_step_mm([slice_position_mm(s.header) for s in slices])
     if step is None:
         name = next(s.name for s in slices if _blank(s.header, "SliceThickness"))
         raise CtsegError(f"{name}: no SliceThickness, and no second slice position to take the spacing from; "
@@ -242,24 +280,13 @@ def copy_header(header: pydicom.Dataset) -> pydicom.Dataset:
     return ds
 
 
-def _position_step_mm(headers) -> float | None:
-    """The median distance between consecutive slice positions along the normal (headers in position
-    order), or None without two positions or with no step: the one slice depth of a series."""
-    positions = [slice_position_mm(h) for h in headers]
-    if len(positions) < 2 or None in positions:
-        return None
-    step = float(np.median(np.abs(np.diff(positions))))
-    return step if step > 0 else None
-
-
 def slice_spacing_mm(series: Series) -> float:
-    """Distance between slices: the median step of positions along the normal, else SliceThickness."""
-    step = _position_step_mm(s.header for s in series.slices)
-    if step is not None:
-        return step
-    thickness = thickness_mm(series.slices[0].header)
-    if thickness > 0:
-        return thickness
+    """The series' slice depth (`ctseg.geometry.slice_depth_mm`: the median step of positions along the
+    normal, else SliceThickness), as the evaluator's volumes and surface distances take it."""
+    depth = geometry.slice_depth_mm([slice_position_mm(s.header) for s in series.slices],
+                                    thickness_mm(series.slices[0].header))
+    if depth is not None:
+        return depth
     raise CtsegError(f"{series.source}: cannot tell the slice spacing (no ImagePositionPatient steps "
                      f"and no SliceThickness in {series.slices[0].name})")
 

@@ -32,6 +32,7 @@ def summary(prediction: Prediction) -> dict:
         "generated_uids": list(series.generated),
         "derived_attributes": list(series.derived),
         "skipped_files": list(series.skipped),
+        "geometry_notes": list(series.geometry_notes),
         "cleanup": prediction.cleanup,
         "components_before_cleanup": prediction.components_before_cleanup,
         "out_of_distribution": prediction.out_of_distribution,

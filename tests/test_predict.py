@@ -430,7 +430,8 @@ def test_cli_reports_bad_input_in_one_line(phantom, tiny_model, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("ctseg predict:") and "missing: no such file or folder" in err
     assert len(err.splitlines()) == 1
-    assert cli_main(["predict", str(phantom / TEST_PATIENT), "--model", str(tmp_path),
+    (tmp_path / "not_a_model").mkdir()
+    assert cli_main(["predict", str(phantom / TEST_PATIENT), "--model", str(tmp_path / "not_a_model"),
                      "--out", str(tmp_path / "out")]) == 2
     assert "neither a SavedModel" in capsys.readouterr().err
 

@@ -82,9 +82,9 @@ def slice_depth_mm(positions_mm: Sequence[Optional[float]], thickness_mm: float)
     return thickness_mm if thickness_mm > 0 else None
 
 
-def position_gaps(names: Sequence[str], positions_mm: Sequence[float]) -> list[str]:
-    """A sentence for each step between consecutive slices (in position order) over GAP_STEP_FACTOR times
-    the median step: slices are missing there."""
+def position_gaps(names: Sequence[str], positions_mm: Sequence[float]) -> list[tuple[str, str]]:
+    """(the slice after the gap, why) for each step between consecutive slices (in position order) over
+    GAP_STEP_FACTOR times the median step: slices are missing there."""
     step = median_step_mm(positions_mm)
     if step is None:
         return []
@@ -92,17 +92,19 @@ def position_gaps(names: Sequence[str], positions_mm: Sequence[float]) -> list[s
     for k in range(1, len(positions_mm)):
         gap = abs(positions_mm[k] - positions_mm[k - 1])
         if gap > GAP_STEP_FACTOR * step:
-            gaps.append(f"slices missing between {names[k - 1]} and {names[k]}: {gap:.3g} mm apart where the "
-                        f"series steps {step:.3g} mm (about {round(gap / step) - 1} missing)")
+            gaps.append((names[k], f"slices missing between {names[k - 1]} and {names[k]}: {gap:.3g} mm apart "
+                                   f"where the series steps {step:.3g} mm (about {round(gap / step) - 1} missing)"))
     return gaps
 
 
-def mixed_spacing(names: Sequence[str], spacings_mm: Sequence[tuple[float, float]]) -> list[str]:
-    """A sentence for each slice whose PixelSpacing differs from the series' most common one."""
+def mixed_spacing(names: Sequence[str], spacings_mm: Sequence[tuple[float, float]]) -> list[tuple[str, str]]:
+    """(name, why) for each slice whose PixelSpacing differs from the series' most common one."""
+    if not names:
+        return []
     values, counts = np.unique(np.round(np.asarray(spacings_mm, float), 6), axis=0, return_counts=True)
     common = values[int(np.argmax(counts))]
     example = next(n for n, s in zip(names, spacings_mm) if np.allclose(s, common, atol=SPACING_TOLERANCE_MM))
-    return [f"{name}: PixelSpacing {_mm(spacing)} in a series of {_mm(common)} (e.g. {example})"
+    return [(name, f"PixelSpacing {_mm(spacing)} in a series of {_mm(common)} (e.g. {example})")
             for name, spacing in zip(names, spacings_mm)
             if not np.allclose(spacing, common, atol=SPACING_TOLERANCE_MM)]
 

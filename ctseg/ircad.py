@@ -33,7 +33,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ctseg import dicom
+from ctseg import dicom, geometry
 from ctseg.errors import CtsegError
 
 IMAGES_DIR = "PATIENT_DICOM"
@@ -417,13 +417,27 @@ class CtSlice:
     source_shape: tuple[int, int]
 
 
+def _not_an_axial_slice(ds) -> Optional[str]:
+    """`ctseg.geometry`'s rules for one slice, as `ctseg predict` applies them: a localizer or a slice that
+    is not axial is no training slice."""
+    if geometry.is_localizer(ds):
+        return "a localizer (ImageType LOCALIZER), not a slice of the series"
+    return geometry.not_axial(ds)
+
+
+def _facing(ds, pixels: np.ndarray) -> np.ndarray:
+    """The slice or mask turned as the model reads it (`ctseg.geometry.in_plane_flips`), as predict turns it."""
+    flip_rows, flip_cols = geometry.in_plane_flips(ds)
+    return pixels[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+
+
 def decode_slice(data: bytes, location: str, size: int) -> CtSlice:
     """DICOM bytes → HU resized to (size, size); a DicomError naming `location` when the file is unusable."""
     ds = dicom.read_dataset(data, location)
-    not_a_slice = dicom.not_single_frame(ds)
+    not_a_slice = dicom.not_single_frame(ds) or _not_an_axial_slice(ds)
     if not_a_slice:
         raise dicom.DicomError(location, not_a_slice)
-    stored = dicom.pixel_array(ds, location)
+    stored = _facing(ds, dicom.pixel_array(ds, location))
     slope, intercept = dicom.rescale(ds)
     lo, hi = sorted((float(stored.min()) * slope + intercept, float(stored.max()) * slope + intercept))
     if lo < HU_RANGE[0] or hi > HU_RANGE[1]:
@@ -445,6 +459,7 @@ class Mask:
 
 def decode_mask(data: bytes, location: str, size: int) -> Mask:
     """Mask DICOM bytes → binary (non-zero → 1) mask resized by nearest neighbour; odd stored values are counted, not rejected."""
-    stored = dicom.pixel_array(dicom.read_dataset(data, location), location)
+    ds = dicom.read_dataset(data, location)
+    stored = _facing(ds, dicom.pixel_array(ds, location))
     source = (stored != 0).astype(np.uint8)
     return Mask(dicom.resize_mask(source, size), dicom.distinct_values(stored), stored.shape, source)

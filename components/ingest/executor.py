@@ -7,6 +7,7 @@ counts come back through another, so every runner (Direct, Dataflow, Flink, Spar
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from ctseg import ircad
+from ctseg import geometry, ircad
 from ctseg.components.ingest.tfrecord_sink import GzipTFRecordSink
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
@@ -116,6 +117,34 @@ def _same_position(ordered: dict[str, tuple]) -> dict[str, list[str]]:
     return {n: [o for o in names if o != n] for names in at.values() if len(names) > 1 for n in names}
 
 
+def _positioned(ordered: dict[str, tuple]) -> list[str]:
+    """The names of the slices with a position, in position order."""
+    return sorted((n for n in ordered if ordered[n][0].sort_key[0] == 0), key=lambda n: ordered[n][0].sort_key)
+
+
+def _geometry_problems(ordered: dict[str, tuple], check_gaps: bool = True) -> list[tuple[str, str]]:
+    """(name, why) for the slices `ctseg.geometry` refuses in a series, as `ctseg predict` refuses them: a
+    pixel spacing other than the patient's usual one, and with `check_gaps` the slice after each gap in the
+    positions (the model would take slices across the gap for neighbours); a patient with quarantined
+    files has its gaps there, already named."""
+    names = _positioned(ordered)
+    spacing = geometry.mixed_spacing(names, [(ordered[n][0].spacing_mm,) * 2 for n in names])
+    gaps = geometry.position_gaps(names, [ordered[n][0].sort_key[1] for n in names]) if check_gaps else []
+    return sorted(dict(spacing + gaps).items())
+
+
+def _with_slice_depth(ordered: dict[str, tuple]) -> dict[str, tuple]:
+    """Every slice with the series' slice depth (`ctseg.geometry.slice_depth_mm`) as `thickness_mm`: the
+    depth the evaluator's volumes and surface distances then share with `ctseg predict`'s."""
+    names = _positioned(ordered)
+    if not names:
+        return ordered
+    depth = geometry.slice_depth_mm([ordered[n][0].sort_key[1] for n in names], ordered[names[0]][0].thickness_mm)
+    if depth is None:
+        return ordered
+    return {n: (dataclasses.replace(ct, thickness_mm=depth), mask) for n, (ct, mask) in ordered.items()}
+
+
 def _summary(pid: str, split: str, slices: int, bad: int, skipped: list[str], written: int = 0, with_organ: int = 0):
     return beam.pvalue.TaggedOutput(_SUMMARY, {"patient_id": pid, "split": split, "slices": max(slices, 1),
                                               "written": written, "with_organ": with_organ, "bad": bad,
@@ -156,6 +185,11 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
                                   f"(a duplicated file, or a second series mixed in)")
                 bad.add(name)
                 ordered[name] = (ordered[name][0], None)
+            for name, reason in _geometry_problems(ordered, check_gaps=not bad):
+                yield _quarantine(pid, patient.image_files[name], reason)
+                bad.add(name)
+                ordered[name] = (ordered[name][0], None)
+            ordered = _with_slice_depth(ordered)
     except ircad.MemberError as e:
         yield _quarantine(pid, e.source, e.reason)
         yield _summary(pid, split, 1, 1, [])

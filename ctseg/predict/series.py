@@ -143,8 +143,8 @@ def _check_one_series(slices: Sequence[SliceFile], source: str) -> None:
     mixed = geometry.mixed_spacing([s.name for s in slices], [spacing_mm(s.header) for s in slices])
     if mixed:
         more = f" (and {len(mixed) - 1} more)" if len(mixed) > 1 else ""
-        raise CtsegError(f"{mixed[0]}{more}: one pixel spacing per series is what the Segmentation and the volume "
-                         "can describe")
+        raise CtsegError(f"{mixed[0][0]}: {mixed[0][1]}{more}: one pixel spacing per series is what the Segmentation "
+                         "and the volume can describe")
     flips = {geometry.in_plane_flips(s.header) for s in slices}
     if len(flips) > 1:
         raise CtsegError(f"{source} mixes slices of different in-plane orientations (ImageOrientationPatient); "
@@ -166,7 +166,7 @@ def _check_positions(slices: Sequence[SliceFile]) -> None:
     gaps = geometry.position_gaps([s.name for s in slices], [slice_position_mm(s.header) for s in slices])
     if gaps:
         more = f" (and {len(gaps) - 1} more gaps)" if len(gaps) > 1 else ""
-        raise CtsegError(f"{gaps[0]}{more}; predict needs the whole series: a 2.5D model reads each slice's "
+        raise CtsegError(f"{gaps[0][1]}{more}; predict needs the whole series: a 2.5D model reads each slice's "
                          "neighbours, and the volume would leave the gap out")
 
 

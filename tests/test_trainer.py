@@ -60,6 +60,16 @@ def test_trainer_writes_model_and_tensorboard_logs(pipeline_run):
     assert list((run_dir / "checkpoints").glob("best*")), "no checkpoint written"
 
 
+def test_trainer_exports_the_training_profile_with_the_model(pipeline_run):
+    from ctseg import profile
+
+    serving = _one(pipeline_run / "Trainer" / "model", "*/Format-Serving")
+    carried = profile.read_profile(serving / profile.PROFILE_DIR)
+    assert carried is not None, "no training profile in the SavedModel's assets.extra"
+    assert carried.statistics.datasets[0].num_examples == sum(p["slices"] for p in carried.patients) > 0
+    assert carried.eval_predictions and all("components_before_cleanup" in e for e in carried.eval_predictions)
+
+
 def test_exported_model_serves_both_signatures_in_a_fresh_process(pipeline_run, examples):
     serving = _one(pipeline_run / "Trainer" / "model", "*/Format-Serving")
     script = textwrap.dedent(f"""

@@ -20,10 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 from ctseg.errors import CtsegError
-from ctseg.serving import resolve_model_dir
-
-STORE_FILE = "metadata.sqlite"  # ctseg.pipeline.local_runner.LocalPaths.metadata_path
-TRAINER_EXPORT = "Format-Serving"  # tfx.utils.path_utils.SERVING_MODEL_DIR
+from ctseg.serving import TRAINER_EXPORT_DIR, resolve_model_dir
+from ctseg.workdir import METADATA_FILE
 BLESSED_KEY = "blessed"  # tfx.components.evaluator.constants.ARTIFACT_PROPERTY_BLESSED_KEY
 CURRENT_MODEL_ID_KEY = "current_model_id"  # ...ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY
 PUSHED_DESTINATION_KEY = "pushed_destination"  # tfx/components/pusher/executor.py _PUSHED_DESTINATION_KEY
@@ -51,7 +49,8 @@ class Blessing:
 
 
 def model_kind(model_dir: Path) -> str:
-    if model_dir.name == TRAINER_EXPORT and model_dir.parent.name.isdigit() and model_dir.parent.parent.name == "model":
+    parent = model_dir.parent
+    if model_dir.name == TRAINER_EXPORT_DIR and parent.name.isdigit() and parent.parent.name == "model":
         return "trainer"
     if model_dir.name.isdigit():
         return "pushed"
@@ -61,9 +60,9 @@ def model_kind(model_dir: Path) -> str:
 def default_store(model_dir: Path, kind: str) -> Optional[Path]:
     """WORKDIR/metadata.sqlite for WORKDIR/pipeline/<node>/model/<id>/Format-Serving or WORKDIR/serving/<version>."""
     if kind == "trainer":
-        return model_dir.parents[3].parent / STORE_FILE
+        return model_dir.parents[3].parent / METADATA_FILE
     if kind == "pushed":
-        return model_dir.parent.parent / STORE_FILE
+        return model_dir.parent.parent / METADATA_FILE
     return None
 
 

@@ -12,14 +12,14 @@ from ctseg.quiet import silence
 # Each name is `ctseg.commands.<name>` (a module with `register`). A module that fails to import stops
 # the CLI with its error: a missing command would only be noticed as an unknown choice.
 COMMANDS = ("phantom", "run", "stats", "compile", "submit", "runs", "lineage", "predict")
+VERBOSE_HELP = "show TensorFlow/Beam logs and full tracebacks"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctseg",
         description="Liver segmentation from CT DICOM with TFX: make data, run the pipeline, inspect, predict.")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show TensorFlow/Beam logs and full tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
             raise ImportError(f"ctseg: the `{name}` command (ctseg.commands.{name}) failed to import: "
                               f"{type(e).__name__}: {e}") from e
         module.register(sub)
+    for command in sub.choices.values():  # `ctseg run -v` as well as `ctseg -v run`; absent, the top's value stays
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 

@@ -22,6 +22,7 @@ import dataclasses
 import os
 import re
 from pathlib import Path
+from typing import Optional
 
 from ctseg.errors import CtsegError
 
@@ -31,6 +32,8 @@ EXAMPLES_INPUT = "examples"
 HU_INPUT = "hu"
 OUTPUT = "probabilities"
 THRESHOLD = 0.5
+SAVED_MODEL_FILE = "saved_model.pb"
+TRAINER_EXPORT_DIR = "Format-Serving"  # where a Trainer's Model artifact holds its SavedModel (TFX's SERVING_MODEL_DIR)
 
 
 def is_organ(probabilities):
@@ -115,38 +118,56 @@ class ServedModel:
         return tf.cast(is_organ(self.probabilities(hu, size)), tf.uint8)
 
 
-def resolve_model_dir(model: str | os.PathLike) -> Path:
-    """A version dir (holds saved_model.pb) as given, a Trainer model's Format-Serving export, or a serving
-    dir's highest numeric version."""
-    path = Path(model)
-    if (path / "saved_model.pb").is_file():
-        return path
-    if (path / "Format-Serving" / "saved_model.pb").is_file():  # a Trainer's Model artifact URI
-        return path / "Format-Serving"
-    if not path.is_dir():
-        raise CtsegError(f"{path}: no such model folder (give the Pusher's serving dir or one version in it)")
-    versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    if not versions:
-        raise CtsegError(f"{path}: neither a SavedModel nor a serving dir with numeric version folders")
-    complete = [p for p in versions if is_complete_saved_model(p)]
-    if not complete:
-        raise CtsegError(f"{path}: no complete model version (every version lacks some of its variables files; "
-                         "is the Pusher still copying one?)")
-    return max(complete, key=lambda p: int(p.name))
+def served_versions(serving_dir: str | os.PathLike, listdir=os.listdir, exists=os.path.exists) -> list[str]:
+    """The numeric version folders of a serving dir that hold a saved_model.pb, oldest first. `listdir` and
+    `exists` read other file systems (TFX's `fileio` for gs:// or s3://)."""
+    root = os.fspath(serving_dir)
+    names = (name.rstrip("/") for name in listdir(root))
+    return sorted((n for n in names if n.isdigit() and exists(os.path.join(root, n, SAVED_MODEL_FILE))), key=int)
 
 
-def is_complete_saved_model(path: Path) -> bool:
+def is_complete_saved_model(path: str | os.PathLike, listdir=os.listdir, exists=os.path.exists) -> bool:
     """saved_model.pb with its variables index and every data shard the shard names count: a version the
     Pusher is still copying (its files arrive one by one) is not complete yet."""
-    variables = path / "variables"
-    if not (path / "saved_model.pb").is_file() or not (variables / "variables.index").is_file():
+    variables = os.path.join(os.fspath(path), "variables")
+    if not exists(os.path.join(os.fspath(path), SAVED_MODEL_FILE)):
         return False
-    shards = [re.fullmatch(r"variables\.data-(\d+)-of-(\d+)", p.name) for p in variables.iterdir()]
+    if not exists(os.path.join(variables, "variables.index")):
+        return False
+    shards = [re.fullmatch(r"variables\.data-(\d+)-of-(\d+)", name.rstrip("/")) for name in listdir(variables)]
     counts = {int(m.group(2)) for m in shards if m}
     if len(counts) != 1:
         return False
     count = counts.pop()
     return {int(m.group(1)) for m in shards if m} == set(range(count))
+
+
+def newest_complete_version(serving_dir: str | os.PathLike, listdir=os.listdir,
+                            exists=os.path.exists) -> Optional[str]:
+    """The version TensorFlow Serving serves and `ctseg predict` loads: the highest numeric folder holding a
+    complete SavedModel; None when there is none."""
+    complete = [v for v in served_versions(serving_dir, listdir, exists)
+                if is_complete_saved_model(os.path.join(os.fspath(serving_dir), v), listdir, exists)]
+    return os.path.join(os.fspath(serving_dir), complete[-1]) if complete else None
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path:
+    """A version dir (holds saved_model.pb) as given, a Trainer model's Format-Serving export, or a serving
+    dir's newest complete version."""
+    path = Path(model)
+    if (path / SAVED_MODEL_FILE).is_file():
+        return path
+    if (path / TRAINER_EXPORT_DIR / SAVED_MODEL_FILE).is_file():  # a Trainer's Model artifact URI
+        return path / TRAINER_EXPORT_DIR
+    if not path.is_dir():
+        raise CtsegError(f"{path}: no such model folder (give the Pusher's serving dir or one version in it)")
+    if not served_versions(path):
+        raise CtsegError(f"{path}: neither a SavedModel nor a serving dir with numeric version folders")
+    newest = newest_complete_version(path)
+    if newest is None:
+        raise CtsegError(f"{path}: no complete model version (every version lacks some of its variables files; "
+                         "is the Pusher still copying one?)")
+    return Path(newest)
 
 
 def load_model(model: str | os.PathLike) -> ServedModel:

@@ -21,6 +21,11 @@ from typing import Any, Callable, Optional
 
 from ctseg.errors import CtsegError
 
+# What a work dir holds (`ctseg run`; `ctseg compile` and `submit` keep their spec under it too).
+DEFAULT_WORKDIR = "out"
+PIPELINE_DIR = "pipeline"  # the pipeline root: artifacts
+METADATA_FILE = "metadata.sqlite"  # ML Metadata
+SERVING_DIR = "serving"  # pushed models, <version>/
 LOCK_FILE = ".ctseg.lock"
 HEARTBEAT_S = 30.0
 # A run on another host whose heartbeat is older than this is taken as gone.

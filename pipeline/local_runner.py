@@ -20,7 +20,7 @@ from tfx import v1 as tfx
 
 from ctseg.interrupts import interrupts_raise, signals_ignored
 from ctseg.pipeline.pipeline import create_pipeline
-from ctseg.workdir import HEARTBEAT_S, WorkdirLock, this_process
+from ctseg.workdir import HEARTBEAT_S, METADATA_FILE, PIPELINE_DIR, SERVING_DIR, WorkdirLock, this_process
 
 PIPELINE_NAME = "ctseg"
 # The in-memory DirectRunner runs Beam in this process. Naming a worker image (which it never uses)
@@ -39,15 +39,15 @@ class LocalPaths:
 
     @property
     def pipeline_root(self) -> Path:
-        return self.workdir / "pipeline"
+        return self.workdir / PIPELINE_DIR
 
     @property
     def metadata_path(self) -> Path:
-        return self.workdir / "metadata.sqlite"
+        return self.workdir / METADATA_FILE
 
     @property
     def serving_dir(self) -> Path:
-        return self.workdir / "serving"
+        return self.workdir / SERVING_DIR
 
 
 def new_run_id() -> str:
@@ -99,12 +99,16 @@ def ingest_pipeline(*, data_root: str | Path, workdir: str | Path, image_size: i
 def run_ingest(*, data_root: str | Path, workdir: str | Path, image_size: int,
                split_ratios: dict[str, float] | None = None) -> dict[str, str]:
     """Runs ingest once per work dir (a second call reuses its output); returns {split: gzipped example files}."""
-    workdir = Path(workdir)
-    found = lambda: sorted(workdir.glob("root/IrcadExampleGen/examples/*/Split-*"))  # noqa: E731
-    if not found():
+    from ctseg.mlmd.files import split_dirs
+
+    def ingested() -> dict[str, str]:
+        return {split: str(Path(folder) / "*.gz") for examples in sorted(Path(workdir).glob(
+            "root/IrcadExampleGen/examples/*")) for split, folder in split_dirs(examples).items()}
+
+    if not ingested():
         tfx.orchestration.LocalDagRunner().run(ingest_pipeline(
             data_root=data_root, workdir=workdir, image_size=image_size, split_ratios=split_ratios)[0])
-    return {p.name.removeprefix("Split-"): str(p / "*.gz") for p in found()}
+    return ingested()
 
 
 def run_pipeline(pipeline: tfx.dsl.Pipeline, workdir: str | Path, *, run_id: Optional[str] = None,

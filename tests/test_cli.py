@@ -101,3 +101,32 @@ def test_every_create_pipeline_knob_is_an_option_of_run_and_of_compile(tmp_path)
             if isinstance(expected, dict):  # the Trainer's config also carries image_size and code_version
                 shown = {k: shown[k] for k in expected}
             assert shown == expected, (command, knob, shown)
+
+
+@pytest.mark.parametrize("argv, verbose", [(["run", "-v"], True), (["-v", "run"], True), (["run", "--verbose"], True),
+                                           (["run"], False), (["runs", "-v"], True), (["phantom", "x", "-v"], True)])
+def test_verbose_is_taken_before_or_after_the_command(argv, verbose):
+    assert cli.build_parser().parse_args(argv).verbose is verbose
+
+
+@pytest.mark.parametrize("command", [["runs"], ["lineage", "serving/1"]])
+def test_runs_and_lineage_read_the_store_of_the_given_work_dir(command, tmp_path, capsys):
+    assert cli.main([*command, "--workdir", str(tmp_path / "work")]) == 2
+    assert f"no ML Metadata store at {tmp_path / 'work' / 'metadata.sqlite'}" in capsys.readouterr().err
+
+
+def test_compile_offers_the_same_presets_as_run(capsys):
+    for argv in (["run", "--preset", "huge"], ["compile", "--data", "d", "--pipeline-root", "gs://b", "--preset", "huge"]):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(argv)
+        assert "invalid choice: 'huge' (choose from 'full', 'small')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["compile", "--data", "d", "--pipeline-root", "gs://b", "--out", "spec.yaml"],
+    ["compile", "--data", "d", "--pipeline-root", "gs://b", "--output", "spec.yaml"],
+    ["stats", "root", "--out", "spec.yaml"], ["stats", "root", "--html", "spec.yaml"],
+    ["phantom", "--out", "spec.yaml"], ["predict", "series", "--model", "m", "--out", "spec.yaml"],
+])
+def test_every_output_path_is_out_and_older_spellings_still_work(argv):
+    assert cli.build_parser().parse_args(argv).out == "spec.yaml"

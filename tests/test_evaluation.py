@@ -426,16 +426,22 @@ def test_bad_inputs_raise_errors_naming_the_path(workspace, tmp_path):
 
 
 def test_newest_served_version_and_same_model_digest(workspace, tmp_path):
-    from ctseg.components.evaluation.executor import newest_served_model, saved_model_digest
     import shutil
+
+    from ctseg.components.evaluation.executor import newest_served_model, saved_model_digest
+    from ctseg.serving import resolve_model_dir
 
     assert newest_served_model(str(tmp_path / "none")) is None
     good = saved_model_of(workspace["good"])
     for version in ("9", "10"):
         shutil.copytree(good, tmp_path / "serving" / version)
     (tmp_path / "serving" / "11").mkdir()             # a push under way: no saved_model.pb yet
+    shutil.copytree(good, tmp_path / "serving" / "12")  # a push under way: saved_model.pb, not all variables
+    for shard in (tmp_path / "serving" / "12" / "variables").glob("variables.data-*"):
+        shard.unlink()
     (tmp_path / "serving" / "latest").mkdir()
     assert newest_served_model(str(tmp_path / "serving")) == str(tmp_path / "serving" / "10")
+    assert resolve_model_dir(tmp_path / "serving") == tmp_path / "serving" / "10"  # what `ctseg predict` loads
     assert saved_model_digest(str(tmp_path / "serving" / "10")) == saved_model_digest(good)
     assert saved_model_digest(saved_model_of(workspace["worse"])) != saved_model_digest(good)
 

@@ -19,6 +19,7 @@ from tfx.utils import io_utils, path_utils
 from ctseg.components.evaluation import METRICS_FILE, figures, metrics, scoring
 from ctseg import features, postprocess, profile
 from ctseg.errors import CtsegError
+from ctseg.serving import newest_complete_version
 
 SPLIT_KEY = "split"
 PROFILE_SUBDIR = "training_profile"  # the model's training profile, as the evaluation recorded it
@@ -28,7 +29,6 @@ BATCH_SIZE_KEY = "batch_size"
 CLEANUP_KEY = "cleanup"
 SERVING_DIR_KEY = "serving_dir"
 METADATA_KEY = "metadata"
-SAVED_MODEL_FILE = "saved_model.pb"
 
 GRID_FILE = "eval_grid.png"
 # What evaluation reads of each example: pixels, patient and slice, the geometry for volumes in ml and
@@ -60,12 +60,10 @@ def model_path(model: types.Artifact) -> str:
 
 
 def newest_served_model(serving_dir: str) -> Optional[str]:
-    """The version TensorFlow Serving serves: the highest numeric folder holding a SavedModel."""
+    """The version TensorFlow Serving serves (`ctseg.serving.newest_complete_version`), on any file system."""
     if not serving_dir or not fileio.isdir(serving_dir):
         return None
-    versions = [name.rstrip("/") for name in fileio.listdir(serving_dir)]
-    served = [v for v in versions if v.isdigit() and fileio.exists(os.path.join(serving_dir, v, SAVED_MODEL_FILE))]
-    return os.path.join(serving_dir, max(served, key=int)) if served else None
+    return newest_complete_version(serving_dir, fileio.listdir, fileio.exists)
 
 
 def saved_model_digest(path: str) -> str:

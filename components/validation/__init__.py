@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ctseg.mlmd.files import list_dir, read_bytes
+from ctseg.mlmd.files import read_bytes, split_dirs
 from ctseg.schemas import SCHEMA_FILE
 
 ANOMALIES_FILE = "SchemaDiff.pb"  # what ExampleValidator writes in each Split-<name> folder (its DEFAULT_FILE_NAME)
@@ -22,14 +22,11 @@ def anomalies_details(uri: str) -> dict[str, Any]:
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
     counts, features = {}, {}
-    for name in list_dir(uri):
-        if not name.startswith("Split-"):
-            continue
-        raw = read_bytes(os.path.join(uri, name, ANOMALIES_FILE))
+    for split, folder in split_dirs(uri).items():
+        raw = read_bytes(os.path.join(folder, ANOMALIES_FILE))
         if raw is None:
             continue
         anomalies = anomalies_pb2.Anomalies.FromString(raw)
-        split = name[len("Split-"):]
         counts[split] = len(anomalies.anomaly_info) + (1 if anomalies.HasField("dataset_anomaly_info") else 0)
         features[split] = sorted(anomalies.anomaly_info)
     if not counts:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctseg.commands import DEFAULT_WORKDIR
+from ctseg.commands import DEFAULT_WORKDIR, add_out_argument
 from ctseg.commands.pipeline_options import add_pipeline_options, pipeline_knobs
 from ctseg.pipeline.kubeflow_runner import CLUSTER_PRESET, IMAGE_SCHEMA_FILE
 
@@ -19,7 +19,7 @@ def register(sub) -> None:
                    help="where the pods write artifacts: gs://... or s3://... (also passed with the run by `ctseg submit`)")
     p.add_argument("--image", help="the image built from the Dockerfile, pinned by tag or digest "
                                    "(default: ghcr.io/ctseg/ctseg:<version>)")
-    p.add_argument("--output", help="spec file to write (default: WORKDIR/kubeflow/ctseg_pipeline.yaml)")
+    add_out_argument(p, "spec file to write (default: WORKDIR/kubeflow/ctseg_pipeline.yaml; also --output)", "--output")
     p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="work dir the default spec file goes under (default: ./out)")
     p.add_argument("--serving-dir", help="where the Pusher exports blessed models (default: <pipeline root>/serving)")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
@@ -65,7 +65,7 @@ def cluster_pipeline_args(args) -> dict:
 def run(args) -> int:
     from ctseg.pipeline.kubeflow_runner import DEFAULT_IMAGE, SPEC_FILE, compile_pipeline
 
-    path = compile_pipeline(image=args.image or DEFAULT_IMAGE, output=args.output or Path(args.workdir) / SPEC_FILE,
+    path = compile_pipeline(image=args.image or DEFAULT_IMAGE, output=args.out or Path(args.workdir) / SPEC_FILE,
                             **cluster_pipeline_args(args))
     print(f"wrote the Kubeflow pipeline spec to {path}")
     import yaml

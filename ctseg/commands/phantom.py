@@ -1,12 +1,15 @@
-"""`ctseg phantom OUT`: write the synthetic IRCAD phantom."""
+"""`ctseg phantom --out OUT` (or `ctseg phantom OUT`): write the synthetic IRCAD phantom."""
 from __future__ import annotations
+
+from ctseg.commands import add_out_argument
 
 
 def register(sub) -> None:
     p = sub.add_parser("phantom", help="write a synthetic CT phantom in the 3D-IRCADb-01 layout",
                        description="Write a synthetic abdominal CT phantom (HU, organ and lesion masks) in the exact "
                                    "3D-IRCADb-01 layout, as folders or as the published nested zips.")
-    p.add_argument("out", help="output folder (or .zip path with --zip)")
+    add_out_argument(p, "output folder (or .zip path with --zip)")
+    p.add_argument("out_path", nargs="?", metavar="OUT", help="the same as --out")
     p.add_argument("--patients", type=int, default=3, help="number of patients (default 3)")
     p.add_argument("--slices", type=int, default=60,
                    help="slices of an abdominal scan per patient, varied +-20%%; abdomen-pelvis and chest-abdomen "
@@ -26,10 +29,13 @@ def register(sub) -> None:
 def run(args) -> int:
     import sys
 
+    from ctseg.errors import CtsegError
     from ctseg.phantom import PROTOCOLS, write_phantom
     from ctseg.phantom.tissues import PHASES
 
-    path = write_phantom(args.out, patients=args.patients, slices=args.slices, size=args.size,
+    if bool(args.out) == bool(args.out_path):
+        raise CtsegError("give the output folder once, as --out OUT (or as OUT)")
+    path = write_phantom(args.out or args.out_path, patients=args.patients, slices=args.slices, size=args.size,
                          seed=args.seed, as_zip=args.zip, progress=sys.stderr.isatty(),
                          phases=tuple(args.phases or PHASES), noise_hu=tuple(args.noise_hu),
                          protocols=tuple(args.protocols or PROTOCOLS))

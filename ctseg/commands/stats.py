@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ctseg.commands import add_out_argument
 from ctseg.errors import CtsegError
+from ctseg.mlmd.files import SPLIT_PREFIX
 
 STATS_FILE = "FeatureStats.pb"
 
@@ -15,7 +17,7 @@ def register(sub) -> None:
                                    "write TFDV's visualisation as an HTML page to open in a browser.")
     p.add_argument("path", help="a StatisticsGen statistics artifact folder (holding Split-*/FeatureStats.pb), or a "
                                 "pipeline root, where the newest StatisticsGen output is used")
-    p.add_argument("--html", metavar="OUT", help="write TFDV's visualisation (train against eval) to this HTML file")
+    add_out_argument(p, "write TFDV's visualisation (train against eval) to this HTML file (also --html)", "--html")
     p.set_defaults(func=run)
 
 
@@ -29,9 +31,9 @@ def find_statistics_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise CtsegError(f"{path}: no such folder")
-    if any(path.glob(f"Split-*/{STATS_FILE}")):
+    if any(path.glob(f"{SPLIT_PREFIX}*/{STATS_FILE}")):
         return path
-    found = {f.parent.parent for f in path.glob(f"**/Split-*/{STATS_FILE}")}
+    found = {f.parent.parent for f in path.glob(f"**/{SPLIT_PREFIX}*/{STATS_FILE}")}
     preferred = {d for d in found if "StatisticsGen" in d.parts} or found
     if not preferred:
         raise CtsegError(f"{path}: holds no StatisticsGen output (Split-<name>/{STATS_FILE}); "
@@ -47,9 +49,11 @@ def load_statistics_dir(artifact_dir: Path) -> dict:
     """{split name: DatasetFeatureStatistics} of a statistics artifact folder, train first, then eval."""
     import tensorflow_data_validation as tfdv
 
-    splits = sorted((d.name[len("Split-"):] for d in artifact_dir.glob("Split-*") if (d / STATS_FILE).exists()),
-                    key=_split_order)
-    return {s: tfdv.load_stats_binary(str(artifact_dir / f"Split-{s}" / STATS_FILE)).datasets[0] for s in splits}
+    from ctseg.mlmd.files import split_dirs
+
+    found = {split: Path(folder) / STATS_FILE for split, folder in split_dirs(artifact_dir).items()}
+    return {split: tfdv.load_stats_binary(str(found[split])).datasets[0]
+            for split in sorted((s for s in found if found[s].exists()), key=_split_order)}
 
 
 def write_html(stats_by_split: dict, out: str | Path) -> Path:
@@ -76,6 +80,6 @@ def run(args) -> int:
     stats_by_split = load_statistics_dir(artifact_dir)
     print(f"statistics: {artifact_dir}")
     print(statistics_summary(stats_by_split))
-    if args.html:
-        print(f"wrote TFDV's visualisation to {write_html(stats_by_split, args.html)} (open it in a browser)")
+    if args.out:
+        print(f"wrote TFDV's visualisation to {write_html(stats_by_split, args.out)} (open it in a browser)")
     return 0

@@ -4,6 +4,24 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+# An artifact's folder per split, `Split-<name>` (TFX's artifact_utils.get_split_uri).
+SPLIT_PREFIX = "Split-"
+
+
+def split_name(folder: str) -> Optional[str]:
+    """The split a `Split-<name>` folder holds; None for any other folder name."""
+    name = folder.rstrip("/")
+    if not name.startswith(SPLIT_PREFIX) or name == SPLIT_PREFIX:
+        return None
+    return name[len(SPLIT_PREFIX):]
+
+
+def split_dirs(uri: str | os.PathLike) -> dict[str, str]:
+    """{split: folder} of the `Split-<name>` folders under an artifact URI, local or remote, sorted by split."""
+    uri = os.fspath(uri)
+    found = {split_name(entry): os.path.join(uri, entry) for entry in list_dir(uri)}
+    return {split: found[split] for split in sorted(s for s in found if s)}
+
 
 def read_bytes(path: str) -> Optional[bytes]:
     """A file under an artifact URI, local or remote (gs://, s3:// through TensorFlow's filesystems)."""

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Optional, Sequence
 from ctseg.errors import CtsegError
 from ctseg.mlmd.records import _Graph, _artifact_record, _properties, _type_name
 from ctseg.mlmd.runs import _run_contexts
+from ctseg.serving import TRAINER_EXPORT_DIR
 
 
 _DATA_PATH_KEYS = ("data_root", "input_base")  # IrcadExampleGen, TFX's file-based ExampleGens
@@ -103,7 +104,7 @@ def _training_profile(store, model, trainer: dict, trainer_inputs: dict) -> dict
     the Trainer execution that computed it from its train examples, and the evaluations that recorded it."""
     from ctseg.profile import CURRENT_MODEL_ID_KEY, PROFILE_DIR, PROFILE_FILE, PROFILE_URI_KEY
 
-    carried = os.path.join(model.uri, "Format-Serving", PROFILE_DIR)
+    carried = os.path.join(model.uri, TRAINER_EXPORT_DIR, PROFILE_DIR)
     recorded = [{"id": b.id, "uri": _properties(b)[PROFILE_URI_KEY]} for b in _artifacts_of_type(store, "ModelBlessing")
                 if _properties(b).get(CURRENT_MODEL_ID_KEY) == model.id and _properties(b).get(PROFILE_URI_KEY)]
     return {"in_model": carried if os.path.isfile(os.path.join(carried, PROFILE_FILE)) else None,

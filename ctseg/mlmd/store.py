@@ -14,7 +14,6 @@ PIPELINE_CONTEXT_TYPES = ("pipeline", "system.Pipeline")
 NODE_CONTEXT_TYPE = "node"
 DEFAULT_GRPC_PORT = 8080
 GRPC_TIMEOUT_S = 10.0
-DEFAULT_SQLITE = os.path.join("out", "metadata.sqlite")
 
 
 def connect(sqlite_path: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,

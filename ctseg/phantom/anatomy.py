@@ -187,7 +187,7 @@ class Anatomy:
         # The heart rests on the central tendon of the diaphragm, below the right dome: on the liver's top
         # slices it lies beside the dome, anterior and to the left, separated only by the diaphragm.
         self.heart = Shape.wobbly(rng, U(0.0, 0.15), U(-0.45, -0.3), U(0.38, 0.46), U(0.3, 0.38), U(-0.4, 0.0), 0.05)
-        self.heart_lo = lo + U(0.72, 0.85) * span
+        self.heart_lo = lo + U(0.8, 0.9) * span
         self.heart_hi = self.heart_lo + U(0.4, 0.55)
         self.lung_start = hi - U(0.06, 0.12)
         self.lung_vessels = [Tube((sx * U(0.2, 0.7), U(-0.4, 0.5), self.lung_start + U(-0.05, 0.2)),
@@ -229,7 +229,7 @@ class Anatomy:
         width = min(1.0, (s / 0.3) ** 0.6) * (np.sqrt(max(0.0, 1 - ((s - 0.75) / 0.25) ** 2)) if s > 0.75 else 1.0)
         k = self.liver_scale * width
         shapes = [self.right_lobe.scaled(k, 0.1 * (1 - width))]
-        left = _bump(t, self.lo + 0.4 * (self.hi - self.lo), self.heart_lo + 0.03, 0.7) * self.left_reach * self.liver_scale
+        left = _bump(s, 0.4, 1.02, 0.7) * self.left_reach * self.liver_scale
         if left > 0:
             shapes.append(dataclasses.replace(self.left_lobe, cx=self.left_lobe.cx - 0.3 + 0.45 * self.left_reach,
                                               rx=self.left_lobe.rx * left, ry=self.left_lobe.ry * min(1.0, left + 0.2)))
@@ -368,10 +368,11 @@ class Anatomy:
         h = self.heart.scaled(scale)
         c.paint("fat", h.scaled(1.12), within=cavity)
         c.paint("myocardium", h, within=cavity)
-        c.paint("blood_right_heart", dataclasses.replace(h, cx=h.cx - 0.32 * h.rx, cy=h.cy - 0.18 * h.ry,
-                                                         rx=0.45 * h.rx, ry=0.55 * h.ry), within=cavity)
-        c.paint("blood_artery", dataclasses.replace(h, cx=h.cx + 0.28 * h.rx, cy=h.cy + 0.12 * h.ry,
-                                                    rx=0.32 * h.rx, ry=0.42 * h.ry), within=cavity)
+        # the chambers fill most of the heart: the ventricular walls are about a centimetre thick
+        c.paint("blood_right_heart", dataclasses.replace(h, cx=h.cx - 0.3 * h.rx, cy=h.cy - 0.15 * h.ry,
+                                                         rx=0.55 * h.rx, ry=0.65 * h.ry), within=cavity)
+        c.paint("blood_artery", dataclasses.replace(h, cx=h.cx + 0.3 * h.rx, cy=h.cy + 0.12 * h.ry,
+                                                    rx=0.45 * h.rx, ry=0.55 * h.ry), within=cavity)
 
     def _pelvis(self, c: Canvas, t: float, cavity: np.ndarray) -> None:
         """Iliac wings below the crest, the acetabula and femoral heads, the bladder filling the low pelvis."""

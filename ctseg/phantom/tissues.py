@@ -71,7 +71,9 @@ TABLE: tuple[Tissue, ...] = (
     _t("muscle", (38, 55), (45, 62), (50, 68), texture_hu=5, source="goodpaster2000"),
     _t("liver", (50, 66), (65, 90), (95, 130), texture_hu=8, source="kodama2007"),
     _t("spleen", (40, 55), (90, 150), (100, 130), texture_hu=10, source="boyce2010"),
-    _t("blood_artery", (35, 50), (220, 320), (140, 190), texture_hu=3, source="bae2010"),
+    # Arterial blood spans routine arterial-phase CT (~220 HU) up to CT angiography timed for the left heart
+    # and aorta (350-450 HU): a saturated blob in the liver window is blood, never liver.
+    _t("blood_artery", (35, 50), (220, 450), (140, 200), texture_hu=3, source="bae2010"),
     _t("blood_vein", (35, 50), (70, 120), (140, 180), texture_hu=3, source="new1976"),
     _t("portal_vein", (35, 50), (110, 170), (150, 190), texture_hu=3, source="bae2010"),
     _t("hepatic_vein", (35, 50), (50, 80), (130, 170), texture_hu=3, source="heiken1995"),
@@ -93,7 +95,7 @@ TABLE: tuple[Tissue, ...] = (
     _t("table", (150, 350), texture_hu=10, source="measured"),
     # Right heart and pulmonary arteries: in the arterial phase the contrast has already passed on to the
     # left heart and aorta, so the right heart is far less dense than the left; by the portal phase they match.
-    _t("blood_right_heart", (35, 50), (100, 180), (130, 175), texture_hu=4, source="bae2010"),
+    _t("blood_right_heart", (35, 50), (100, 320), (130, 190), texture_hu=4, source="bae2010"),
     _t("urine", (0, 15), texture_hu=2, source="mortele2001"),
 )
 LABEL = {t.name: i for i, t in enumerate(TABLE)}

@@ -24,12 +24,16 @@ def train_with_ctseg_run(data: Path, workdir: Path, config: dict | None = None, 
     seconds = time.perf_counter() - start
     if done.returncode not in (0, 1) or not list(workdir.glob("pipeline/Trainer/model/*")):
         raise RuntimeError(f"ctseg run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return {"seconds": seconds, **run_outputs(workdir), "stdout": done.stdout}
+
+
+def run_outputs(workdir: Path) -> dict:
+    """The newest run's evaluator metrics.json and trained SavedModel folder in a `ctseg run` work dir."""
     def newest(pattern: str) -> Path:  # artifact folders are named by their MLMD id
         return max(workdir.glob(pattern), key=lambda p: int(p.parent.name))
 
     metrics = json.loads(newest("pipeline/SegmentationEvaluator/evaluation/*/metrics.json").read_text())
-    return {"seconds": seconds, "metrics": metrics, "model": newest("pipeline/Trainer/model/*/Format-Serving"),
-            "stdout": done.stdout}
+    return {"metrics": metrics, "model": newest("pipeline/Trainer/model/*/Format-Serving")}
 
 
 def ingest_folder(data: Path, image_size: int) -> list[bytes]:

@@ -53,6 +53,17 @@ def test_combined_loss_adds_weighted_cross_entropy():
     dice = (2 * 1.5 + 1) / (2 + 1.8 + 1)
     assert float(make_loss(0.5)(t, p)) == pytest.approx(1 - dice + 0.5 * bce, rel=1e-4)
     assert make_loss(0.0) is dice_loss
+    assert float(make_loss(1.0, dice_weight=0.0)(t, p)) == pytest.approx(bce, rel=1e-4)
+    assert float(make_loss(0.5, dice_weight=2.0)(t, p)) == pytest.approx(2 * (1 - dice) + 0.5 * bce, rel=1e-4)
+
+
+def test_loss_weights_are_checked():
+    from ctseg.errors import CtsegError
+    from ctseg.models.unet.config import UnetConfig
+
+    assert UnetConfig.from_custom_config({"dice_weight": 0.0}).dice_weight == 0.0
+    with pytest.raises(CtsegError, match="not both 0"):
+        UnetConfig.from_custom_config({"dice_weight": 0.0, "bce_weight": 0.0})
 
 
 def test_overlap_metrics_pool_over_batches():

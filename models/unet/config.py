@@ -34,6 +34,7 @@ class UnetConfig:
     epochs: int = 25
     batch_size: int = 16
     learning_rate: float = 1e-3
+    dice_weight: float = 1.0
     bce_weight: float = 1.0
     keep_empty_probability: float = 0.4
     flip_probability: float = 0.5
@@ -95,6 +96,9 @@ class UnetConfig:
                      for k in ("depth", "base_filters", "batch_size", "epochs") if getattr(self, k) < 1]
         if not 0 <= self.context_slices <= 8:
             problems.append(f"context_slices {self.context_slices} must be 0 to 8 (neighbours on each side)")
+        if self.dice_weight < 0 or self.bce_weight < 0 or self.dice_weight + self.bce_weight <= 0:
+            problems.append(f"dice_weight {self.dice_weight} and bce_weight {self.bce_weight} must not be negative "
+                            "and not both 0")
         if self.window_width <= 0:
             problems.append(f"window_width {self.window_width} must be positive")
         probabilities = {k: getattr(self, k) for k in ("dropout", "keep_empty_probability")}

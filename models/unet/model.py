@@ -121,14 +121,23 @@ def dice_loss(y_true, y_pred):
     return 1.0 - dice_coefficient(y_true, y_pred)
 
 
-def make_loss(bce_weight: float):
-    """Dice loss, plus `bce_weight` times binary cross-entropy when it is positive (steadier early gradients)."""
-    if bce_weight <= 0:
+def make_loss(bce_weight: float, dice_weight: float = 1.0):
+    """`dice_weight` times the soft Dice loss plus `bce_weight` times binary cross-entropy.
+
+    Cross-entropy alone is minimised by the true probability of each pixel, so its volumes are
+    calibrated; soft Dice is not, and biases volumes where pixels are uncertain (Bertels et al., Medical
+    Image Analysis 2021).
+    """
+    if bce_weight <= 0 and dice_weight == 1:
         return dice_loss
 
     def dice_bce_loss(y_true, y_pred):
-        t, p = _flat(y_true, y_pred)
-        return dice_loss(y_true, y_pred) + bce_weight * tf.keras.losses.binary_crossentropy(t, p)
+        loss = 0.0
+        if dice_weight > 0:
+            loss += dice_weight * dice_loss(y_true, y_pred)
+        if bce_weight > 0:
+            loss += bce_weight * tf.keras.losses.binary_crossentropy(*_flat(y_true, y_pred))
+        return loss
 
     return dice_bce_loss
 
@@ -181,7 +190,7 @@ def compile_model(model: tf.keras.Model, config: UnetConfig, decay_steps: int | 
     if decay_steps:
         rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps)
     model.compile(optimizer=tf.keras.optimizers.Adam(rate),
-                  loss=make_loss(config.bce_weight),
+                  loss=make_loss(config.bce_weight, config.dice_weight),
                   metrics=[OverlapMetric("dice"), OverlapMetric("iou")],
                   jit_compile=config.jit_compile)
     return model

@@ -2,7 +2,7 @@
 
 A segmenter that beats this bound uses shape and context; a phantom on which the bound is high can be
 solved by thresholding and teaches a model nothing that transfers. On real contrast-enhanced CT the
-bound is about 0.65-0.70 (issue 12). The band is an oracle: chosen per patient, knowing the mask.
+bound is about 0.65-0.70. The band is an oracle: chosen per patient, knowing the mask.
 
     python -m bench.intensity_bound [--patients 14 --slices 40 --size 512 --seed 0]
                                     [--real-ct DIR]   # source CT slices of pydicom-data's liver.dcm

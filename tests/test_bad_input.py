@@ -1,4 +1,4 @@
-"""Hostile and broken input to ingest (issue 14): hangs, memory, bad DICOM that used to skip quarantine."""
+"""Hostile and broken input to ingest: hangs, memory, bad DICOM that must not skip quarantine."""
 import contextlib
 import io
 import json
@@ -126,7 +126,7 @@ def test_image_size_has_an_upper_bound_in_the_component_and_the_executor(small_p
         run_ingest(tmp_path, small_phantom, image_size=100000)
 
 
-# ---- bad DICOM that used to skip quarantine
+# ---- bad DICOM that must go to quarantine
 
 
 @pytest.fixture(scope="module")

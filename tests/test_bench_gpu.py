@@ -1,4 +1,4 @@
-"""bench/gpu.sh, the GPU benchmark of issue 17, run on CPU with tiny sizes so that it cannot rot
+"""bench/gpu.sh, the GPU benchmark, run on CPU with tiny sizes so that it cannot rot
 before a session with a GPU runs it for real (docs/BENCHMARKS.md says how)."""
 import json
 import os

@@ -44,7 +44,7 @@ def _ingest(ref: ircad.PatientRef, tmp_path: Path) -> tuple[Path, list[dict]]:
 
 def test_the_evaluator_and_predict_take_one_slice_depth_for_overlapping_slices(small_phantom, tmp_path):
     """A reconstruction whose slices overlap (SliceThickness twice the step between positions): the
-    evaluator's voxel volume used to take SliceThickness, predict the step, so the volumes differed 2x."""
+    evaluator and predict take one slice depth, so their volumes agree (SliceThickness would double them)."""
     def overlapping(ds):
         ds.SliceThickness = 2 * float(ds.SliceThickness)
 

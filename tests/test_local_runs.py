@@ -1,4 +1,4 @@
-"""Runs that are interrupted, concurrent or mis-summarised (issue 14), on real LocalDagRunner runs.
+"""Runs that are interrupted, concurrent or mis-summarised, on real LocalDagRunner runs.
 
 The pipeline is `tests/tiny_pipeline.py` (two Python function components) so that each run takes
 seconds; what is under test is `ctseg.pipeline.local_runner.run_pipeline`, the runner `ctseg run`
@@ -105,7 +105,7 @@ def test_wait_queues_behind_the_holder(tmp_path):
 
 def test_the_failure_and_the_summary_are_this_runs_not_the_newest(tmp_path, capsys):
     """Another run registered in the store after this one started must not get this run's error,
-    nor be the run the summary describes (both used to pick the newest run in the store)."""
+    nor be the run the summary describes (neither may pick the newest run in the store)."""
     work = tmp_path / "work"
     run_id = "2024-01-01T00:00:00.000001"
     with pytest.raises(CtsegError, match="the step broke"):

@@ -134,14 +134,12 @@ def test_pushed_model_carries_its_training_profile_and_lineage_says_where_it_cam
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "known open (issue 13): on issue 12's phantom the held-out volume errors vary run to run around the 10% "
-    "bound: 10.4%/21%, within 10% once, 11.3%/20.6% in the final full suite (predictions run 5-16% high). "
-    "The bound is unchanged; remove this marker when the model holds it every run."))
+    "the held-out volume errors vary run to run around the 10% bound (predictions run 5-16% high); "
+    "the bound is unchanged; remove this marker once the model holds it in every run"))
 def test_pushed_model_segments_eval_patients_to_their_volume(workdir, data_root, tmp_path):
     """`ctseg predict` with the pushed model on the eval patients (never trained on): the best-segmented
     one within 10% of the true volume, every one within 25% (the model over-segments where the liver
-    meets the abdominal wall, whose HU are close to the liver's). On issue 12's phantom this failed
-    (10.4% and 21%) until issue 13's recipe (2.5D input, augmentation, 3D clean-up)."""
+    meets the abdominal wall, whose HU are close to the liver's)."""
     from ctseg.predict import load_series, predict, volume_ml
 
     work, runs = workdir

@@ -1,4 +1,4 @@
-"""`ctseg predict` says whether its model was blessed (issue 14): a Trainer output that the evaluation did
+"""`ctseg predict` says whether its model was blessed: a Trainer output that the evaluation did
 not bless gets a warning and `"blessed": false` in summary.json, `--require-blessed` refuses it, a
 model whose blessing cannot be found gets `null` and a warning, a pushed version `true`.
 

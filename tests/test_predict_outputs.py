@@ -1,5 +1,5 @@
 """What `ctseg predict` writes, without a model: real-world headers (blank UIDs after de-identification,
-no frame of reference) and the output folder's safety (issue 14). The mask is given, not predicted."""
+no frame of reference) and the output folder's safety. The mask is given, not predicted."""
 from __future__ import annotations
 
 import json
@@ -44,7 +44,7 @@ def _prediction(series: P.Series) -> P.Prediction:
 
 
 def test_an_anonymised_series_without_frame_of_reference_gets_a_seg(small_phantom, tmp_path):
-    """Blank UIDs used to end in highdicom's KeyError '' and a missing FrameOfReferenceUID in its
+    """Blank UIDs would end in highdicom's KeyError '' and a missing FrameOfReferenceUID in its
     "required by the IOD" error (see `ctseg.predict.complete_uids` for the highdicom 0.22 lines)."""
     import highdicom as hd
 

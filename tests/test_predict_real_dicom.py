@@ -1,4 +1,4 @@
-"""`ctseg predict` on real DICOM no one here wrote (the pydicom-data package; issue 14, "Real DICOM").
+"""`ctseg predict` on real DICOM no one here wrote (the pydicom-data package).
 
 693_*.dcm: one real 512x512 CT slice, uncompressed (UNCR, UNCI) and JPEG 2000 lossless (J2KR) and lossy (J2KI,
 which records LossyImageCompression 01 without LossyImageCompressionMethod); explicit_VR-UN.dcm: a real

@@ -1,5 +1,5 @@
 """Ingest on real DICOM no one here wrote (the pydicom-data package): each file is read as pydicom reads it,
-or quarantined with its reason (issue 14, "Real DICOM").
+or quarantined with its reason.
 
 693_*.dcm are one real 512x512 CT slice as JPEG 2000 lossless (J2KR) and lossy (J2KI), each beside its
 uncompressed twin (UNCR, UNCI: explicit VR little endian); eCT_Supplemental.dcm is an Enhanced CT multi-frame

@@ -111,7 +111,7 @@ def test_run_fn_rejects_examples_of_another_size(examples, tmp_path):
     assert not tf.io.gfile.exists(fn_args.serving_model_dir)
 
 
-# The GPU path without a GPU (issue 17). On a GPU machine `distribution_strategy()` picks
+# The GPU path without a GPU. On a GPU machine `distribution_strategy()` picks
 # MirroredStrategy over every logical GPU plus the mixed_float16 policy; here the CPU is split into two
 # logical devices and handed to the same function, so strategy, policy, per-replica batching, sync-on-read
 # metric variables and the export run exactly that code. Logical devices can only be configured before

@@ -150,7 +150,7 @@ class OverlapMetric(tf.keras.metrics.Metric):
 
     Always float32: under the `mixed_float16` policy its counters would otherwise become
     AutoCastVariables, and reading those sync-on-read variables in `result()` under MirroredStrategy
-    raises NotImplementedError at the end of the first epoch (issue 17). Pixel counts belong in float32 anyway.
+    raises NotImplementedError at the end of the first epoch. Pixel counts belong in float32 anyway.
     """
 
     def __init__(self, kind: str = "dice", threshold: float = THRESHOLD, name: str | None = None, **kwargs):

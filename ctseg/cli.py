@@ -58,5 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def console_main() -> None:
+    """The `ctseg` command: main's exit code, without the native teardown that aborts after S3 use."""
+    from ctseg import object_stores
+
+    code = main()
+    if object_stores.needs_native_teardown_skipped():
+        object_stores.exit_without_native_teardown(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -35,6 +35,7 @@ import numpy as np
 
 from ctseg import dicom, geometry
 from ctseg.errors import CtsegError
+from ctseg.object_stores import register_filesystems
 
 IMAGES_DIR = "PATIENT_DICOM"
 MASKS_DIR = "MASKS_DICOM"
@@ -93,6 +94,7 @@ class _FolderTree(_Tree):
     def __init__(self, root: str):
         import tensorflow as tf
 
+        register_filesystems(root)
         super().__init__()
         self._gfile = tf.io.gfile
         self.root = root.rstrip("/") or "/"
@@ -202,6 +204,7 @@ def open_tree(root: str):
     """The folder or zip at `root` as a tree; a CtsegError when it is neither."""
     import tensorflow as tf
 
+    register_filesystems(root)
     if not tf.io.gfile.exists(root):
         raise CtsegError(f"data root {root} does not exist")
     if tf.io.gfile.isdir(root):
@@ -238,6 +241,7 @@ def data_fingerprint(data_root: str) -> str:
     """
     import tensorflow as tf
 
+    register_filesystems(data_root)
     try:
         if not tf.io.gfile.exists(data_root):
             raise CtsegError(f"data root {data_root} does not exist")

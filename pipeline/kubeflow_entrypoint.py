@@ -2,7 +2,10 @@
 
 It runs TFX 1.15.1's own v2 entrypoint (tfx/orchestration/kubeflow/v2/container/kubeflow_v2_run_executor.py)
 after correcting the executor input for what the open-source KFP backend hands a container, and
-cleans up after it what the KFP launcher would trip on in the next step. The compiled spec selects it
+cleans up after it what the KFP launcher would trip on in the next step. Around it: the `s3://`
+filesystem registered and its variables completed (ctseg.object_stores), Beam's DirectRunner given
+one worker per core of the pod's CPU limit, and the process ended without the native teardown that
+aborts after S3 use. The compiled spec selects it
 through `KubeflowV2DagRunnerConfig(default_commands=ENTRYPOINT_COMMAND)`. KFP source references are
 to kubeflow/pipelines at tag 2.5.0 (the same code in 2.0.5 unless said otherwise).
 """
@@ -14,12 +17,16 @@ from typing import Any
 
 from absl import app, logging
 
+from ctseg import object_stores
+
 ENTRYPOINT_MODULE = "ctseg.pipeline.kubeflow_entrypoint"
 ENTRYPOINT_COMMAND = ["python", "-m", ENTRYPOINT_MODULE]
 INVOCATION_FLAG = "--json_serialized_invocation_args"
 INPUTS_SPEC_FLAG = "--json_serialized_inputs_spec_args"
 # Object stores where TensorFlow's filesystems write zero-byte "<dir>/" marker objects.
 MARKER_SCHEMES = ("gs://", "s3://")
+RUNNING_MODE_FLAG = "--direct_running_mode"
+NUM_WORKERS_FLAG = "--direct_num_workers"
 
 
 def _has_title(artifact_type: dict) -> bool:
@@ -99,6 +106,30 @@ def json_argument(flag: str, text: str, required: tuple[str, ...] = ()) -> dict[
     return value
 
 
+def _flag_value(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def beam_args_for_pod(beam_args: list[str], cores: int) -> list[str]:
+    """Beam's DirectRunner in multi_processing mode with one worker per core of the pod's CPU limit.
+
+    With `--direct_num_workers=0` Beam starts `multiprocessing.cpu_count()` workers
+    (apache_beam/runners/portability/fn_api_runner/fn_runner.py:163-168 in Beam 2.59): the node's cores,
+    not the pod's limit, each importing TensorFlow inside the pod's memory limit.
+    """
+    if _flag_value(beam_args, RUNNING_MODE_FLAG) != "multi_processing":
+        return list(beam_args)
+    if (_flag_value(beam_args, NUM_WORKERS_FLAG) or "0") != "0":
+        return list(beam_args)
+    kept = [a for a in beam_args if not a.startswith(NUM_WORKERS_FLAG + "=")]
+    return kept + [f"{NUM_WORKERS_FLAG}={cores}"]
+
+
 def _parse_flags(argv: list[str]):
     from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entrypoint
 
@@ -109,17 +140,19 @@ def _parse_flags(argv: list[str]):
         json_argument(INVOCATION_FLAG, args.json_serialized_invocation_args, ("outputs.outputFile",)), inputs_spec)
     args.json_serialized_invocation_args = json.dumps(executor_input)
     args.owned_output_uris = output_uris(executor_input)
-    return args, beam_args
+    return args, beam_args_for_pod(beam_args, object_stores.pod_cpu_count())
 
 
 def main(parsed_argv) -> None:
     from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entrypoint
 
     args, beam_args = parsed_argv
+    object_stores.register_filesystems()
     tfx_entrypoint.main((args, beam_args))
     for uri in args.owned_output_uris:
         for marker in remove_directory_markers(uri):
             logging.info("removed directory marker %s", marker)
+    object_stores.exit_without_native_teardown(0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import tempfile
 import urllib.error
 import urllib.parse
@@ -29,6 +30,12 @@ DEFAULT_EXPERIMENT = "ctseg"
 CONNECT_TIMEOUT_S = 10
 AUTH_HINT = "pass a token with --token or $KF_PIPELINES_TOKEN (or a session cookie with --cookie or $KF_PIPELINES_COOKIE)"
 
+
+# Before 2.3.0 the launcher creates /gcs/..., /s3/... or /minio/... for each output before the step runs
+# (backend/src/v2/component/launcher_v2.go:714-735 at 2.0.5, prepareOutputFolders) and nothing makes those
+# writable for the image's non-root user; 2.3.0 mounts an emptyDir on each (kubeflow/pipelines#10857,
+# compiler/argocompiler/container.go).
+MIN_KFP_VERSION = (2, 3, 0)
 
 INGEST_TASK = "IrcadExampleGen"
 FINGERPRINT_PARAMETER = "input_fingerprint"
@@ -122,6 +129,17 @@ def check_host(host: str, *, token: str | None = None, cookie: str | None = None
                          f"most likely a login page: {AUTH_HINT}") from None
 
 
+def check_kfp_version(host: str, healthz: dict) -> None:
+    """Refuses a Pipelines API older than MIN_KFP_VERSION by the `tag_name` its healthz reports
+    (backend/src/apiserver/main.go:278-281 at 2.5.0); an unknown or custom tag is let through."""
+    tag = str(healthz.get("tag_name") or "")
+    match = re.fullmatch(r"v?(\d+)\.(\d+)\.(\d+)(?:[-+.].*)?", tag)
+    if match and tuple(map(int, match.groups())) < MIN_KFP_VERSION:
+        minimum = ".".join(map(str, MIN_KFP_VERSION))
+        raise CtsegError(f"Kubeflow Pipelines at {host} is version {tag}; ctseg's image runs as a non-root user and "
+                         f"needs {minimum} or newer, whose launcher gets writable /gcs, /s3 and /minio folders")
+
+
 def _api_error(host: str, error) -> CtsegError:
     status = getattr(error, "status", None)
     if status in (401, 403):
@@ -157,7 +175,7 @@ def submit(
     host = resolve_host(host)
     token = token or os.environ.get(TOKEN_ENV) or None
     cookie = cookie or os.environ.get(COOKIE_ENV) or None
-    check_host(host, token=token, cookie=cookie)
+    check_kfp_version(host, check_host(host, token=token, cookie=cookie))
 
     import kfp
     import kfp_server_api

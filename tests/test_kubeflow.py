@@ -22,7 +22,10 @@ LOCAL_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 INGEST = "IrcadExampleGen"
 
 
-SLOW_FIXTURES = {"spec_file"}  # see tests/conftest.py
+SLOW_FIXTURES = {"spec_file", "default_spec"}  # see tests/conftest.py
+# The allocatable share of an 8-vCPU / 30 GB GPU node (GKE n1-standard-8: 7.91 CPU, 26.6 GB after the
+# kubelet's reserve), less about 0.5 CPU and 1 GB for the node's daemon sets (logging, GPU device plugin).
+GPU_NODE_FREE_CPU, GPU_NODE_FREE_MEMORY_GB = 7.4, 25.6
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +131,7 @@ def test_cli_compiles_with_beam_runner_args_and_cpu_only_trainer(small_phantom, 
     assert main(["compile", "--data", "gs://bucket/3Dircadb1.zip", "--pipeline-root", "s3://bucket/root/",
                  "--image", IMAGE, "--output", str(out), "--trainer-gpus", "0",
                  "--beam-arg=--runner=DataflowRunner", "--beam-arg=--project=liver",
-                 "--beam-arg=--temp_location=gs://bucket/tmp"]) == 0
+                 "--beam-arg=--temp_location=gs://bucket/tmp", "--pod-env", "AWS_REGION=eu-west-1"]) == 0
     assert str(out) in capsys.readouterr().out
     from kfp.client import client
 
@@ -138,7 +141,9 @@ def test_cli_compiles_with_beam_runner_args_and_cpu_only_trainer(small_phantom, 
         args = as_dict(container(spec, task))["args"]
         assert args[-3:] == ["--runner=DataflowRunner", "--project=liver", "--temp_location=gs://bucket/tmp"]
     trainer = as_dict(container(spec, "Trainer"))["resources"]
-    assert "accelerator" not in trainer and trainer["cpuLimit"] == 8.0 and trainer["memoryLimit"] == 32.0
+    assert "accelerator" not in trainer and trainer["cpuLimit"] == 8.0 and trainer["memoryLimit"] == 26.0
+    assert trainer["cpuRequest"] == 6.0 and trainer["memoryRequest"] == 22.0
+    assert as_dict(container(spec, "Trainer"))["env"] == [{"name": "AWS_REGION", "value": "eu-west-1"}]
     assert constants(spec, INGEST)["image_size"] == 256, "the full preset's size by default"
 
 
@@ -162,12 +167,15 @@ def test_compile_without_output_writes_under_the_work_dir_not_the_source_tree(tm
 
 @pytest.mark.parametrize("flags, message", [
     (["--pipeline-root", "/tmp/root"], "must be an object-store path every pod can write"),
-    (["--pipeline-root", "minio://mlpipeline/ctseg"], "for MinIO, s3://... with S3_ENDPOINT"),
+    (["--pipeline-root", "minio://mlpipeline/ctseg"], "use s3://mlpipeline/ctseg with AWS_ENDPOINT_URL"),
+    (["--data", "minio://mlpipeline/data/3Dircadb1.zip"], "use s3://mlpipeline/data/3Dircadb1.zip with"),
     (["--image", "ghcr.io/example/ctseg:latest"], "must name a tag other than latest"),
     (["--trainer-memory", "lots"], "is not a quantity like 32G"),
     (["--trainer-cpu", "0"], "is not a positive number of cores"),
     (["--trainer-accelerator", ""], "an accelerator count needs an accelerator type"),
     (["--output", "spec.json"], "must end in .yaml or .yml"),
+    (["--pod-env", "AWS_ENDPOINT_URL"], "is not NAME=VALUE"),
+    (["--trainer-cpu", "4"], "must not exceed the limits"),
 ])
 def test_bad_compile_arguments_are_one_sentence(flags, message, capsys):
     args = {"--data": "gs://b/d.zip", "--pipeline-root": "gs://b/root", "--image": IMAGE, "--output": "/tmp/x.yaml"}
@@ -175,6 +183,47 @@ def test_bad_compile_arguments_are_one_sentence(flags, message, capsys):
     assert main(["compile", *[w for kv in args.items() for w in kv]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ctseg compile: ") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def default_spec(small_phantom, tmp_path_factory) -> dict:
+    """Compiled with every cluster default: no Beam arguments, resources, image or serving dir given."""
+    path = compile_pipeline(output=tmp_path_factory.mktemp("kfp") / "ctseg.yaml", data_root=str(small_phantom),
+                            pipeline_root="s3://b/root", step_env={"AWS_ENDPOINT_URL": "http://minio:9000"})
+    return yaml.safe_load(path.read_text())
+
+
+def test_default_beam_workers_are_left_to_the_pods_cpu_limit(default_spec):
+    """`--direct_num_workers=0` would be the node's cores; the entrypoint adds the pod's (kubeflow_entrypoint)."""
+    for label, executor in default_spec["deploymentSpec"]["executors"].items():
+        args = executor["container"]["args"]
+        assert "--direct_running_mode=multi_processing" in args, label
+        assert not [a for a in args if a.startswith("--direct_num_workers")], label
+
+
+def test_default_trainer_requests_fit_an_8_vcpu_30_gb_gpu_node(default_spec):
+    resources = default_spec["deploymentSpec"]["executors"]["Trainer_executor"]["container"]["resources"]
+    assert resources["cpuRequest"] <= GPU_NODE_FREE_CPU and resources["memoryRequest"] <= GPU_NODE_FREE_MEMORY_GB
+    assert resources["cpuRequest"] < resources["cpuLimit"] and resources["memoryRequest"] < resources["memoryLimit"]
+    assert resources["accelerator"] == {"count": "1", "type": "nvidia.com/gpu"}
+
+
+def test_requests_above_limits_are_refused():
+    with pytest.raises(CtsegError, match="must not exceed the limits"):
+        StepResources(cpu="4", cpu_request="6").resource_spec()
+
+
+def test_the_evaluator_is_never_served_from_kfp_cache(default_spec):
+    """Its baseline (the serving dir's newest model) is not in KFP's cache key; every other task keeps its caching."""
+    tasks = default_spec["root"]["dag"]["tasks"]
+    assert tasks["SegmentationEvaluator"]["cachingOptions"] == {"enableCache": False}
+    assert {t.get("cachingOptions", {}).get("enableCache") for n, t in tasks.items() if n != "SegmentationEvaluator"} \
+        == {tasks["Trainer"].get("cachingOptions", {}).get("enableCache")}
+
+
+def test_step_env_reaches_every_container(default_spec):
+    for executor in default_spec["deploymentSpec"]["executors"].values():
+        assert executor["container"]["env"] == [{"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"}]
 
 
 def test_memory_quantities():

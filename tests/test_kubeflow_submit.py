@@ -29,6 +29,7 @@ EXPERIMENT_ID = "e7a1-experiment"
 class FakePipelinesApi(BaseHTTPRequestHandler):
     """Answers like KFP's API server in `mode`: "ok", "unauthorized" (401) or "login" (302 to a Dex page)."""
     mode = "ok"
+    tag_name = None  # the KFP version healthz reports (backend/src/apiserver/main.go:278-281 at 2.5.0)
     requests: list = []
     authorization: list = []  # the Authorization header of each request
 
@@ -56,7 +57,7 @@ class FakePipelinesApi(BaseHTTPRequestHandler):
             return self._send(302, b"", "text/html", headers=[("Location", "/dex/auth?client_id=kubeflow")])
         route = (self.command, self.path.split("?")[0])
         if route == ("GET", HEALTHZ_PATH):
-            return self._send(200, {"multi_user": False})
+            return self._send(200, {"multi_user": False, **({"tag_name": self.tag_name} if self.tag_name else {})})
         if route == ("GET", "/apis/v2beta1/experiments"):
             return self._send(200, {})
         if route == ("POST", "/apis/v2beta1/experiments"):
@@ -245,3 +246,18 @@ def test_data_unreadable_from_here_gets_a_new_fingerprint_per_submission(pipelin
         submit(compiled_spec, host=host_of(pipelines_api))
         sent.append(_sent_fingerprint())
     assert all(f.startswith(UNREAD_PREFIX) for f in sent) and sent[0] != sent[1]
+
+
+@pytest.mark.parametrize("tag, refused", [("2.0.5", True), ("2.2.0", True), ("2.3.0", False), ("2.5.0", False),
+                                          ("unknown", False)])
+def test_kfp_older_than_2_3_is_refused_before_anything_is_submitted(pipelines_api, any_spec, tag, refused):
+    FakePipelinesApi.tag_name = tag
+    try:
+        if refused:
+            with pytest.raises(CtsegError, match=f"is version {tag}; .* needs 2.3.0 or newer"):
+                submit(any_spec, host=host_of(pipelines_api))
+            assert FakePipelinesApi.requests == [("GET", HEALTHZ_PATH, None)]
+        else:
+            assert submit(any_spec, host=host_of(pipelines_api)).run_id == RUN_ID
+    finally:
+        FakePipelinesApi.tag_name = None

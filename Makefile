@@ -6,6 +6,7 @@ RUN_ARGS ?=
 .PHONY: install run test bench clean
 install:
 	@bash scripts/install.sh
+	@$(PY) scripts/editor_paths.py
 
 run: install
 	@.venv/bin/ctseg run $(RUN_ARGS)

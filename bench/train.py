@@ -2,8 +2,11 @@
 
 Same model, same slices, one process; the two are measured in alternating rounds (after a warm-up
 of each) so that load from other processes hits both alike; the ratio is the median of the rounds' ratios.
-The ratio pipeline/arrays tells whether the input pipeline (parsing, balancing, augmentation) is the
-bottleneck; "pipeline alone" (iterating the dataset with no model) is the rate the CPU side can feed.
+The ratio pipeline/arrays tells whether the input pipeline (parsing, balancing, batching) is the
+bottleneck: both train the same model, whose train step augments each batch; "arrays, no augmentation"
+trains the same network without it, so arrays against it is what augmenting in the step costs.
+"Pipeline alone" (iterating the dataset with no model) is the rate the CPU side can feed, also per
+CPU second (per core).
 Each `--precision` x `--jit-compile` variant builds and compiles a fresh model under the Trainer's
 distribution strategy (MirroredStrategy over every GPU, or the default strategy on CPU).
 
@@ -33,7 +36,7 @@ from ctseg.phantom import write_phantom  # noqa: E402
 from ctseg.pipeline.local_runner import run_ingest  # noqa: E402
 from ctseg.models.unet import data, trainer  # noqa: E402
 from ctseg.models.unet.config import UnetConfig  # noqa: E402
-from ctseg.models.unet.model import build_unet, flops_per_slice  # noqa: E402
+from ctseg.models.unet.model import build_unet, compile_model, flops_per_slice  # noqa: E402
 
 
 def _measure(fit, slices: int) -> tuple[float, float]:
@@ -55,15 +58,20 @@ def _variant(config: UnetConfig, strategy, precision: str, jit_compile: bool, pi
     def fit_pipeline():
         model.fit(pipeline, epochs=1, steps_per_epoch=args.steps, verbose=0)
 
-    def fit_arrays():
-        model.fit(hu, mask, batch_size=batch_size, epochs=1, steps_per_epoch=args.steps, shuffle=True, verbose=0)
+    def fit_arrays(on=model):
+        on.fit(hu, mask, batch_size=batch_size, epochs=1, steps_per_epoch=args.steps, shuffle=True, verbose=0)
+
+    with strategy.scope():  # the same network without the train step's augmentation: what augmenting costs
+        plain = compile_model(build_unet(config), config)
 
     started = time.perf_counter()
-    fit_pipeline(), fit_arrays()  # warm-up: tracing (XLA compilation), the pipeline's cache
+    fit_pipeline(), fit_arrays(), fit_arrays(plain)  # warm-up: tracing (XLA compilation), the pipeline's cache
     warm_up_s = time.perf_counter() - started
-    rates, cpu_ms = {"pipeline": [], "arrays": []}, {"pipeline": [], "arrays": []}
+    rates, cpu_ms = {"pipeline": [], "arrays": [], "arrays_no_augmentation": []}, {
+        "pipeline": [], "arrays": [], "arrays_no_augmentation": []}
     for _ in range(args.rounds):
-        for name, fit in (("pipeline", fit_pipeline), ("arrays", fit_arrays)):
+        for name, fit in (("pipeline", fit_pipeline), ("arrays", fit_arrays),
+                          ("arrays_no_augmentation", lambda: fit_arrays(plain))):
             rate, ms = _measure(fit, slices)
             rates[name].append(rate)
             cpu_ms[name].append(ms)
@@ -76,8 +84,9 @@ def _variant(config: UnetConfig, strategy, precision: str, jit_compile: bool, pi
         "parameters": int(model.count_params())}
 
 
-def _pipeline_alone(pipeline, steps: int, batch_size: int, rounds: int) -> float:
-    """Median slices/s of iterating the training dataset with no model: what the CPU side can feed."""
+def _pipeline_alone(pipeline, steps: int, batch_size: int, rounds: int) -> dict:
+    """Iterating the training dataset with no model, what the CPU side can feed: median slices/s of wall
+    time, and slices per CPU second of this process (every tf.data thread), i.e. per core."""
     iterator = iter(pipeline)
     next(iterator)
 
@@ -85,7 +94,9 @@ def _pipeline_alone(pipeline, steps: int, batch_size: int, rounds: int) -> float
         for _ in range(steps):
             next(iterator)
 
-    return round(statistics.median(_measure(drain, steps * batch_size)[0] for _ in range(rounds)), 1)
+    rates, cpu_ms = zip(*(_measure(drain, steps * batch_size) for _ in range(rounds)))
+    return {"slices_per_second": round(statistics.median(rates), 1),
+            "slices_per_cpu_second": round(1000 / statistics.median(cpu_ms), 1)}
 
 
 def main(argv=None):
@@ -134,7 +145,7 @@ def main(argv=None):
         "strategy": type(strategy).__name__, "train_slices_in_memory": int(hu.shape[0]),
         "parameters": int(flops_model.count_params()),
         "gflops_per_slice_forward": round(flops_per_slice(flops_model) / 1e9, 3),
-        "pipeline_alone_slices_per_second": _pipeline_alone(pipeline, args.steps, batch_size, args.rounds),
+        "pipeline_alone": _pipeline_alone(pipeline, args.steps, batch_size, args.rounds),
         "variants": variants,
         "load_average": [round(x, 2) for x in os.getloadavg()]}
     text = json.dumps(result, indent=1)

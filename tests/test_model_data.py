@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from ctseg.features import slice_example
-from ctseg.models.unet import data
+from ctseg.models.unet import augment, data
 from ctseg.models.unet.config import UnetConfig
 
 SIZE = 32
@@ -46,7 +46,7 @@ def records(tmp_path_factory):
 
 
 def _augment(config, hu, mask):
-    return [t.numpy() for t in data.augment(tf.constant(hu), tf.constant(mask), config)]
+    return [t.numpy() for t in augment.augment(tf.constant(hu), tf.constant(mask), config)]
 
 
 def _assert_aligned(hu, mask, min_agreement=0.98):
@@ -192,3 +192,36 @@ def test_eval_stream_is_every_slice_once(records):
     batches = list(data._input_fn(records, _config(), batch_size=8, training=False))
     assert [int(hu.shape[0]) for hu, _ in batches] == [8, 8, 4]
     assert sum(int(tf.reduce_any(m > 0, axis=[1, 2]).numpy().sum()) for _, m in batches) == 12
+
+
+def test_each_slice_of_a_batch_draws_its_own_transforms():
+    hu, mask = _organ_slice()
+    batch_hu, batch_mask = np.stack([hu] * 64), np.stack([mask] * 64)
+    tf.random.set_seed(7)
+    out_hu, out_mask = [t.numpy() for t in augment.augment_batch(
+        tf.constant(batch_hu), tf.constant(batch_mask), _config(flip_probability=0.5, hu_shift_probability=0.5))]
+    flipped = [np.array_equal(m, mask[:, ::-1]) for m in out_mask]
+    assert all(f or np.array_equal(m, mask) for f, m in zip(flipped, out_mask))
+    assert 16 <= sum(flipped) <= 48, sum(flipped)
+    shifts = [float((h - (hu[:, ::-1] if f else hu)).mean()) for h, f in zip(out_hu, flipped)]
+    assert 16 <= sum(s != 0 for s in shifts) <= 48 and len({round(s, 3) for s in shifts if s}) > 10
+
+
+def test_the_train_step_trains_on_the_augmented_batch():
+    """One step of the augmenting model with every slice flipped equals one plain step on flipped slices."""
+    from ctseg.models.unet.model import build_unet, compile_model
+
+    hu, mask = _organ_slice()
+    config = dataclasses.replace(_config(flip_probability=1.0), base_filters=2, dropout=0.0)
+    batch_hu, batch_mask = np.stack([hu, hu + 5]), np.stack([mask, mask])
+
+    def one_step(wrap, x, y):
+        tf.keras.utils.set_random_seed(0)
+        model = build_unet(config)
+        compile_model(wrap(model), config).fit(x, y, batch_size=2, epochs=1, verbose=0)
+        return model.get_weights()
+
+    augmented = one_step(lambda m: augment.augmenting(m, config), batch_hu, batch_mask)
+    plain_on_flipped = one_step(lambda m: m, batch_hu[:, :, ::-1], batch_mask[:, :, ::-1])
+    for a, b in zip(augmented, plain_on_flipped):
+        np.testing.assert_allclose(a, b, atol=1e-6)

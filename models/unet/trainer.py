@@ -14,7 +14,7 @@
   epochs, batch_size, learning_rate   Adam training; batch_size is per replica
   bce_weight               loss = Dice loss + bce_weight * binary cross-entropy (0: pure Dice)
   keep_empty_probability   chance to keep a training slice without organ (default 0.4: drops 60%)
-  augmentation, each with its probability (and its size), applied in this order to image and mask:
+  augmentation in the train step, drawn per slice, each with its probability (and its size), in this order:
     flip_probability (left-right: the liver is on the right, yet dropping the flip lowered real-CT Dice,
     docs/BENCHMARKS.md); rotate_probability (max_rotation_degrees) and scale_probability (zoom 1 ± max_scale),
     one resampling; elastic_probability (elastic_max_px: a smooth displacement field);
@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from ctseg import profile, serving
 from ctseg.models.unet import data
+from ctseg.models.unet.augment import augmenting
 from ctseg.models.unet.config import UnetConfig
 from ctseg.models.unet.model import build_unet, compile_model, serving_model
 
@@ -56,7 +57,8 @@ def _input_fn(file_pattern, config: UnetConfig, batch_size: int, training: bool,
 
 
 def _build_model(config: UnetConfig, total_steps: int | None = None) -> tf.keras.Model:
-    return compile_model(build_unet(config), config, decay_steps=total_steps)
+    """The UNET with the config's augmentation in its train step, compiled."""
+    return compile_model(augmenting(build_unet(config), config), config, decay_steps=total_steps)
 
 
 def distribution_strategy(devices=None) -> tf.distribute.Strategy:
@@ -125,7 +127,8 @@ def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: boo
 def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> None:
     """The served model of `ctseg.serving` (both signatures), at the trained size; a 2.5D model stacks
     each slice's neighbours itself (`serving_model`), so callers give consecutive HU slices."""
-    serving.export_model(serving_model(model, config), config.image_size, export_dir,
+    network = tf.keras.Model(model.inputs, model.outputs, name=model.name)  # without the training-only step
+    serving.export_model(serving_model(network, config), config.image_size, export_dir,
                          context_slices=config.context_slices)
 
 

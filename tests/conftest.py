@@ -24,16 +24,18 @@ from ctseg.phantom import write_phantom  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_IMAGE_SIZE = 64
-# Fixtures that run ingest, a pipeline, training or a wheel build. A test that uses one (directly or
-# through another fixture) is marked `slow`; a module names its own in a SLOW_FIXTURES set.
-SLOW_FIXTURES = {"ingested_phantom", "installed_wheel"}
+# A slow test (ingest, a pipeline run, training, Beam, a wheel build) carries `@pytest.mark.slow`, or its
+# module `pytestmark = pytest.mark.slow` when every test in it is slow. A test that uses one of these
+# shared fixtures without the mark is a collection error, so the fast suite cannot grow one by accident.
+SLOW_SHARED_FIXTURES = {"ingested_phantom", "installed_wheel"}
 
 
 def pytest_collection_modifyitems(items):
-    for item in items:
-        slow = SLOW_FIXTURES | set(getattr(item.module, "SLOW_FIXTURES", ()))
-        if slow & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+    unmarked = [item.nodeid for item in items if SLOW_SHARED_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests @pytest.mark.slow (they use {sorted(SLOW_SHARED_FIXTURES)}): "
+                                f"{unmarked}")
 
 
 @pytest.fixture(scope="session")

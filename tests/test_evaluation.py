@@ -257,7 +257,6 @@ def versions(serving_dir: Path) -> list[str]:
     return sorted(os.listdir(serving_dir)) if serving_dir.exists() else []
 
 
-SLOW_FIXTURES = {"workspace"}  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +288,7 @@ def history(workspace):
             "pushed_after_first": pushed_after_first, "phantom": workspace["phantom"]}
 
 
+@pytest.mark.slow
 def test_good_model_is_blessed_and_pushed(history):
     blessing, evaluation, pushed = (history["first"][k] for k in ("ModelBlessing", "ModelEvaluation", "PushedModel"))
     assert custom(blessing, "blessed") == 1
@@ -319,6 +319,7 @@ def test_good_model_is_blessed_and_pushed(history):
     assert result["baseline"] is None
 
 
+@pytest.mark.slow
 def test_evaluation_picture_and_summary(history):
     result = load_evaluation(history["first"]["ModelEvaluation"].uri)
     from matplotlib.image import imread
@@ -329,6 +330,7 @@ def test_evaluation_picture_and_summary(history):
     assert "at the source resolution: mean per-patient Dice" in text and "ASSD" in text
 
 
+@pytest.mark.slow
 def test_worse_model_than_blessed_baseline_is_not_pushed(history):
     first, second = history["first"], history["second"]
     blessing, evaluation, pushed = (second[k] for k in ("ModelBlessing", "ModelEvaluation", "PushedModel"))
@@ -349,6 +351,7 @@ def test_worse_model_than_blessed_baseline_is_not_pushed(history):
     assert result["baseline"]["uri"] == str(history["serving"] / version) == custom(blessing, "baseline_model")
 
 
+@pytest.mark.slow
 def test_the_model_serving_is_not_blessed_or_pushed_again(history):
     blessing, evaluation = history["third"]["ModelBlessing"], history["third"]["ModelEvaluation"]
     assert blessing.id != history["first"]["ModelBlessing"].id, "the evaluator ran again"
@@ -361,6 +364,7 @@ def test_the_model_serving_is_not_blessed_or_pushed_again(history):
     assert versions(history["serving"]) == history["pushed_after_first"]
 
 
+@pytest.mark.slow
 def test_cleanup_removes_what_the_window_alone_takes_besides_the_liver(workspace):
     """The HU window alone also takes spleen, kidneys and vessels: keeping the largest 3D component
     (and filling holes) must lift its Dice, at model size and at the source resolution."""
@@ -391,6 +395,7 @@ def saved_model_of(uri) -> str:
     return model_path(model_artifact(uri))
 
 
+@pytest.mark.slow
 def test_segmenter_adapts_to_the_trained_size(workspace):
     from ctseg.components.evaluation.executor import Segmenter
     segmenter = Segmenter(saved_model_of(workspace["good"]))
@@ -401,6 +406,7 @@ def test_segmenter_adapts_to_the_trained_size(workspace):
     assert prob[:, :, : SIZE // 4 - 1].min() > 0.9 and prob[:, :, SIZE // 4 + 1:].max() < 0.1
 
 
+@pytest.mark.slow
 def test_bad_inputs_raise_errors_naming_the_path(workspace, tmp_path):
     import tensorflow as tf
     from tfx.types import standard_artifacts
@@ -425,6 +431,7 @@ def test_bad_inputs_raise_errors_naming_the_path(workspace, tmp_path):
         list(read_slices([str(broken)], 8))
 
 
+@pytest.mark.slow
 def test_newest_served_version_and_same_model_digest(workspace, tmp_path):
     import shutil
 
@@ -446,6 +453,7 @@ def test_newest_served_version_and_same_model_digest(workspace, tmp_path):
     assert saved_model_digest(saved_model_of(workspace["worse"])) != saved_model_digest(good)
 
 
+@pytest.mark.slow
 def test_threshold_too_high_blocks_the_first_model(workspace):
     root, serving = workspace["base"] / "strict", workspace["base"] / "serving_strict"
     out = run_and_collect(eval_pipeline("ctseg-eval-strict", root, workspace["examples"], workspace["good"],

@@ -62,7 +62,6 @@ def _rewrite(path: Path, **changes):
     ds.save_as(path)
 
 
-SLOW_FIXTURES = {"folder_run", "zip_run"}  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +117,7 @@ def _patients(examples):
     return {e["patient_id"] for e in examples}
 
 
+@pytest.mark.slow
 def test_folder_form_splits_by_patient_and_records_counts(folder_run):
     uri, splits, props, by_split = folder_run
     assert splits == ["train", "eval"]
@@ -131,6 +131,7 @@ def test_folder_form_splits_by_patient_and_records_counts(folder_run):
     assert props["slices_with_liver"] == sum(e["mask"].any() for s in splits for e in by_split[s]) > 0
 
 
+@pytest.mark.slow
 def test_quarantine_report_names_every_bad_file_with_its_reason(folder_run, damaged):
     uri, _, props, _ = folder_run
     report = [json.loads(line) for line in (uri / "quarantine.jsonl").read_text().splitlines()]
@@ -149,6 +150,7 @@ def test_quarantine_report_names_every_bad_file_with_its_reason(folder_run, dama
     assert len(report) == 5 + 1 + len(no_organ)  # the odd-valued mask is kept, not quarantined
 
 
+@pytest.mark.slow
 def test_damaged_patient_keeps_good_slices_with_position_gaps(folder_run, damaged):
     _, _, _, by_split = folder_run
     examples = [e for s in by_split.values() for e in s if e["patient_id"] == "3Dircadb1.4"]
@@ -159,6 +161,7 @@ def test_damaged_patient_keeps_good_slices_with_position_gaps(folder_run, damage
     assert len(odd) == 1 and set(np.unique(odd[0]["mask"])) <= {0, 1} and odd[0]["mask"].any()
 
 
+@pytest.mark.slow
 def test_folder_form_hu_order_and_masks_match_the_source(folder_run, damaged):
     """Patient 2's files are shuffled: slice_index must follow ImagePositionPatient, not the file names."""
     _, _, _, by_split = folder_run
@@ -174,6 +177,7 @@ def test_folder_form_hu_order_and_masks_match_the_source(folder_run, damaged):
         assert e["liver_fraction"] == pytest.approx(float(mask.mean()))
 
 
+@pytest.mark.slow
 def test_zip_form_reads_the_nested_zips_into_three_splits(zip_run, small_phantom):
     uri, splits, props, by_split, _ = zip_run
     assert splits == ["train", "eval", "test"]
@@ -196,6 +200,7 @@ def test_zip_form_reads_the_nested_zips_into_three_splits(zip_run, small_phantom
     assert examples[0]["thickness_mm"] == pytest.approx(float(ds.SliceThickness))
 
 
+@pytest.mark.slow
 def test_statistics_gen_consumes_the_examples_unchanged(zip_run):
     _, splits, props, _, stats_uri = zip_run
     import tensorflow_data_validation as tfdv

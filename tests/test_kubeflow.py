@@ -22,7 +22,6 @@ LOCAL_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 INGEST = "IrcadExampleGen"
 
 
-SLOW_FIXTURES = {"spec_file", "default_spec"}  # see tests/conftest.py
 # The allocatable share of an 8-vCPU / 30 GB GPU node (GKE n1-standard-8: 7.91 CPU, 26.6 GB after the
 # kubelet's reserve), less about 0.5 CPU and 1 GB for the node's daemon sets (logging, GPU device plugin).
 GPU_NODE_FREE_CPU, GPU_NODE_FREE_MEMORY_GB = 7.4, 25.6
@@ -64,6 +63,7 @@ def container_tasks(spec) -> list[str]:
             if "container" in executors[spec.components[spec.root.dag.tasks[t].component_ref.name].executor_label]]
 
 
+@pytest.mark.slow
 def test_spec_is_a_strict_kfp_v2_pipeline_spec(spec_file, spec):
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -78,6 +78,7 @@ def test_spec_is_a_strict_kfp_v2_pipeline_spec(spec_file, spec):
     assert {"ValidationGate", INGEST, "ImportSchemaGen"} <= trainer_deps, "the Trainer waits for the gate"
 
 
+@pytest.mark.slow
 def test_trainer_asks_for_gpus_cpu_and_memory(spec):
     resources = as_dict(container(spec, "Trainer"))["resources"]
     assert resources["accelerator"] == {"type": "nvidia.com/gpu", "count": "2"}
@@ -85,6 +86,7 @@ def test_trainer_asks_for_gpus_cpu_and_memory(spec):
     assert resources["memoryLimit"] == pytest.approx(30 * 2 ** 30 / 1e9)
 
 
+@pytest.mark.slow
 def test_other_steps_ask_only_for_cpu_and_memory(spec):
     tasks = [t for t in container_tasks(spec) if t != "Trainer"]
     assert len(tasks) >= 7
@@ -93,6 +95,7 @@ def test_other_steps_ask_only_for_cpu_and_memory(spec):
         assert resources == {"cpuLimit": 1.5, "cpuRequest": 1.5, "memoryLimit": 6.0, "memoryRequest": 6.0}, task
 
 
+@pytest.mark.slow
 def test_every_step_runs_the_image_through_tfx_entrypoint_with_importable_executors(spec):
     for task in container_tasks(spec):
         c = as_dict(container(spec, task))
@@ -117,6 +120,7 @@ def json_format_value(value):
     return json_format.MessageToDict(value)
 
 
+@pytest.mark.slow
 def test_trainer_runs_the_full_preset_from_the_installed_module(spec):
     params = constants(spec, "Trainer")
     assert params["run_fn"] == "ctseg.models.unet.trainer.run_fn"
@@ -147,6 +151,7 @@ def test_cli_compiles_with_beam_runner_args_and_cpu_only_trainer(small_phantom, 
     assert constants(spec, INGEST)["image_size"] == 256, "the full preset's size by default"
 
 
+@pytest.mark.slow
 def test_no_resolver_the_evaluator_reads_the_serving_dir(spec):
     """KFP's backend compiler refuses `resolver` executors (backend/src/v2/compiler/visitor.go:128 at 2.5.0)."""
     assert not [e for e in spec.deployment_spec["executors"].values() if "resolver" in e]
@@ -193,6 +198,7 @@ def default_spec(small_phantom, tmp_path_factory) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+@pytest.mark.slow
 def test_default_beam_workers_are_left_to_the_pods_cpu_limit(default_spec):
     """`--direct_num_workers=0` would be the node's cores; the entrypoint adds the pod's (kubeflow_entrypoint)."""
     for label, executor in default_spec["deploymentSpec"]["executors"].items():
@@ -201,6 +207,7 @@ def test_default_beam_workers_are_left_to_the_pods_cpu_limit(default_spec):
         assert not [a for a in args if a.startswith("--direct_num_workers")], label
 
 
+@pytest.mark.slow
 def test_default_trainer_requests_fit_an_8_vcpu_30_gb_gpu_node(default_spec):
     resources = default_spec["deploymentSpec"]["executors"]["Trainer_executor"]["container"]["resources"]
     assert resources["cpuRequest"] <= GPU_NODE_FREE_CPU and resources["memoryRequest"] <= GPU_NODE_FREE_MEMORY_GB
@@ -213,6 +220,7 @@ def test_requests_above_limits_are_refused():
         StepResources(cpu="4", cpu_request="6").resource_spec()
 
 
+@pytest.mark.slow
 def test_the_evaluator_is_never_served_from_kfp_cache(default_spec):
     """Its baseline (the serving dir's newest model) is not in KFP's cache key; every other task keeps its caching."""
     tasks = default_spec["root"]["dag"]["tasks"]
@@ -221,6 +229,7 @@ def test_the_evaluator_is_never_served_from_kfp_cache(default_spec):
         == {tasks["Trainer"].get("cachingOptions", {}).get("enableCache")}
 
 
+@pytest.mark.slow
 def test_step_env_reaches_every_container(default_spec):
     for executor in default_spec["deploymentSpec"]["executors"].values():
         assert executor["container"]["env"] == [{"name": "AWS_ENDPOINT_URL", "value": "http://minio:9000"}]

@@ -57,6 +57,7 @@ def kfp_run(installed_wheel, small_phantom, tmp_path_factory):
             "store": connect(sqlite_path=str(work / "kfp.sqlite")), "sqlite": work / "kfp.sqlite"}
 
 
+@pytest.mark.slow
 def test_default_spec_runs_every_step_through_the_wrapper_and_has_no_resolver(kfp_run):
     spec = kfp_run["spec"]
     check_executors(spec)  # would raise on a resolver
@@ -82,6 +83,7 @@ def test_a_spec_with_a_resolver_is_refused_at_run_creation(tmp_path):
         check_executors(job["pipelineSpec"])
 
 
+@pytest.mark.slow
 def test_the_run_reaches_a_pushed_model(kfp_run):
     records, work = kfp_run["records"], kfp_run["work"]
     order = list(records)
@@ -93,6 +95,7 @@ def test_the_run_reaches_a_pushed_model(kfp_run):
     assert version_dir.parent == work / "serving" and (version_dir / "saved_model.pb").is_file()
 
 
+@pytest.mark.slow
 def test_executor_input_is_built_as_kfp_driver_builds_it(kfp_run):
     store, trainer = kfp_run["store"], kfp_run["records"]["Trainer"].executor_input
     examples = trainer["inputs"]["artifacts"]["examples"]["artifacts"][0]
@@ -109,6 +112,7 @@ def test_executor_input_is_built_as_kfp_driver_builds_it(kfp_run):
     assert trainer["outputs"]["outputFile"].endswith("Trainer-pod/tmp/kfp_outputs/output_metadata.json")
 
 
+@pytest.mark.slow
 def test_tfx_entrypoint_alone_cannot_parse_what_the_driver_passes(kfp_run):
     """Why the wrapper exists: TFX 1.15.1's parser on the Trainer's executor input as KFP built it."""
     from google.protobuf import json_format
@@ -149,6 +153,7 @@ def test_directory_markers_break_the_next_download(tmp_path):
     assert (tmp_path / "cleaned" / "Format-Serving" / "saved_model.pb").read_bytes() == b"x"
 
 
+@pytest.mark.slow
 def test_kfp_metadata_layout(kfp_run):
     store, records = kfp_run["store"], kfp_run["records"]
     (run_ctx,) = store.get_contexts_by_type("system.PipelineRun")
@@ -171,6 +176,7 @@ def store_state(name: str) -> int:
     return metadata_store_pb2.Execution.State.Value(name)
 
 
+@pytest.mark.slow
 def test_ctseg_runs_reads_the_kfp_store(kfp_run, capsys):
     (run,) = list_runs(kfp_run["store"])
     assert run.run_id == RUN_ID and run.pipeline == "ctseg" and run.state == "complete"
@@ -179,6 +185,7 @@ def test_ctseg_runs_reads_the_kfp_store(kfp_run, capsys):
     assert RUN_ID[:8] in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_ctseg_runs_show_reads_the_kfp_store(kfp_run, capsys):
     described = describe_run(kfp_run["store"], RUN_ID)
     steps = {e["node_id"]: e for e in described["executions"]}
@@ -193,6 +200,7 @@ def test_ctseg_runs_show_reads_the_kfp_store(kfp_run, capsys):
     assert "SegmentationEvaluator" in out and "Pusher" in out
 
 
+@pytest.mark.slow
 def test_ctseg_lineage_reads_the_kfp_store(kfp_run, small_phantom, capsys):
     store = kfp_run["store"]
     pushed = kfp_run["records"]["Pusher"].executor_output["artifacts"]["pushed_model"]["artifacts"][0]
@@ -227,6 +235,7 @@ print(json.dumps({"shape": list(out.shape), "min": float(out.min()), "max": floa
 '''
 
 
+@pytest.mark.slow
 def test_pushed_model_answers_serving_default_without_custom_ops(kfp_run, tmp_path):
     import tensorflow as tf
 
@@ -244,6 +253,7 @@ def test_pushed_model_answers_serving_default_without_custom_ops(kfp_run, tmp_pa
     assert answer["shape"] == [1, 64, 64] and 0.0 <= answer["min"] <= answer["max"] <= 1.0
 
 
+@pytest.mark.slow
 def test_ingest_output_splits_patients_and_keeps_every_slice(kfp_run, small_phantom):
     import tensorflow as tf
 

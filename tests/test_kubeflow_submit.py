@@ -74,7 +74,6 @@ class FakePipelinesApi(BaseHTTPRequestHandler):
         self._handle(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
 
 
-SLOW_FIXTURES = {"compiled_spec"}  # see tests/conftest.py
 
 
 @pytest.fixture()
@@ -185,6 +184,7 @@ def test_not_a_pipelines_api(pipelines_api, any_spec, monkeypatch):
         submit(any_spec, host=host_of(pipelines_api))
 
 
+@pytest.mark.slow
 def test_submit_creates_experiment_and_run_and_prints_id_and_link(pipelines_api, compiled_spec, capsys):
     host = host_of(pipelines_api)
     assert main(["submit", "--host", host, "--spec", str(compiled_spec), "--experiment", "liver-gpu",
@@ -206,6 +206,7 @@ def test_submit_creates_experiment_and_run_and_prints_id_and_link(pipelines_api,
     assert run["runtime_config"]["pipeline_root"] == on_disk["defaultPipelineRoot"] == "gs://bucket/root"
 
 
+@pytest.mark.slow
 def test_submit_passes_another_pipeline_root_with_the_run(pipelines_api, compiled_spec):
     submit(compiled_spec, host=host_of(pipelines_api), pipeline_root="s3://other/root")
     (run,) = [body for method, path, body in FakePipelinesApi.requests if path.startswith("/apis/v2beta1/runs")]
@@ -239,6 +240,7 @@ def test_submit_fingerprints_the_data_again_so_changed_data_is_not_served_from_k
     assert compiled_fingerprint(yaml.safe_load(spec.read_text())) == compiled  # the spec file itself is left alone
 
 
+@pytest.mark.slow
 def test_data_unreadable_from_here_gets_a_new_fingerprint_per_submission(pipelines_api, compiled_spec):
     sent = []
     for _ in range(2):

@@ -111,7 +111,6 @@ def _write_examples(folder: Path) -> None:
                     mask_distinct_values=2, source_mask=mask).SerializeToString())
 
 
-SLOW_FIXTURES = {"runs"}  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +139,7 @@ def store(runs):
     return connect(str(runs[0] / "metadata.sqlite"))
 
 
+@pytest.mark.slow
 def test_list_runs_newest_first_with_state_dice_blessing_and_push(store, runs):
     _, ids = runs
     listed = {r.run_id: r for r in list_runs(store)}
@@ -168,6 +168,7 @@ def _artifacts(described, type_name):
     return [a for a in described["artifacts"] if a["type"] == type_name]
 
 
+@pytest.mark.slow
 def test_describe_complete_run_shows_executions_and_key_properties(store, runs):
     root, ids = runs
     d = describe_run(store, ids["complete"])
@@ -195,6 +196,7 @@ def test_describe_complete_run_shows_executions_and_key_properties(store, runs):
     assert trainer["outputs"]["model"] == [a["id"] for a in _artifacts(d, "Model")]
 
 
+@pytest.mark.slow
 def test_describe_cached_rerun_reuses_the_artifacts(store, runs):
     _, ids = runs
     first, cached = describe_run(store, ids["complete"]), describe_run(store, ids["cached"])
@@ -203,6 +205,7 @@ def test_describe_cached_rerun_reuses_the_artifacts(store, runs):
     assert {a["id"] for a in cached["artifacts"]} == {a["id"] for a in first["artifacts"]}
 
 
+@pytest.mark.slow
 def test_describe_failed_run_names_the_failed_step_and_its_error(store, runs):
     _, ids = runs
     d = describe_run(store, ids["failed"])
@@ -213,6 +216,7 @@ def test_describe_failed_run_names_the_failed_step_and_its_error(store, runs):
     assert _artifacts(d, "ExampleAnomalies")[0]["id"] in gate["inputs"]["anomalies"]
 
 
+@pytest.mark.slow
 def test_describe_not_blessed_run_shows_the_reason_and_no_push(store, runs):
     _, ids = runs
     d = describe_run(store, ids["not_blessed"])
@@ -227,6 +231,7 @@ def test_describe_not_blessed_run_shows_the_reason_and_no_push(store, runs):
     assert d["blessed"] is False and d["pushed_version"] is None
 
 
+@pytest.mark.slow
 def test_run_can_be_named_by_prefix_or_latest(store, runs):
     _, ids = runs
     assert find_run(store, "latest").name == ids["failed"]
@@ -237,6 +242,7 @@ def test_run_can_be_named_by_prefix_or_latest(store, runs):
         find_run(store, ids["complete"][:4])
 
 
+@pytest.mark.slow
 def test_lineage_from_pushed_model_reaches_run_hyperparameters_and_input_data(store, runs):
     root, ids = runs
     version = describe_run(store, ids["complete"])["pushed_version"]
@@ -256,6 +262,7 @@ def test_lineage_from_pushed_model_reaches_run_hyperparameters_and_input_data(st
     assert by_model_id["data_path"] == found["data_path"]
 
 
+@pytest.mark.slow
 def test_lineage_of_an_unknown_path_is_a_clear_error(store, tmp_path):
     with pytest.raises(CtsegError, match="no pushed model version or model"):
         lineage(store, str(tmp_path))
@@ -273,6 +280,7 @@ def test_connect_errors_name_the_store(tmp_path):
             connect(host="127.0.0.1", port=port)
 
 
+@pytest.mark.slow
 def test_cli_runs_show_and_lineage(runs, capsys):
     root, ids = runs
     store_args = ["--metadata", str(root / "metadata.sqlite")]

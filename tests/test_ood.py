@@ -30,7 +30,6 @@ from ctseg.predict.ood import Check
 
 SIZE, SLICES, TRAIN_PATIENTS, MODEL_SIZE = 64, 16, 5, 64
 KIND = dict(phases=("portal",), noise_hu=(8.0, 10.0), protocols=("abdomen",))
-SLOW_FIXTURES = {"trained_model", "pipeline_store"}  # see tests/conftest.py
 
 
 def ingest_examples(root: Path) -> dict[str, list[bytes]]:
@@ -238,6 +237,7 @@ def trained_model(data) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_in_distribution_series_gives_no_finding(data, trained_model, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli_main(["predict", str(data["held"]), "--model", str(trained_model), "--out", str(out),
@@ -248,6 +248,7 @@ def test_in_distribution_series_gives_no_finding(data, trained_model, tmp_path, 
     assert not pydicom.dcmread(out / "seg.dcm").get("ContentDescription")
 
 
+@pytest.mark.slow
 def test_chest_only_series(data, trained_model, tmp_path):
     """The slices of a chest-abdomen scan above the liver: lungs, heart and mediastinum, no liver."""
     from ctseg.predict import predict
@@ -301,6 +302,7 @@ def pipeline_store(untrained_model, tmp_path_factory) -> dict:
     return {"work": work, "model": model / "Format-Serving"}
 
 
+@pytest.mark.slow
 def test_trainer_output_without_its_profile_finds_the_one_its_evaluation_recorded(pipeline_store, data, tmp_path):
     from ctseg.mlmd.lineage import lineage
     from ctseg.mlmd.store import connect

@@ -36,7 +36,6 @@ TEST_PATIENT = f"3Dircadb1.{PATIENTS}"
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
-SLOW_FIXTURES = {"tiny_model"}  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +108,7 @@ def _predict_volume(phantom: Path, model: Path, out: Path) -> tuple[float, float
     return P.predict(phantom / TEST_PATIENT, model, out)["volume_ml"], true_volume_ml(phantom)
 
 
+@pytest.mark.slow
 def test_predicted_volume_within_10_percent_of_truth(phantom, tiny_model, tmp_path):
     # the plumbing with a small model; tests/test_pipeline.py does the same with the pipeline's pushed model
     predicted_ml, true_ml = _predict_volume(phantom, tiny_model, tmp_path)
@@ -116,6 +116,7 @@ def test_predicted_volume_within_10_percent_of_truth(phantom, tiny_model, tmp_pa
     assert abs(predicted_ml - true_ml) / true_ml < 0.10, (predicted_ml, true_ml)
 
 
+@pytest.mark.slow
 def test_cleanup_is_the_evaluators_and_can_be_turned_off(phantom, tiny_model, tmp_path, capsys):
     from ctseg import postprocess
 
@@ -160,6 +161,7 @@ def _read_ircad_masks(out: Path, names: list[str]) -> np.ndarray:
     return np.stack([mask_from_dataset(read_dataset(out / "MASKS_DICOM" / "liver" / n)) for n in names])
 
 
+@pytest.mark.slow
 def test_seg_reads_back_and_references_the_source_series(phantom, predicted):
     import highdicom as hd
 
@@ -183,6 +185,7 @@ def test_seg_reads_back_and_references_the_source_series(phantom, predicted):
     assert pydicom.dcmread(predicted / "seg.dcm").SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
 
 
+@pytest.mark.slow
 def test_ircad_masks_share_the_source_geometry_and_names(phantom, predicted):
     sources = _ircad_slices(phantom / TEST_PATIENT, "PATIENT_DICOM")
     masks_dir = predicted / "MASKS_DICOM" / "liver"
@@ -196,6 +199,7 @@ def test_ircad_masks_share_the_source_geometry_and_names(phantom, predicted):
         assert set(np.unique(mask.pixel_array)) <= {0, 255}
 
 
+@pytest.mark.slow
 def test_ircad_masks_ingest_again(phantom, predicted, tmp_path):
     """The source CT plus the predicted masks, as an IRCAD patient, through ingest's per-patient step."""
     from ctseg.components.ingest.executor import ingest_patient
@@ -218,6 +222,7 @@ def test_ircad_masks_ingest_again(phantom, predicted, tmp_path):
         np.testing.assert_array_equal(ex[MASK_KEY], resize_mask(predicted_masks[ex[SLICE_KEY]], MODEL_SIZE))
 
 
+@pytest.mark.slow
 def test_summary_and_overlay(phantom, predicted):
     from PIL import Image
 
@@ -424,6 +429,7 @@ def test_model_dir_resolution(tmp_path):
         resolve_model_dir(tmp_path / "bare")
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_in_one_line(phantom, tiny_model, tmp_path, capsys):
     assert cli_main(["predict", str(tmp_path / "missing"), "--model", str(tiny_model),
                      "--out", str(tmp_path / "out")]) == 2

@@ -21,7 +21,6 @@ from ctseg.cli import main as cli_main
 from ctseg.pipeline.pipeline import serving_pusher
 
 pytestmark = pytest.mark.timeout(600)
-SLOW_FIXTURES = {"workdir"}  # see tests/conftest.py
 
 
 @component
@@ -70,6 +69,7 @@ def _predict(series: Path, model: Path, out: Path, capsys, *extra: str) -> tuple
     return code, err, summary
 
 
+@pytest.mark.slow
 def test_an_unblessed_trainer_model_is_warned_about_and_recorded(workdir, small_phantom, tmp_path, capsys):
     code, err, summary = _predict(small_phantom / "3Dircadb1.1", workdir["unblessed"], tmp_path / "out", capsys)
     assert code == 0
@@ -79,6 +79,7 @@ def test_an_unblessed_trainer_model_is_warned_about_and_recorded(workdir, small_
     assert summary["blessing_store"] == str(workdir["work"] / "metadata.sqlite")
 
 
+@pytest.mark.slow
 def test_require_blessed_refuses_an_unblessed_model_before_writing(workdir, small_phantom, tmp_path, capsys):
     out = tmp_path / "out"
     code, err, _ = _predict(small_phantom / "3Dircadb1.1", workdir["unblessed"], out, capsys, "--require-blessed")
@@ -87,6 +88,7 @@ def test_require_blessed_refuses_an_unblessed_model_before_writing(workdir, smal
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_blessed_trainer_model_and_a_pushed_version_are_blessed(workdir, small_phantom, tmp_path, capsys):
     for name, model, kind in (("trainer", workdir["blessed"].parent, "trainer"),
                               ("serving", workdir["serving"], "pushed")):
@@ -98,6 +100,7 @@ def test_a_blessed_trainer_model_and_a_pushed_version_are_blessed(workdir, small
     assert "PushedModel" in summary["blessing_reason"]
 
 
+@pytest.mark.slow
 def test_without_a_store_the_blessing_is_unknown(workdir, small_phantom, tmp_path, capsys):
     moved = tmp_path / "elsewhere" / "pipeline" / "Trainer" / "model" / "9" / "Format-Serving"
     shutil.copytree(workdir["unblessed"], moved)

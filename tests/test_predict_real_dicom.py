@@ -30,7 +30,6 @@ REFUSED = {"explicit_VR-UN.dcm": r"no SliceThickness, and no second slice positi
                                   r"highdicom, which writes seg\.dcm, needs it",
            "eCT_Supplemental.dcm": r"Enhanced CT multi-frame image \(2 frames\)",
            "liver.dcm": r"a DICOM Segmentation \(SEG\), not a CT image"}
-SLOW_FIXTURES = {"model"}  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +62,7 @@ def test_a_real_ct_slice_reads_as_pydicom_reads_it(name, tmp_path):
     np.testing.assert_array_equal(hu, _pydicom_hu(pydicom.data.get_testdata_file(name)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CT_SLICES)
 def test_a_real_ct_slice_gets_a_segmentation_that_references_it(name, model, tmp_path, capsys):
     source = pydicom.dcmread(pydicom.data.get_testdata_file(name), stop_before_pixels=True)
@@ -83,6 +83,7 @@ def test_a_real_ct_slice_gets_a_segmentation_that_references_it(name, model, tmp
         assert pydicom.dcmread(out / "seg.dcm").LossyImageCompression == "01"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_a_file_that_is_not_a_ct_slice_is_refused_in_one_sentence(name, model, tmp_path, capsys):
     out = tmp_path / "out"
@@ -94,6 +95,7 @@ def test_a_file_that_is_not_a_ct_slice_is_refused_in_one_sentence(name, model, t
     assert not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "series"]
 
 
+@pytest.mark.slow
 def test_a_real_series_without_slice_thickness_takes_it_from_the_positions(model, tmp_path, capsys):
     """Three copies of the real abdominal slice (no SliceThickness) 2.5 mm apart: the SEG is written with
     the positions' spacing as the voxel depth, and the summary says it was derived."""

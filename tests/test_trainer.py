@@ -24,7 +24,6 @@ CUSTOM = {"image_size": SIZE, "depth": 2, "base_filters": 4, "epochs": 2, "batch
 pytestmark = pytest.mark.slow  # every test here runs a TFX pipeline
 
 
-SLOW_FIXTURES = {"pipeline_run"}
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,7 @@ def trained(small_phantom, tmp_path_factory):
     return {"serving": base / "serving", "train": train, "records": records}
 
 
+@pytest.mark.slow  # trains a model
 def test_training_stacks_come_from_the_patients_ordered_slices(trained):
     config = UnetConfig.from_custom_config(CUSTOM)
     hu, mask, patients = data.read_patients(trained["train"], SIZE)
@@ -80,6 +81,7 @@ def test_training_stacks_come_from_the_patients_ordered_slices(trained):
     assert batch_hu.shape == (4, SIZE, SIZE, 3) and batch_mask.shape == (4, SIZE, SIZE)
 
 
+@pytest.mark.slow  # trains a model
 def test_served_2_5d_model_takes_a_stack_of_hu_slices(trained):
     from ctseg.serving import load_model
 
@@ -100,6 +102,7 @@ def test_served_2_5d_model_takes_a_stack_of_hu_slices(trained):
     np.testing.assert_allclose(in_slice_order, whole, atol=1e-5)
 
 
+@pytest.mark.slow  # trains a model
 def test_served_2_5d_examples_signature_refuses_two_patients(trained, small_phantom, tmp_path):
     _, other = _write_examples(small_phantom, tmp_path / "other.gz", {"3Dircadb1.1"})
     loaded = tf.saved_model.load(str(trained["serving"]))

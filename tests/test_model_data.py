@@ -207,6 +207,7 @@ def test_each_slice_of_a_batch_draws_its_own_transforms():
     assert 16 <= sum(s != 0 for s in shifts) <= 48 and len({round(s, 3) for s in shifts if s}) > 10
 
 
+@pytest.mark.slow  # trains a model
 def test_the_train_step_trains_on_the_augmented_batch():
     """One step of the augmenting model with every slice flipped equals one plain step on flipped slices."""
     from ctseg.models.unet.model import build_unet, compile_model

@@ -47,6 +47,7 @@ def _gen(data: Path) -> IrcadExampleGen:
     return IrcadExampleGen(data_root=str(data), image_size=16, max_bad_fraction=1.0)
 
 
+@pytest.mark.slow  # four LocalDagRunner runs of Beam ingest
 def test_new_data_at_the_same_path_is_ingested_again_and_unchanged_data_is_cached(tmp_path):
     data = tmp_path / "ircad"
     write_phantom(data, patients=4, slices=3, size=64, seed=1)

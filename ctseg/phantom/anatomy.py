@@ -187,7 +187,7 @@ class Anatomy:
         # The heart rests on the central tendon of the diaphragm, below the right dome: on the liver's top
         # slices it lies beside the dome, anterior and to the left, separated only by the diaphragm.
         self.heart = Shape.wobbly(rng, U(0.0, 0.15), U(-0.45, -0.3), U(0.38, 0.46), U(0.3, 0.38), U(-0.4, 0.0), 0.05)
-        self.heart_lo = lo + U(0.8, 0.9) * span
+        self.heart_lo = lo + U(0.72, 0.85) * span
         self.heart_hi = self.heart_lo + U(0.4, 0.55)
         self.lung_start = hi - U(0.06, 0.12)
         self.lung_vessels = [Tube((sx * U(0.2, 0.7), U(-0.4, 0.5), self.lung_start + U(-0.05, 0.2)),

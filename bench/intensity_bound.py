@@ -93,13 +93,15 @@ def main(argv=None) -> None:
     started = time.time()
     rows = phantom_bounds(args.patients, args.slices, args.size, args.seed)
     for r in rows:
-        print(f"{r['patient']:<13} {r['phase']:<8} noise {r['noise_hu']:4.1f} HU  best band {r['band'][0]:>5}..{r['band'][1]:<5} "
+        print(f"{r['patient']:<13} {r['phase']:<8} noise {r['noise_hu']:4.1f} HU  "
+              f"best band {r['band'][0]:>5}..{r['band'][1]:<5} "
               f"Dice {r['dice']:.3f} (liver slices only {r['dice_liver_slices']:.3f})")
     dice = np.array([r["dice"] for r in rows])
     only = np.array([r["dice_liver_slices"] for r in rows])
     print(f"phantom ({args.patients} patients, {args.slices} slices, {args.size} px, seed {args.seed}): "
           f"intensity-only bound mean {dice.mean():.3f} (range {dice.min():.3f}-{dice.max():.3f}); "
-          f"liver-bearing slices only {only.mean():.3f} ({only.min():.3f}-{only.max():.3f}) [{time.time() - started:.0f} s]")
+          f"liver-bearing slices only {only.mean():.3f} ({only.min():.3f}-{only.max():.3f}) "
+          f"[{time.time() - started:.0f} s]")
     if args.real_ct:
         real = real_ct_bound(args.real_ct)
         print(f"real CT (liver.dcm + its {real['slices']} source slices, all liver-bearing): bound {real['dice']:.3f}, "

@@ -72,7 +72,8 @@ def main() -> None:
     per_slice = (last["peak_mb"] - first["peak_mb"]) / max(last["slices"] - first["slices"], 1)
     result = {"size_px": args.size, "rows": rows, "growth_mb_per_slice": per_slice}
     for r in rows:
-        print(f"{r['slices']:>5} slices: peak {r['peak_mb']:7.0f} MB  (after loading the model {r['baseline_mb']:5.0f} MB, "
+        print(f"{r['slices']:>5} slices: peak {r['peak_mb']:7.0f} MB  "
+              f"(after loading the model {r['baseline_mb']:5.0f} MB, "
               f"predict adds {r['peak_mb'] - r['baseline_mb']:6.0f} MB)")
     print(f"growth {per_slice:.2f} MB per {args.size} px slice")
     if args.out:

@@ -26,9 +26,9 @@ import tensorflow as tf  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
 from ctseg import features, serving  # noqa: E402
+from ctseg.models.unet import trainer  # noqa: E402
 from ctseg.phantom import write_phantom  # noqa: E402
 from ctseg.pipeline.local_runner import run_ingest  # noqa: E402
-from ctseg.models.unet import trainer  # noqa: E402
 
 
 def per_patient_dice(serving_dir: str, eval_pattern: str) -> dict[str, float]:

@@ -32,11 +32,11 @@ silence(False)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ctseg.phantom import write_phantom  # noqa: E402
-from ctseg.pipeline.local_runner import run_ingest  # noqa: E402
 from ctseg.models.unet import data, trainer  # noqa: E402
 from ctseg.models.unet.config import UnetConfig  # noqa: E402
 from ctseg.models.unet.model import build_unet, compile_model, flops_per_slice  # noqa: E402
+from ctseg.phantom import write_phantom  # noqa: E402
+from ctseg.pipeline.local_runner import run_ingest  # noqa: E402
 
 
 def _measure(fit, slices: int) -> tuple[float, float]:

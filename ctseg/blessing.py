@@ -22,6 +22,7 @@ from typing import Optional
 from ctseg.errors import CtsegError
 from ctseg.serving import TRAINER_EXPORT_DIR, resolve_model_dir
 from ctseg.workdir import METADATA_FILE
+
 BLESSED_KEY = "blessed"  # tfx.components.evaluator.constants.ARTIFACT_PROPERTY_BLESSED_KEY
 CURRENT_MODEL_ID_KEY = "current_model_id"  # ...ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY
 PUSHED_DESTINATION_KEY = "pushed_destination"  # tfx/components/pusher/executor.py _PUSHED_DESTINATION_KEY
@@ -122,7 +123,8 @@ def _from_store(model_dir: Path, store_path: str) -> Optional[tuple[Optional[boo
     chosen = yes[0] if yes else blessings[-1]
     why = _custom(chosen, "reason") or _custom(chosen, "blessing_message") or ""
     verdict = "blessed" if yes else "not blessed"
-    return bool(yes), f"model {model.id} is {verdict} by its evaluation (ModelBlessing {chosen.id}{': ' + why if why else ''})"
+    because = f": {why}" if why else ""
+    return bool(yes), f"model {model.id} is {verdict} by its evaluation (ModelBlessing {chosen.id}{because})"
 
 
 def _custom(artifact, key: str):

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from ctseg.mlmd.runs import describe_run
 from ctseg.mlmd.store import connect
+
 
 def _artifacts(run: dict, type_name: str) -> list[dict]:
     return [a for a in run["artifacts"] if a["type"] == type_name and a.get("producer")]
@@ -33,7 +33,7 @@ def _lines_for_run(run: dict, paths) -> list[str]:
             lines.append(f"    quarantine report: {ex['uri']}/quarantine.jsonl")
     gate = next((e for e in run["executions"] if e["node_id"] == GATE_NODE), None)
     if gate is not None and gate["state"] == "failed":
-        lines.append(f"  validation: stopped by the gate (its error above names each anomaly)")
+        lines.append("  validation: stopped by the gate (its error above names each anomaly)")
     else:
         for an in _artifacts(run, "ExampleAnomalies")[:1]:
             count = an["properties"].get("anomalies")
@@ -53,7 +53,8 @@ def _lines_for_run(run: dict, paths) -> list[str]:
             lines.append(f"  not pushed: the model was not blessed; {paths.serving_dir} keeps its previous versions")
     for mr in _artifacts(run, "ModelRun")[:1]:
         lines.append(f"  TensorBoard: tensorboard --logdir {mr['uri']}")
-    lines.append(f"  metadata: {paths.metadata_path}  (ctseg runs show {run['run_id']} --metadata {paths.metadata_path})")
+    lines.append(f"  metadata: {paths.metadata_path}  "
+                 f"(ctseg runs show {run['run_id']} --metadata {paths.metadata_path})")
     return lines
 
 

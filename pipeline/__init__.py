@@ -1,1 +1,2 @@
-"""The ctseg TFX pipeline: one function builds it (`ctseg.pipeline.pipeline.create_pipeline`); runners are thin entry points."""
+"""The ctseg TFX pipeline: one function builds it (`ctseg.pipeline.pipeline.create_pipeline`); runners are thin
+entry points."""

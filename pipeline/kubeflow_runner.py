@@ -127,9 +127,10 @@ def build_cluster_pipeline(
     **knobs: Any,
 ):
     """The `ctseg run` pipeline with cluster paths, the GPU preset and per-step container resources."""
+    from tfx.dsl.components.base.base_component import BaseComponent
+
     from ctseg.models.unet.config import PRESETS
     from ctseg.pipeline.pipeline import create_pipeline
-    from tfx.dsl.components.base.base_component import BaseComponent
 
     if not data_root:
         raise CtsegError("a data path is needed: the IRCAD folder or 3Dircadb1.zip as the pods see it (gs://...)")

@@ -115,8 +115,7 @@ def run_pipeline(pipeline: tfx.dsl.Pipeline, workdir: str | Path, *, run_id: Opt
                  wait: bool = False) -> LocalPaths:
     """Runs any pipeline whose metadata lives in WORKDIR/metadata.sqlite under the work dir's lock."""
     from tfx.dsl.compiler import constants
-    from tfx.orchestration.portable import runtime_parameter_utils
-    from tfx.orchestration.portable import tfx_runner
+    from tfx.orchestration.portable import runtime_parameter_utils, tfx_runner
 
     paths = LocalPaths(Path(workdir).resolve(), run_id or new_run_id())
     with WorkdirLock(paths.workdir, wait=wait, on_wait=lambda text: print(text, flush=True)) as lock:

@@ -93,10 +93,12 @@ def _build_wheel(out: Path) -> Path:
     package_dirs = tomli.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
     for name in {"pyproject.toml", "README.md", *package_dirs}:
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
-        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        options = {"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}
+        copy(REPO / name, src / name, **options)
     wheels = out / "dist"
     name = subprocess.run(
-        [sys.executable, "-c", "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))", str(wheels)],
+        [sys.executable, "-c", "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))",
+         str(wheels)],
         cwd=src, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return wheels / name
 
@@ -124,8 +126,8 @@ def installed_wheel(tmp_path_factory) -> InstalledWheel:
         f"[site.addpackage(d, n, None) for n in sorted(os.listdir(d)) "
         f"if n.endswith('.pth') and not n.startswith('__editable__')]\n")
     uv = Path(sys.executable).with_name("uv")  # scripts/install.sh puts uv in .venv
-    subprocess.run([str(uv), "pip", "install", "-q", "--no-deps", "--no-index", "--python", str(venv / "bin" / "python"),
-                    str(wheel)], check=True)
+    subprocess.run([str(uv), "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--python", str(venv / "bin" / "python"), str(wheel)], check=True)
     cwd = base / "elsewhere"
     cwd.mkdir()
     return InstalledWheel(venv=venv, wheel=wheel, site_packages=site_packages, cwd=cwd)

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 import tensorflow as tf
 
-from ctseg.components.ingest.component import IrcadExampleGen
 from ctseg import ircad
+from ctseg.components.ingest.component import IrcadExampleGen
 from ctseg.errors import CtsegError
 from ctseg.features import MAX_IMAGE_SIZE, decode_example
 
@@ -59,7 +59,8 @@ def test_absolute_and_parent_member_names_are_refused_not_looped_on(small_phanto
         shutil.copy(small_phantom_zip, bad)
         with zipfile.ZipFile(bad, "a") as z:
             z.writestr(odd, b"x")
-        with _deadline(60), pytest.raises(CtsegError, match=rf"{bad}.*member '{odd}'.*absolute|{bad}.*member '{odd}'.*\.\."):
+        refused = rf"{bad}.*member '{odd}'.*absolute|{bad}.*member '{odd}'.*\.\."
+        with _deadline(60), pytest.raises(CtsegError, match=refused):
             ircad.find_patients(str(bad))
 
 
@@ -111,8 +112,9 @@ def test_a_large_inner_zip_inside_the_outer_zip_goes_to_a_temporary_file(small_p
     with zipfile.ZipFile(inner, "w", zipfile.ZIP_STORED) as z:
         z.writestr("PATIENT_DICOM/image_0", image)
         z.writestr("PATIENT_DICOM/padding.bin", os.urandom(ircad.SPOOL_BYTES + (1 << 20)))
+    empty = _zip(io.BytesIO(), {}).getvalue()
     outer = _zip(tmp_path / "3Dircadb1.zip", {"3Dircadb1/3Dircadb1.1/PATIENT_DICOM.zip": inner.getvalue(),
-                                              "3Dircadb1/3Dircadb1.1/MASKS_DICOM.zip": _zip(io.BytesIO(), {}).getvalue()})
+                                              "3Dircadb1/3Dircadb1.1/MASKS_DICOM.zip": empty})
     [ref] = ircad.find_patients(str(outer))
     with ircad.open_patient(ref, "liver") as patient:
         assert not isinstance(patient.images.tree._zip.fp, io.BytesIO)

@@ -12,7 +12,8 @@ from ctseg import cli
 
 def test_every_command_module_is_registered_and_shown_in_help(capsys):
     modules = {m.name for m in pkgutil.iter_modules(ctseg.commands.__path__)}
-    with_register = {name for name in modules if hasattr(__import__(f"ctseg.commands.{name}", fromlist=["_"]), "register")}
+    with_register = {name for name in modules
+                     if hasattr(__import__(f"ctseg.commands.{name}", fromlist=["_"]), "register")}
     assert with_register == set(cli.COMMANDS)
     with pytest.raises(SystemExit):
         cli.main(["--help"])
@@ -27,7 +28,8 @@ def test_a_command_module_that_fails_to_import_stops_the_cli_naming_it(monkeypat
         cli.main(["--help"])
 
 
-@pytest.mark.parametrize("flags, size", [([], 128), (["--preset", "full"], 256), (["--preset", "full", "--image-size", "96"], 96)])
+@pytest.mark.parametrize("flags, size", [([], 128), (["--preset", "full"], 256),
+                                         (["--preset", "full", "--image-size", "96"], 96)])
 def test_ctseg_run_ingests_and_trains_at_the_presets_size(flags, size, tmp_path):
     import json
 
@@ -116,7 +118,8 @@ def test_runs_and_lineage_read_the_store_of_the_given_work_dir(command, tmp_path
 
 
 def test_compile_offers_the_same_presets_as_run(capsys):
-    for argv in (["run", "--preset", "huge"], ["compile", "--data", "d", "--pipeline-root", "gs://b", "--preset", "huge"]):
+    for argv in (["run", "--preset", "huge"],
+                 ["compile", "--data", "d", "--pipeline-root", "gs://b", "--preset", "huge"]):
         with pytest.raises(SystemExit):
             cli.build_parser().parse_args(argv)
         assert "invalid choice: 'huge' (choose from 'full', 'small')" in capsys.readouterr().err

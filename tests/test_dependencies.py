@@ -24,7 +24,8 @@ def _normalized(name: str) -> str:
 
 
 def _declared() -> set[str]:
-    return {_normalized(re.split(r"[\s\[<>=!~;]", spec, maxsplit=1)[0]) for spec in PYPROJECT["project"]["dependencies"]}
+    return {_normalized(re.split(r"[\s\[<>=!~;]", spec, maxsplit=1)[0])
+            for spec in PYPROJECT["project"]["dependencies"]}
 
 
 def _imported_modules() -> dict[str, set[str]]:

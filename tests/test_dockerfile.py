@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import tomli
 from pathlib import Path
 
 import pytest
+import tomli
 from dockerfile_parse import DockerfileParser
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +84,8 @@ def test_every_project_package_is_copied_before_the_project_is_installed(dockerf
     install = next(i for i, item in enumerate(build) if "--no-deps" in item["value"] and " ." in item["value"])
     copied_before = {s for item in build[:install] if item["instruction"] == "COPY" for s in copy_sources(item)}
     assert {"ctseg", "components", "pipeline", "models", "schemas"} <= package_dirs
-    assert package_dirs <= copied_before, f"package folders not copied before `pip install .`: {package_dirs - copied_before}"
+    missing = package_dirs - copied_before
+    assert not missing, f"package folders not copied before `pip install .`: {missing}"
     assert {"pyproject.toml", "README.md"} <= copied, "setuptools reads both to build the project"
 
 

@@ -202,8 +202,8 @@ def write_eval_examples(phantom_root: Path, out_file: Path):
     """Ingest's own per-patient examples (`ingest_patient`), written to one plain TFRecord file."""
     import tensorflow as tf
 
-    from ctseg.components.ingest.executor import ingest_patient
     from ctseg import ircad
+    from ctseg.components.ingest.executor import ingest_patient
 
     out_file.parent.mkdir(parents=True)
     with tf.io.TFRecordWriter(str(out_file)) as writer:

@@ -15,9 +15,9 @@ from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
+from ctseg import dicom, ircad
 from ctseg.components.ingest.component import IrcadExampleGen
 from ctseg.components.ingest.executor import assign_splits, parse_split_ratios
-from ctseg import dicom, ircad
 from ctseg.errors import CtsegError
 from ctseg.features import decode_example
 
@@ -51,8 +51,8 @@ def _source_series(patient_dir: Path, size: int):
         mask = pydicom.dcmread(patient_dir / "MASKS_DICOM/liver" / image.name).pixel_array != 0
         pairs.append((float(ds.ImagePositionPatient[2]), hu, mask))
     pairs.sort(key=lambda p: p[0])
-    return [(np.rint(dicom.resize_hu(hu, size)) if size != hu.shape[0] else hu, dicom.resize_mask(m.astype(np.uint8), size))
-            for _, hu, m in pairs]
+    return [(np.rint(dicom.resize_hu(hu, size)) if size != hu.shape[0] else hu,
+             dicom.resize_mask(m.astype(np.uint8), size)) for _, hu, m in pairs]
 
 
 def _rewrite(path: Path, **changes):
@@ -263,7 +263,8 @@ def test_layouts_give_the_same_patients_and_bytes(small_phantom, small_phantom_z
             reads.append((patient.images.read("image_3"), patient.masks.read("image_3"), sorted(patient.mask_files)))
     assert reads[0] == reads[1] == reads[2]
     with ircad.open_patient(found[1][0], "liver") as patient:
-        assert patient.mask_files["image_0"].endswith("3Dircadb1.zip!3Dircadb1/3Dircadb1.1/MASKS_DICOM.zip!MASKS_DICOM/liver/image_0")
+        assert patient.mask_files["image_0"].endswith(
+            "3Dircadb1.zip!3Dircadb1/3Dircadb1.1/MASKS_DICOM.zip!MASKS_DICOM/liver/image_0")
     series = ircad.read_series(str(tmp_path / "outer_only/3Dircadb1/3Dircadb1.2"))
     assert series["image_3"] == reads[0][0] and len(series) == len(reads[0][2])
 

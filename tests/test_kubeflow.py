@@ -48,7 +48,8 @@ def spec(spec_file):
 
 def container(spec, task: str):
     label = spec.components[spec.root.dag.tasks[task].component_ref.name].executor_label
-    return spec.deployment_spec.fields["executors"].struct_value.fields[label].struct_value.fields["container"].struct_value
+    executors = spec.deployment_spec.fields["executors"].struct_value
+    return executors.fields[label].struct_value.fields["container"].struct_value
 
 
 def as_dict(struct):
@@ -111,7 +112,8 @@ def test_every_step_runs_the_image_through_tfx_entrypoint_with_importable_execut
 
 
 def constants(spec, task: str) -> dict:
-    return {k: json_format_value(v.runtime_value.constant) for k, v in spec.root.dag.tasks[task].inputs.parameters.items()}
+    parameters = spec.root.dag.tasks[task].inputs.parameters
+    return {k: json_format_value(v.runtime_value.constant) for k, v in parameters.items()}
 
 
 def json_format_value(value):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ctseg.pipeline.kubeflow_entrypoint import ENTRYPOINT_MODULE, INVOCATION_FLAG, INPUTS_SPEC_FLAG, _parse_flags
+from ctseg.pipeline.kubeflow_entrypoint import ENTRYPOINT_MODULE, INPUTS_SPEC_FLAG, INVOCATION_FLAG, _parse_flags
 
 VALID = '{"outputs": {"outputFile": "/tmp/out/executor_output.json"}}'
 

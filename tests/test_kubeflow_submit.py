@@ -17,9 +17,9 @@ import yaml
 
 from ctseg.cli import main
 from ctseg.errors import CtsegError
-from ctseg.pipeline.kubeflow_runner import compile_pipeline
 from ctseg.ircad import UNREAD_PREFIX, data_fingerprint
 from ctseg.phantom import write_phantom
+from ctseg.pipeline.kubeflow_runner import compile_pipeline
 from ctseg.pipeline.kubeflow_submit import HEALTHZ_PATH, compiled_fingerprint, submit
 
 RUN_ID = "5b0c6a4e-run"

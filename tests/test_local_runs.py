@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from ctseg import cli
+from ctseg.errors import CtsegError
 from ctseg.mlmd.runs import describe_run, list_runs
 from ctseg.mlmd.store import connect
-from ctseg.errors import CtsegError
 from ctseg.pipeline.local_runner import LocalPaths, run_pipeline
 from ctseg.summary import print_run_summary
 from ctseg.workdir import WorkdirBusy, WorkdirLock

@@ -18,11 +18,11 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types import standard_artifacts
 
 from ctseg import cli
+from ctseg.errors import CtsegError
 from ctseg.mlmd.failures import record_failure
 from ctseg.mlmd.lineage import lineage
 from ctseg.mlmd.runs import describe_run, find_run, list_runs
 from ctseg.mlmd.store import connect
-from ctseg.errors import CtsegError
 from ctseg.pipeline.pipeline import serving_pusher
 
 pytestmark = pytest.mark.timeout(300)

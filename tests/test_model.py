@@ -6,7 +6,15 @@ import tensorflow as tf
 from ctseg.dicom import window
 from ctseg.errors import CtsegError
 from ctseg.models.unet.config import UnetConfig
-from ctseg.models.unet.model import HuWindow, OverlapMetric, build_unet, compile_model, dice_coefficient, dice_loss, make_loss
+from ctseg.models.unet.model import (
+    HuWindow,
+    OverlapMetric,
+    build_unet,
+    compile_model,
+    dice_coefficient,
+    dice_loss,
+    make_loss,
+)
 
 TINY = UnetConfig.from_custom_config({"image_size": 32, "depth": 2, "base_filters": 2})
 

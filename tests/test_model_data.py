@@ -132,7 +132,8 @@ def test_zoom_and_elastic_move_image_and_mask_together():
 def test_intensity_augmentations_change_the_image_only():
     hu, mask = _organ_slice()
     tf.random.set_seed(5)
-    for key, extra in (("hu_shift_probability", dict(max_hu_shift=30.0)), ("hu_scale_probability", dict(max_hu_scale=0.2)),
+    for key, extra in (("hu_shift_probability", dict(max_hu_shift=30.0)),
+                       ("hu_scale_probability", dict(max_hu_scale=0.2)),
                        ("blur_probability", dict(max_blur_sigma_px=1.5))):
         outs = [_augment(_config(**{key: 1.0}, **extra), hu, mask) for _ in range(4)]
         for out_hu, out_mask in outs:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from loopback_stores import started
+from test_kubeflow_submit import RUN_ID, FakePipelinesApi
 
 from ctseg.errors import CtsegError
 from ctseg.object_stores import check_store_path, pod_cpu_count, s3_environment
 from ctseg.pipeline.kubeflow_entrypoint import beam_args_for_pod
-from loopback_stores import started
-from test_kubeflow_submit import RUN_ID, FakePipelinesApi
 
 IMAGE = "ghcr.io/example/ctseg:0.1.0-test"
 CTSEG = Path(sys.executable).parent / "ctseg"
@@ -28,7 +28,8 @@ CTSEG = Path(sys.executable).parent / "ctseg"
      {"S3_ENDPOINT": "http://minio-service.kubeflow:9000", "AWS_ENDPOINT_URL_S3": "http://minio-service.kubeflow:9000",
       "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}),
     ({"S3_ENDPOINT": "minio:9000", "S3_USE_HTTPS": "0", "AWS_REGION": "eu-west-1"},
-     {"S3_ENDPOINT": "http://minio:9000", "AWS_ENDPOINT_URL_S3": "http://minio:9000", "AWS_DEFAULT_REGION": "eu-west-1"}),
+     {"S3_ENDPOINT": "http://minio:9000", "AWS_ENDPOINT_URL_S3": "http://minio:9000",
+      "AWS_DEFAULT_REGION": "eu-west-1"}),
     ({"S3_ENDPOINT": "s3.example.org"},
      {"S3_ENDPOINT": "https://s3.example.org", "AWS_ENDPOINT_URL_S3": "https://s3.example.org",
       "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}),

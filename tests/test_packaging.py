@@ -79,7 +79,8 @@ print(json.dumps({"ctseg": ctseg.__file__, "schema_file": by_id["ImportSchemaGen
 
 
 @pytest.mark.slow
-def test_ctseg_run_from_the_installed_wheel_finds_the_schema_and_hashes_the_trainer_code(installed_wheel, small_phantom):
+def test_ctseg_run_from_the_installed_wheel_finds_the_schema_and_hashes_the_trainer_code(installed_wheel,
+                                                                                        small_phantom):
     import zipfile
 
     from ctseg.pipeline.pipeline import trainer_code_version

@@ -48,7 +48,8 @@ def test_dicom_is_valid_ct_stored_as_ircad_stores_it(small_phantom):
         assert 0.56 <= float(ds.PixelSpacing[0]) <= 0.87 and 1.6 <= float(ds.SliceThickness) <= 4.0
         assert (ds.Rows, ds.Columns) == (64, 64)
         assert "FrameOfReferenceUID" not in ds
-        assert len({d.SeriesInstanceUID for d in images}) == 1 and len({d.SOPInstanceUID for d in images}) == len(images)
+        assert len({d.SeriesInstanceUID for d in images}) == 1
+        assert len({d.SOPInstanceUID for d in images}) == len(images)
         assert [int(d.InstanceNumber) for d in images] == list(range(1, len(images) + 1))
         positions = np.array([[float(v) for v in d.ImagePositionPatient] for d in images])
         assert np.allclose(positions, [[0, 0, i * float(ds.SliceThickness)] for i in range(len(images))])

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from ctseg import ircad
+from ctseg.cli import main as cli_main
+from ctseg.dicom import mask_from_dataset, read_dataset
 from ctseg.mlmd.lineage import lineage
 from ctseg.mlmd.runs import describe_run
 from ctseg.mlmd.store import connect
-from ctseg.cli import main as cli_main
-from ctseg.dicom import mask_from_dataset, read_dataset
 from ctseg.phantom import write_phantom
 from ctseg.pipeline.local_runner import run_local
 
@@ -44,7 +44,8 @@ def workdir(data_root, tmp_path_factory):
         paths = run_local(data_root=str(data_root), workdir=work, **{**KNOBS, **extra})
         store = connect(sqlite_path=str(paths.metadata_path))
         runs[name] = describe_run(store, "latest")
-        runs[name]["versions"] = sorted(p.name for p in paths.serving_dir.iterdir()) if paths.serving_dir.exists() else []
+        served = paths.serving_dir
+        runs[name]["versions"] = sorted(p.name for p in served.iterdir()) if served.exists() else []
     return work, runs
 
 

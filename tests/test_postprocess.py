@@ -92,9 +92,9 @@ def patient_slices(truth_source, probabilities, order, spacing_mm=0.8, thickness
     h, w = probabilities.shape[1:]
     model_truth = truth_source[:, ::truth_source.shape[1] // h, ::truth_source.shape[2] // w]
     for i in order:
-        batch = {"slice_index": [i], "mask": model_truth[i:i + 1], "hu": np.zeros((1, h, w), np.float32), "source_mask": [features.pack_mask(truth_source[i])],
-                 "source_shape": [truth_source.shape[1:]], "voxel_ml": [0.1], "spacing_mm": [spacing_mm],
-                 "thickness_mm": [thickness_mm]}
+        batch = {"slice_index": [i], "mask": model_truth[i:i + 1], "hu": np.zeros((1, h, w), np.float32),
+                 "source_mask": [features.pack_mask(truth_source[i])], "source_shape": [truth_source.shape[1:]],
+                 "voxel_ml": [0.1], "spacing_mm": [spacing_mm], "thickness_mm": [thickness_mm]}
         slices.add(batch, 0)
     return slices
 

@@ -202,8 +202,8 @@ def test_ircad_masks_share_the_source_geometry_and_names(phantom, predicted):
 @pytest.mark.slow
 def test_ircad_masks_ingest_again(phantom, predicted, tmp_path):
     """The source CT plus the predicted masks, as an IRCAD patient, through ingest's per-patient step."""
-    from ctseg.components.ingest.executor import ingest_patient
     from ctseg import ircad
+    from ctseg.components.ingest.executor import ingest_patient
     from ctseg.dicom import resize_mask
     from ctseg.features import MASK_KEY, SLICE_KEY, decode_example
 

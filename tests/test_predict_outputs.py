@@ -52,7 +52,8 @@ def test_an_anonymised_series_without_frame_of_reference_gets_a_seg(small_phanto
     summary = P.write_outputs(_prediction(series), tmp_path / "out")
     seg = hd.seg.segread(tmp_path / "out" / "seg.dcm")
     originals = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted((tmp_path / "anon").iterdir())]
-    referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
+    referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                  for r in s.ReferencedInstanceSequence}
     assert referenced == {o.file_meta.MediaStorageSOPInstanceUID for o in originals}  # the file meta's, not new ones
     assert seg.FrameOfReferenceUID and seg.StudyInstanceUID == series.slices[0].header.StudyInstanceUID
     notes = json.loads((tmp_path / "out" / "summary.json").read_text())["generated_uids"]

@@ -63,7 +63,8 @@ def test_real_ct_in_each_transfer_syntax_is_read_as_pydicom_reads_it(real_run, n
     ds = pydicom.dcmread(pydicom.data.get_testdata_file(name))
     hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     np.testing.assert_array_equal(example["image_hu"], np.rint(dicom.resize_hu(hu, SIZE)).astype(np.int16))
-    np.testing.assert_array_equal(example["mask"], dicom.resize_mask(masks[name.removesuffix(".dcm")].astype(np.uint8), SIZE))
+    mask = masks[name.removesuffix(".dcm")].astype(np.uint8)
+    np.testing.assert_array_equal(example["mask"], dicom.resize_mask(mask, SIZE))
     assert (example["source_rows"], example["source_columns"]) == (512, 512)
     assert example["spacing_mm"] == pytest.approx(float(ds.PixelSpacing[0]))
     assert example["hu_min"] < -900 and example["hu_max"] > 100  # air around the body and contrast/bone inside it

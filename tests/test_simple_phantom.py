@@ -4,8 +4,17 @@ import pydicom
 import pytest
 
 from ctseg.dicom import hu_from_dataset
-from ctseg.phantom.simple import (CONTRAST_HU, LIVER, NOISE_HU, ORGANS, SOFT, SUPERSAMPLE, SimpleAbdomen,
-                                  simple_geometries, write_simple_abdomen)
+from ctseg.phantom.simple import (
+    CONTRAST_HU,
+    LIVER,
+    NOISE_HU,
+    ORGANS,
+    SOFT,
+    SUPERSAMPLE,
+    SimpleAbdomen,
+    simple_geometries,
+    write_simple_abdomen,
+)
 
 SIZE, SLICES = 64, 10
 

@@ -22,6 +22,7 @@ from ctseg import ircad
 from ctseg.code_version import code_version, import_closure
 from ctseg.components.ingest.component import IrcadExampleGen
 from ctseg.features import decode_example
+from ctseg.mlmd.files import split_dirs
 from ctseg.mlmd.runs import describe_run
 from ctseg.phantom import write_phantom
 from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS, ingest_pipeline
@@ -38,8 +39,9 @@ def _run(tmp: Path, gen: IrcadExampleGen):
     newest = max(store.get_executions(), key=lambda e: e.id)
     [event] = [e for e in store.get_events_by_execution_ids([newest.id]) if e.type == e.OUTPUT]
     [artifact] = store.get_artifacts_by_id([event.artifact_id])
-    files = [str(p) for p in Path(artifact.uri).glob("Split-*/*.gz")]
-    patients = {decode_example(r.numpy())["patient_id"] for r in tf.data.TFRecordDataset(files, compression_type="GZIP")}
+    files = [str(p) for folder in split_dirs(artifact.uri).values() for p in Path(folder).glob("*.gz")]
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    patients = {decode_example(r.numpy())["patient_id"] for r in records}
     return artifact, newest, patients
 
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 
 from ctseg.errors import CtsegError
+from ctseg.mlmd.files import split_dirs
 from ctseg.models.unet import trainer
 from ctseg.pipeline.local_runner import ingest_pipeline
 
@@ -42,7 +43,8 @@ def pipeline_run(small_phantom, tmp_path_factory):
 @pytest.fixture(scope="module")
 def examples(pipeline_run):
     """The ingested splits: {split: file pattern}."""
-    return {p.name.removeprefix("Split-"): str(p / "*.gz") for p in pipeline_run.glob("IrcadExampleGen/examples/*/Split-*")}
+    return {split: str(Path(folder) / "*.gz") for examples in pipeline_run.glob("IrcadExampleGen/examples/*")
+            for split, folder in split_dirs(examples).items()}
 
 
 def _one(pattern_dir: Path, glob: str) -> Path:
@@ -82,9 +84,12 @@ def test_exported_model_serves_both_signatures_in_a_fresh_process(pipeline_run, 
         by_hu = hu_fn(hu=tf.constant(hu))["probabilities"].numpy()
         print(json.dumps({{
             "signatures": sorted(model.signatures.keys()),
-            "inputs": {{k: [str(s.dtype.name), s.shape.as_list()] for k, s in hu_fn.structured_input_signature[1].items()}},
-            "example_inputs": {{k: [s.dtype.name, s.shape.as_list()] for k, s in serve.structured_input_signature[1].items()}},
-            "outputs": sorted(serve.structured_outputs), "shape": list(by_example.shape), "dtype": str(by_example.dtype),
+            "inputs": {{k: [str(s.dtype.name), s.shape.as_list()]
+                        for k, s in hu_fn.structured_input_signature[1].items()}},
+            "example_inputs": {{k: [s.dtype.name, s.shape.as_list()]
+                                for k, s in serve.structured_input_signature[1].items()}},
+            "outputs": sorted(serve.structured_outputs), "shape": list(by_example.shape),
+            "dtype": str(by_example.dtype),
             "range": [float(by_example.min()), float(by_example.max())],
             "max_difference": float(np.abs(by_example - by_hu).max()), "slices": len(records)}}))
     """)

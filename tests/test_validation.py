@@ -175,7 +175,8 @@ def test_ctseg_stats_summarises_the_newest_statistics_and_writes_tfdv_html(clean
     out = capsys.readouterr().out
     artifact = Path(out.splitlines()[0].split("statistics: ")[1])
     assert artifact.parent == clean_run["root"] / "StatisticsGen" / "statistics"
-    counts = {line.split()[1].rstrip(":"): int(line.split()[2]) for line in out.splitlines() if line.startswith("split ")}
+    counts = {line.split()[1].rstrip(":"): int(line.split()[2])
+              for line in out.splitlines() if line.startswith("split ")}
     assert set(counts) == {"train", "eval"} and sum(counts.values()) >= PATIENTS * 8
     assert "liver fraction:" in out and "slices per patient (" in out and "hu_mean" in out
     page = html.read_text()

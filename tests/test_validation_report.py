@@ -1,6 +1,6 @@
 """The pure functions behind the gate's words, on hand-made statistics and anomalies protos."""
-from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 from google.protobuf import text_format
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from ctseg.components.validation import SCHEMA_FILE, report
 
@@ -37,7 +37,8 @@ def test_curated_schema_explains_every_feature_and_bounds_the_physical_ones():
     bounds = {f.name: (f.float_domain.min, f.float_domain.max) for f in schema.feature if f.HasField("float_domain")}
     assert bounds["liver_fraction"] == (0.0, 1.0)
     air_hu, intercept = -1000.0, -1024.0
-    assert bounds["hu_min"][0] < air_hu < bounds["hu_min"][1] < air_hu - intercept  # air read without the intercept fails
+    # air read without the intercept fails
+    assert bounds["hu_min"][0] < air_hu < bounds["hu_min"][1] < air_hu - intercept
 
 
 def test_consistent_statistics_give_no_findings():

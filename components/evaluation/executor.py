@@ -16,8 +16,8 @@ from tfx.types import artifact_utils
 from tfx.types import standard_component_specs as keys
 from tfx.utils import io_utils, path_utils
 
-from ctseg.components.evaluation import METRICS_FILE, figures, metrics, scoring
 from ctseg import features, postprocess, profile
+from ctseg.components.evaluation import METRICS_FILE, figures, metrics, scoring
 from ctseg.errors import CtsegError
 from ctseg.serving import newest_complete_version
 

@@ -100,7 +100,8 @@ def summarize(scores: list[PatientScore], cleanup: postprocess.Cleanup) -> dict:
         row["dice_before_cleanup"] = raw_rows[row["patient_id"]]["dice"]
         row["assd_mm"] = by_id[row["patient_id"]].assd_mm
     summary["cleanup"] = str(cleanup)
-    summary["mean_patient_dice_before_cleanup"] = float(np.mean([r["dice_before_cleanup"] for r in summary["patients"]]))
+    before = [r["dice_before_cleanup"] for r in summary["patients"]]
+    summary["mean_patient_dice_before_cleanup"] = float(np.mean(before))
     summary["source_resolution"] = None
     if all(s.source is not None for s in scores):
         source = metrics.summarize(*_concat(scores, "source"))

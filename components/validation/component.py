@@ -54,9 +54,10 @@ class ValidationGate(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
     def __init__(self, statistics: types.BaseChannel, anomalies: types.BaseChannel, schema: types.BaseChannel,
-                 examples: Optional[types.BaseChannel] = None, skew_threshold: Optional[float] = None, fail_on_skew: bool = False,
-                 require_uniform_source_size: bool = True):
-        """`skew_threshold` overrides the schema's Jensen-Shannon thresholds; skew fails the run only with `fail_on_skew`."""
+                 examples: Optional[types.BaseChannel] = None, skew_threshold: Optional[float] = None,
+                 fail_on_skew: bool = False, require_uniform_source_size: bool = True):
+        """`skew_threshold` overrides the schema's Jensen-Shannon thresholds; skew fails the run only with
+        `fail_on_skew`."""
         super().__init__(spec=ValidationGateSpec(
             statistics=statistics, anomalies=anomalies, schema=schema, examples=examples,
             skew_threshold=skew_threshold, fail_on_skew=fail_on_skew,

@@ -351,5 +351,6 @@ def gate_message(findings: Iterable[Finding], skews: Iterable[Skew], anomalies_u
     parts += [f"- {f}" for f in findings]
     parts += [f"- skew [{s.split}] {s}" for s in bad_skews]
     parts.append(f"full anomalies artifact: {anomalies_uri}")
-    parts.append(f"statistics: {statistics_uri} (summary: ctseg stats {statistics_uri}; add --html FILE for TFDV's view)")
+    parts.append(f"statistics: {statistics_uri} (summary: ctseg stats {statistics_uri}; add --out FILE.html for "
+                 "TFDV's view)")
     return "\n  ".join(parts)

@@ -17,17 +17,20 @@ def register(sub) -> None:
     p.add_argument("--data", required=True,
                    help="IRCAD folder or 3Dircadb1.zip as the pods see it, e.g. gs://bucket/3Dircadb1.zip")
     p.add_argument("--pipeline-root", required=True,
-                   help="where the pods write artifacts: gs://... or s3://... (also passed with the run by `ctseg submit`)")
+                   help="where the pods write artifacts: gs://... or s3://... "
+                        "(also passed with the run by `ctseg submit`)")
     p.add_argument("--image", help="the image built from the Dockerfile, pinned by tag or digest "
                                    "(default: ghcr.io/ctseg/ctseg:<version>)")
     add_out_argument(p, "spec file to write (default: WORKDIR/kubeflow/ctseg_pipeline.yaml; also --output)", "--output")
-    p.add_argument("--workdir", default=DEFAULT_WORKDIR, help="work dir the default spec file goes under (default: ./out)")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                   help="work dir the default spec file goes under (default: ./out)")
     p.add_argument("--serving-dir", help="where the Pusher exports blessed models (default: <pipeline root>/serving)")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="a Beam pipeline argument, repeated, e.g. --beam-arg=--runner=DataflowRunner "
                         "--beam-arg=--project=P --beam-arg=--region=R --beam-arg=--temp_location=gs://... "
                         "(default: DirectRunner, one worker per core of the pod's CPU limit)")
-    p.add_argument("--trainer-gpus", type=int, default=1, help="GPUs for the Trainer (default: %(default)s; 0 for none)")
+    p.add_argument("--trainer-gpus", type=int, default=1,
+                   help="GPUs for the Trainer (default: %(default)s; 0 for none)")
     p.add_argument("--trainer-accelerator", default="nvidia.com/gpu",
                    help="accelerator type: the Kubernetes resource name on Kubeflow (default: %(default)s), "
                         "or e.g. NVIDIA_TESLA_T4 on Vertex AI")
@@ -66,7 +69,8 @@ def cluster_pipeline_args(args) -> dict:
         beam_pipeline_args=args.beam_arg,
         preset=args.preset,
         trainer_resources=StepResources(cpu=args.trainer_cpu, memory=args.trainer_memory,
-                                        cpu_request=args.trainer_cpu_request, memory_request=args.trainer_memory_request,
+                                        cpu_request=args.trainer_cpu_request,
+                                        memory_request=args.trainer_memory_request,
                                         accelerator=args.trainer_accelerator, accelerator_count=args.trainer_gpus),
         step_resources=StepResources(cpu=args.step_cpu, memory=args.step_memory),
         baseline_metadata=args.baseline_metadata,

@@ -12,7 +12,8 @@ def add_store_arguments(parser) -> None:
     group = parser.add_argument_group("ML Metadata store")
     group.add_argument("--workdir", default=DEFAULT_WORKDIR,
                        help=f"the `ctseg run` work dir whose {METADATA_FILE} to read (default: ./{DEFAULT_WORKDIR})")
-    group.add_argument("--metadata", metavar="SQLITE", help=f"SQLite store of local runs (default: WORKDIR/{METADATA_FILE})")
+    group.add_argument("--metadata", metavar="SQLITE",
+                       help=f"SQLite store of local runs (default: WORKDIR/{METADATA_FILE})")
     group.add_argument("--mlmd-host", help="host of an MLMD gRPC service (e.g. a cluster's metadata-grpc-service); "
                                            "overrides --metadata")
     group.add_argument("--mlmd-port", type=int, default=DEFAULT_GRPC_PORT,

@@ -44,7 +44,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import sys
-
     from pathlib import Path
 
     from ctseg.errors import CtsegError

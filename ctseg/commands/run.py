@@ -33,7 +33,8 @@ def register(sub) -> None:
 def _default_data(args) -> Path:
     from ctseg.phantom import write_phantom
 
-    root = Path(args.workdir) / "data" / f"phantom-p{args.phantom_patients}-s{args.phantom_slices}-seed{args.phantom_seed}"
+    name = f"phantom-p{args.phantom_patients}-s{args.phantom_slices}-seed{args.phantom_seed}"
+    root = Path(args.workdir) / "data" / name
     if not root.exists():
         print(f"writing the synthetic phantom ({args.phantom_patients} patients) to {root}", flush=True)
         tmp = root.with_name(root.name + ".partial")

@@ -25,8 +25,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ctseg.commands.mlmd_options import store_from_args
-    from ctseg.mlmd.runs import describe_run, list_runs
     from ctseg.errors import CtsegError
+    from ctseg.mlmd.runs import describe_run, list_runs
 
     if args.show and not args.run:
         raise CtsegError("`ctseg runs show` needs a RUN: a run id, a unique prefix of one, or `latest`")

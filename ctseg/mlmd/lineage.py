@@ -7,10 +7,9 @@ import os
 from typing import Any, Iterable, Optional, Sequence
 
 from ctseg.errors import CtsegError
-from ctseg.mlmd.records import _Graph, _artifact_record, _properties, _type_name
+from ctseg.mlmd.records import _artifact_record, _Graph, _properties, _type_name
 from ctseg.mlmd.runs import _run_contexts
 from ctseg.serving import TRAINER_EXPORT_DIR
-
 
 _DATA_PATH_KEYS = ("data_root", "input_base")  # IrcadExampleGen, TFX's file-based ExampleGens
 _FINGERPRINT_KEYS = ("input_fingerprint",)  # both record TFX's example_gen.utils.FINGERPRINT_PROPERTY_NAME

@@ -12,7 +12,6 @@ from ctseg.components.evaluation import evaluation_details
 from ctseg.components.validation import anomalies_details
 from ctseg.mlmd.store import NODE_CONTEXT_TYPE, PIPELINE_CONTEXT_TYPES, RUN_CONTEXT_TYPES
 
-
 _HIDDEN_PROPERTIES = ("tfx_version", "is_external", "store_session_info")  # the last: KFP's object-store login
 _EXECUTION_RESULT = "__execution_result__"  # tfx.orchestration.portable.mlmd.execution_lib
 # What KFP v2's launcher and driver write (backend/src/v2/metadata/client.go): the run's root DAG is an

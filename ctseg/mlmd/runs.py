@@ -8,11 +8,21 @@ import time
 from typing import Any, Optional
 
 from ctseg.errors import CtsegError
-from ctseg.mlmd.records import (_Graph, _KFP_DAG_EXECUTION_TYPE, _artifact_record, _duration_s, _event_key,
-                                _execution_error, _is_input, _is_output, _ms_to_iso, _properties, _state_name,
-                                _type_name)
+from ctseg.mlmd.records import (
+    _KFP_DAG_EXECUTION_TYPE,
+    _artifact_record,
+    _duration_s,
+    _event_key,
+    _execution_error,
+    _Graph,
+    _is_input,
+    _is_output,
+    _ms_to_iso,
+    _properties,
+    _state_name,
+    _type_name,
+)
 from ctseg.mlmd.store import NODE_CONTEXT_TYPE, PIPELINE_CONTEXT_TYPES, RUN_CONTEXT_TYPES
-
 
 _DICE_KEY = "mean_patient_dice"
 _RUN_PREFIX = "ctseg_"  # ctseg.pipeline.local_runner.RUN_PROPERTY_PREFIX: what `ctseg run` records on its run

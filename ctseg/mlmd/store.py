@@ -8,7 +8,6 @@ from typing import Optional
 
 from ctseg.errors import CtsegError
 
-
 RUN_CONTEXT_TYPES = ("pipeline_run", "system.PipelineRun")  # TFX's local/portable runners; KFP v2
 PIPELINE_CONTEXT_TYPES = ("pipeline", "system.Pipeline")
 NODE_CONTEXT_TYPE = "node"

@@ -10,9 +10,9 @@ import numpy as np
 from ctseg import postprocess
 from ctseg.dicom import window
 from ctseg.errors import CtsegError
-from ctseg.profile import count_components
 from ctseg.predict.reader import READERS, read_hu
 from ctseg.predict.series import Series
+from ctseg.profile import count_components
 from ctseg.serving import ServedModel
 
 

@@ -9,7 +9,6 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ctseg.predict.series import ORGAN, Series, copy_header
 
-
 MASK_FOREGROUND = 255  # IRCAD stores mask foreground as 255
 
 

@@ -21,7 +21,6 @@ from ctseg.predict.summary import summary
 from ctseg.serving import resolve_model_dir
 from ctseg.workdir import LOCK_FILE, os_error_sentence
 
-
 OUTPUT_NAMES = frozenset({"seg.dcm", "MASKS_DICOM", "summary.json", "overlay.png"})
 SUMMARY_KEYS = ("volume_ml", "slices", "model_version", "series_instance_uid")  # a summary.json predict wrote
 

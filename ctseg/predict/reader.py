@@ -23,7 +23,6 @@ import pydicom
 from ctseg.dicom import hu_from_dataset, read_dataset, rescale
 from ctseg.predict.series import Series
 
-
 READERS = ("tfio", "pydicom", "pydicom-fallback")  # index = the reader code `read_hu` yields per slice
 TFIO_TRANSFER_SYNTAXES = frozenset({
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",  # raw, deflated

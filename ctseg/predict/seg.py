@@ -12,7 +12,6 @@ from ctseg.predict.inference import Prediction
 from ctseg.predict.series import Series, copy_header
 from ctseg.serving import ServedModel
 
-
 # CID 7150 "Segmentation Property Categories"; pydicom's codedict has two codes under this name
 ANATOMICAL_STRUCTURE = ("123037004", "SCT", "Anatomical Structure")
 # Type 2 attributes highdicom copies from the source; IRCAD files lack some, so they go in empty

@@ -14,9 +14,17 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from ctseg.dicom import (CT_IMAGE_STORAGE, DicomError, looks_like_dicom, not_single_frame, slice_position_mm,
-                         slice_sort_key, spacing_mm, thickness_mm)
 from ctseg import geometry
+from ctseg.dicom import (
+    CT_IMAGE_STORAGE,
+    DicomError,
+    looks_like_dicom,
+    not_single_frame,
+    slice_position_mm,
+    slice_sort_key,
+    spacing_mm,
+    thickness_mm,
+)
 from ctseg.errors import CtsegError
 
 

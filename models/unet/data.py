@@ -115,7 +115,8 @@ def balanced_epoch_steps(patterns, config: UnetConfig, batch_size: int) -> int:
     return max(1, math.ceil(expected / batch_size))
 
 
-def _input_fn(patterns, config: UnetConfig, batch_size: int, training: bool, repeat: bool | None = None) -> tf.data.Dataset:
+def _input_fn(patterns, config: UnetConfig, batch_size: int, training: bool,
+              repeat: bool | None = None) -> tf.data.Dataset:
     """Batches of (HU float32 (B, H, W), or (B, H, W, 2k+1) with `context_slices` k, and mask float32
     (B, H, W)) for `model.fit`.
 

@@ -21,8 +21,8 @@ def heart_scores(model, geometry, size: int) -> dict:
     """One patient rendered in memory at `size` px, segmented slice by slice in position order."""
     from ctseg.components.evaluation.metrics import dice
     from ctseg.phantom import PatientPhantom
-    from ctseg.postprocess import binarize, clean_volume
     from ctseg.phantom.physics import upsample
+    from ctseg.postprocess import binarize, clean_volume
 
     phantom = PatientPhantom(geometry, size)
     slices = [phantom.slice(i) for i in range(geometry.num_slices)]

@@ -61,7 +61,8 @@ def main(argv=None):
     phantom = work / f"phantom-{args.patients}x{args.slices}-{args.phantom_size}-s{args.seed}"
     if not phantom.exists():
         write_phantom(phantom, patients=args.patients, slices=args.slices, size=args.phantom_size, seed=args.seed)
-    split = run_ingest(data_root=phantom, workdir=work / f"ingest-{phantom.name}-{args.image_size}", image_size=args.image_size)
+    split = run_ingest(data_root=phantom, workdir=work / f"ingest-{phantom.name}-{args.image_size}",
+                       image_size=args.image_size)
     custom = {"image_size": args.image_size, **json.loads(args.config)}
     run = work / f"run-{int(time.time())}"
     fn_args = tfx.components.FnArgs(

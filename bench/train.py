@@ -80,7 +80,8 @@ def _variant(config: UnetConfig, strategy, precision: str, jit_compile: bool, pi
         "slices_per_second": {k: round(statistics.median(v), 1) for k, v in rates.items()},
         "rounds": {k: [round(r, 1) for r in v] for k, v in rates.items()},
         "cpu_ms_per_slice": {k: round(statistics.median(v), 2) for k, v in cpu_ms.items()},
-        "ratio_pipeline_to_arrays": round(statistics.median(p / a for p, a in zip(rates["pipeline"], rates["arrays"])), 3),
+        "ratio_pipeline_to_arrays": round(statistics.median(
+            p / a for p, a in zip(rates["pipeline"], rates["arrays"])), 3),
         "parameters": int(model.count_params())}
 
 
@@ -124,8 +125,10 @@ def main(argv=None):
                          image_size=config.image_size)["train"]
 
     strategy = trainer.distribution_strategy()
-    precisions = [tf.keras.mixed_precision.global_policy().name] if args.precision == "auto" else args.precision.split(",")
-    jits = [config.jit_compile] if args.jit_compile == "config" else [{"on": True, "off": False}[j] for j in args.jit_compile.split(",")]
+    precisions = ([tf.keras.mixed_precision.global_policy().name] if args.precision == "auto"
+                  else args.precision.split(","))
+    jits = ([config.jit_compile] if args.jit_compile == "config"
+            else [{"on": True, "off": False}[j] for j in args.jit_compile.split(",")])
     batch_size = config.batch_size * strategy.num_replicas_in_sync
     pipeline = trainer._input_fn([pattern], config, batch_size, training=True)
     hu, mask, patients = data.read_patients(pattern, config.image_size)

@@ -156,7 +156,8 @@ def build_cluster_pipeline(
 
 
 def container_env(step_env: Mapping[str, str]) -> list[dict[str, str]]:
-    """PipelineContainerSpec.env entries; KFP's driver puts them in the step's pod (driver/driver.go:463-467 at 2.5.0)."""
+    """PipelineContainerSpec.env entries; KFP's driver puts them in the step's pod (driver/driver.go:463-467
+    at 2.5.0)."""
     for name in step_env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise CtsegError(f"environment variable name {name!r} is not a valid name")
@@ -201,7 +202,8 @@ def compile_pipeline(*, output: str | Path, image: str = DEFAULT_IMAGE, step_env
             if "container" in executor:
                 executor["container"]["env"] = container_env(step_env)
     output.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# KFP v2 pipeline spec of the ctseg pipeline, compiled by `ctseg compile` with TFX's KubeflowV2DagRunner.\n"
+    header = ("# KFP v2 pipeline spec of the ctseg pipeline, compiled by `ctseg compile` with TFX's "
+              "KubeflowV2DagRunner.\n"
               f"# Submit with `ctseg submit --host URL --spec {output.name}`.\n")
     output.write_text(header + yaml.safe_dump(spec, sort_keys=True))
     return output

@@ -28,7 +28,8 @@ COOKIE_ENV = "KF_PIPELINES_COOKIE"
 HEALTHZ_PATH = "/apis/v2beta1/healthz"
 DEFAULT_EXPERIMENT = "ctseg"
 CONNECT_TIMEOUT_S = 10
-AUTH_HINT = "pass a token with --token or $KF_PIPELINES_TOKEN (or a session cookie with --cookie or $KF_PIPELINES_COOKIE)"
+AUTH_HINT = ("pass a token with --token or $KF_PIPELINES_TOKEN "
+             "(or a session cookie with --cookie or $KF_PIPELINES_COOKIE)")
 
 
 # Before 2.3.0 the launcher creates /gcs/..., /s3/... or /minio/... for each output before the step runs
@@ -87,7 +88,8 @@ def resolve_host(host: str | None) -> str:
     parts = urllib.parse.urlsplit(host)
     if parts.username is not None or parts.password is not None:
         # Never echoed: the URL would carry a password into terminals, logs and error messages.
-        shown = urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+        port = f":{parts.port}" if parts.port else ""
+        shown = urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + port))
         raise CtsegError(f"the Kubeflow Pipelines URL {shown} was given with a user name or password in it (not "
                          f"shown); the Pipelines API does not take them there: pass a bearer token with --token "
                          f"or ${TOKEN_ENV}, or a session cookie with --cookie or ${COOKIE_ENV}")
@@ -113,9 +115,11 @@ def check_host(host: str, *, token: str | None = None, cookie: str | None = None
             body, final_url = response.read(), response.geturl()
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            raise CtsegError(f"Kubeflow Pipelines at {host} refused the credentials (HTTP {e.code}): {AUTH_HINT}") from None
+            raise CtsegError(f"Kubeflow Pipelines at {host} refused the credentials (HTTP {e.code}): "
+                             f"{AUTH_HINT}") from None
         if e.code == 404:
-            raise CtsegError(f"{host} answers HTTP but has no Kubeflow Pipelines v2 API ({HEALTHZ_PATH} not found)") from None
+            raise CtsegError(f"{host} answers HTTP but has no Kubeflow Pipelines v2 API "
+                             f"({HEALTHZ_PATH} not found)") from None
         raise CtsegError(f"Kubeflow Pipelines at {host} answered HTTP {e.code} {e.reason} to a health check") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)

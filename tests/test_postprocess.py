@@ -107,7 +107,9 @@ def test_score_patient_cleans_up_and_scores_at_the_source_resolution():
     slices = patient_slices(truth, probabilities, order=[3, 0, 9, 1, 2, 8, 4, 7, 6, 5])
     on = scoring.score_patient("p", slices, probabilities, postprocess.Cleanup())
     off = scoring.score_patient("p", slices, probabilities, postprocess.Cleanup.off())
-    dice = lambda o: float(metrics.dice_from_counts(o.intersection.sum(), o.predicted.sum(), o.truth.sum()))
+    def dice(o):
+        return float(metrics.dice_from_counts(o.intersection.sum(), o.predicted.sum(), o.truth.sum()))
+
     assert dice(on.model_size) > dice(on.raw_model_size) == pytest.approx(dice(off.model_size))
     assert on.source.truth.sum() == truth.sum()      # scored against the 128 px truth, not an upsampled one
     assert dice(on.source) > 0.95

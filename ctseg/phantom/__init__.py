@@ -12,5 +12,5 @@ from ctseg.phantom.render import PROTOCOLS, PatientGeometry, PatientPhantom, Sli
 # Written for every patient (lesions add livertumor01.. folders where a patient has them).
 ORGAN_MASKS = ("liver", "spleen", "gallbladder", "rightkidney", "leftkidney")
 
-__all__ = ["HU_INTERCEPT", "ORGAN_MASKS", "PROTOCOLS", "PatientGeometry", "PatientPhantom", "Slice", "patient_geometries",
-           "render_patient", "write_phantom"]
+__all__ = ["HU_INTERCEPT", "ORGAN_MASKS", "PROTOCOLS", "PatientGeometry", "PatientPhantom", "Slice",
+           "patient_geometries", "render_patient", "write_phantom"]

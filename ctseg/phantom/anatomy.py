@@ -156,7 +156,8 @@ class Anatomy:
         self.stomach = Shape.wobbly(rng, U(0.22, 0.36), U(-0.25, -0.05), U(0.18, 0.26), U(0.2, 0.3), U(-0.5, 0.3), 0.1)
         self.stomach_span = (lo + U(0.35, 0.55) * span, hi + U(0.0, 0.04))
         self.stomach_air, self.stomach_food = U(0.0, 0.5), rng.uniform() < 0.4
-        self.gallbladder = Shape.wobbly(rng, U(-0.32, -0.2), U(-0.35, -0.15), U(0.07, 0.11), U(0.1, 0.15), U(-0.6, 0.6), 0.06)
+        self.gallbladder = Shape.wobbly(rng, U(-0.32, -0.2), U(-0.35, -0.15), U(0.07, 0.11), U(0.1, 0.15),
+                                        U(-0.6, 0.6), 0.06)
         self.gallbladder_span = (lo + U(0.0, 0.1) * span, lo + U(0.3, 0.45) * span) if rng.uniform() < 0.85 else (2, 2)
         kr = U(-0.05, 0.12)
         self.kidney_spans = ((kr, kr + U(0.3, 0.4)), (kr + U(0.02, 0.1), kr + U(0.35, 0.45)))
@@ -210,9 +211,11 @@ class Anatomy:
         """Loops of small bowel and colon below and beside the liver, each with a wall and a content."""
         U = rng.uniform
         top = self.lo + 0.6 * (self.hi - self.lo)
-        loops = [Tube((-0.62, U(-0.1, 0.2), T_BOTTOM + 0.3), (U(-0.6, -0.45), U(-0.1, 0.2), self.lo + 0.25 * (self.hi - self.lo)), U(0.1, 0.15)),
+        loops = [Tube((-0.62, U(-0.1, 0.2), T_BOTTOM + 0.3),
+                      (U(-0.6, -0.45), U(-0.1, 0.2), self.lo + 0.25 * (self.hi - self.lo)), U(0.1, 0.15)),
                  Tube((0.65, U(0.0, 0.3), T_BOTTOM + 0.3), (0.62, U(0.0, 0.3), top), U(0.08, 0.12)),
-                 Tube((U(-0.5, -0.2), U(-0.7, -0.5), self.lo + 0.2), (U(0.2, 0.5), U(-0.7, -0.5), self.lo + 0.3), U(0.08, 0.13))]
+                 Tube((U(-0.5, -0.2), U(-0.7, -0.5), self.lo + 0.2), (U(0.2, 0.5), U(-0.7, -0.5), self.lo + 0.3),
+                      U(0.08, 0.13))]
         # about 200 segments per unit of height, as in the abdomen: the pelvis is as full of bowel
         for _ in range(int(rng.integers(90, 130) * (top - T_BOTTOM) / 0.55)):
             x, y, t = U(-0.6, 0.6), U(-0.8, 0.35), U(T_BOTTOM, top)
@@ -249,8 +252,8 @@ class Anatomy:
         c.paint("fat", body.scaled(1 - 0.02 / bx))
         inner = body.scaled(1 - self.subcut)
         wall = c.paint("muscle", dataclasses.replace(inner, cy=0.02, ry=inner.ry * 0.98))
-        cavity = c.paint("visceral_fat", dataclasses.replace(inner, rx=inner.rx - self.wall, ry=inner.ry - self.wall - 0.02,
-                                                             cy=-0.01), within=wall)
+        cavity = c.paint("visceral_fat", dataclasses.replace(inner, rx=inner.rx - self.wall,
+                                                             ry=inner.ry - self.wall - 0.02, cy=-0.01), within=wall)
         self._spine_and_back(c, t, c.labels != LABEL["air"])
         self._ribs(c, t)
         if t > self.lung_start:
@@ -408,7 +411,8 @@ class Anatomy:
         for side in (-1, 1):
             c.paint("muscle", Shape(sx + side * 0.2, sy + 0.26, 0.16, 0.19, side * 0.3), within=body)
             if low > 0:
-                c.paint("muscle", Shape(sx + side * (0.13 + 0.05 * low), sy - 0.02, 0.05 + 0.07 * low, 0.07 + 0.06 * low))
+                c.paint("muscle", Shape(sx + side * (0.13 + 0.05 * low), sy - 0.02, 0.05 + 0.07 * low,
+                                        0.07 + 0.06 * low))
                 c.paint("muscle", Shape(sx + side * 0.38, sy + 0.15, 0.04 + 0.08 * low, 0.06 + 0.05 * low, side * 0.5))
         c.paint("bone_cortical", Shape(sx, sy, 0.125, 0.15))
         c.paint("bone_trabecular", Shape(sx, sy, 0.105, 0.125))

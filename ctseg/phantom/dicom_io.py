@@ -88,7 +88,8 @@ def render_patient(g: PatientGeometry, size: int, seed: int) -> Iterator[tuple[i
     for i in range(g.num_slices):
         rendered = phantom.slice(i)
         stored = np.rint(rendered.hu if g.signed_storage else rendered.hu - HU_INTERCEPT)
-        files = {f"PATIENT_DICOM/image_{i}": _to_bytes(_dataset(g, size, i, stored, seed=seed, series="PATIENT_DICOM", is_mask=False))}
+        image = _dataset(g, size, i, stored, seed=seed, series="PATIENT_DICOM", is_mask=False)
+        files = {f"PATIENT_DICOM/image_{i}": _to_bytes(image)}
         for organ, m in rendered.masks.items():
             files[f"MASKS_DICOM/{organ}/image_{i}"] = _to_bytes(
                 _dataset(g, size, i, m.astype(np.uint8) * 255, seed=seed, series=f"MASKS_DICOM/{organ}", is_mask=True))

@@ -134,7 +134,8 @@ class SimpleAbdomen:
                             rng.uniform(0.5, 0.8))
         kidney_x, kidney_y = rng.uniform(55, 70), by + ay * rng.uniform(0.45, 0.6)
         self.kidneys = {name: _Blob(rng, (bx + side * kidney_x, kidney_y), (rng.uniform(22, 28), rng.uniform(30, 38)),
-                                    (lo - span * rng.uniform(0.05, 0.2) + shift, lo + span * rng.uniform(0.3, 0.4) + shift),
+                                    (lo - span * rng.uniform(0.05, 0.2) + shift,
+                                     lo + span * rng.uniform(0.3, 0.4) + shift),
                                     0.6, harmonics=0.05)
                         for name, side, shift in (("rightkidney", -1, -0.03), ("leftkidney", 1, 0.03))}
         self.spine_centre = np.array([bx, by + ay - rng.uniform(30, 40)])

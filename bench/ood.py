@@ -9,12 +9,15 @@
    `predict_series` of the same series with the `small` preset's UNET (untrained: the cost does not
    depend on the weights) in the same run; and the cost of importing TFDV in a process that has
    TensorFlow, which a predict run pays once.
+3. The command: `ctseg predict` in fresh processes on that series, with the model carrying a profile
+   and without one, alternating (the difference includes importing TFDV, which the command does once).
 
     python -m bench.ood [--train-patients 14] [--slices 40] [--size 256] [--held-out 6] [--json]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -109,12 +112,14 @@ def measure_cost(args, work: Path) -> dict:
     from ctseg.models.unet.model import build_unet, serving_model
     from ctseg.phantom import write_phantom
     from ctseg.predict import load_series, predict_series
+    from ctseg.postprocess import binarize
     from ctseg.predict.ood import Check
     from ctseg.serving import export_model, load_model
 
     root = write_phantom(work / "cost", patients=1, slices=args.series_slices, size=args.series_size, seed=9,
-                         protocols=("chest_abdomen",))
+                         protocols=("chest_abdomen",))  # the longest protocol: at least series_slices slices
     series = load_series(root / "3Dircadb1.1")
+    series = dataclasses.replace(series, slices=series.slices[:args.series_slices])
     train = write_phantom(work / "cost_train", patients=3, slices=20, size=64, seed=0)
     rows = P.slice_feature_rows(ingest_examples(train, args.model_size))
     profile = P.Profile(P.feature_statistics(rows), P.patient_figures(rows), [{"components_before_cleanup": 3}])
@@ -122,25 +127,74 @@ def measure_cost(args, work: Path) -> dict:
     export_model(serving_model(build_unet(config), config), args.model_size, str(work / "model"),
                  context_slices=config.context_slices)
     served = load_model(work / "model")
-    plain, checked, check_only = [], [], []
+    plain, checked, check_only, after_only = [], [], [], []
     for _ in range(args.repeats):
         t = time.perf_counter()
         predict_series(series, served, 16)
         plain.append(time.perf_counter() - t)
         check = Check(profile)
         t = time.perf_counter()
-        prediction = predict_series(series, served, 16, before_model=check.before_model([s.header for s in series.slices]))
+        headers = [s.header for s in series.slices]
+        prediction = predict_series(series, served, 16, before_model=check.before_model(headers))
         check.after_model(prediction)
         checked.append(time.perf_counter() - t)
         hu = series_hu(series, args.model_size)
         t = time.perf_counter()
         Check(profile).before_model([s.header for s in series.slices])(hu)
         check_only.append(time.perf_counter() - t)
+        at_model_size = binarize(served.series_probabilities(hu, 16))
+        t = time.perf_counter()
+        P.count_components(at_model_size)
+        Check(profile).after_model(prediction)
+        after_only.append(time.perf_counter() - t)
     return {"series": f"{len(series.slices)} slices of {args.series_size} px", "model_size": args.model_size,
             "predict_s": plain, "predict_with_check_s": checked, "input_check_s": check_only,
+            "components_and_prediction_check_s": after_only,
             "median_added_s": round(float(np.median(checked) - np.median(plain)), 3),
             "median_ratio": round(float(np.median(checked) / np.median(plain)), 3),
             "tfdv_import_s": tfdv_import_seconds()}
+
+
+def measure_cli(args, work: Path) -> dict:
+    """Wall seconds of `ctseg predict` (a fresh process: imports, model load, outputs) on a
+    `--series-slices` x `--series-size` series, with a model that carries a profile and with the same
+    model without one (no check), alternating."""
+    import shutil
+
+    from ctseg import profile as P
+    from ctseg.models.unet.config import UnetConfig
+    from ctseg.models.unet.model import build_unet, serving_model
+    from ctseg.phantom import write_phantom
+    from ctseg.serving import export_model
+
+    root = write_phantom(work / "cli", patients=1, slices=args.series_slices, size=args.series_size, seed=9,
+                         protocols=("chest_abdomen",)) / "3Dircadb1.1"
+    series = work / "cli_series" / "PATIENT_DICOM"
+    series.mkdir(parents=True)
+    for i in range(args.series_slices):  # image_0 is the most inferior: the first slices in position order
+        shutil.copy(root / "PATIENT_DICOM" / f"image_{i}", series / f"image_{i}")
+    config = UnetConfig.from_custom_config({"preset": "small", "image_size": args.model_size})
+    bare = work / "cli_bare" / "1"
+    export_model(serving_model(build_unet(config), config), args.model_size, str(bare),
+                 context_slices=config.context_slices)
+    profiled = Path(shutil.copytree(bare, work / "cli_profiled" / "1"))
+    train = write_phantom(work / "cli_train", patients=3, slices=20, size=64, seed=0)
+    rows = P.slice_feature_rows(ingest_examples(train, args.model_size))
+    P.write_profile(profiled, P.Profile(P.feature_statistics(rows), P.patient_figures(rows), []))
+    ctseg = str(Path(sys.executable).with_name("ctseg"))
+    seconds: dict[str, list[float]] = {"without_profile": [], "with_profile": []}
+    for i in range(args.repeats):
+        for name, model in (("without_profile", bare), ("with_profile", profiled)):
+            out = work / f"cli_out_{name}_{i}"
+            t = time.perf_counter()
+            done = subprocess.run([ctseg, "predict", str(series.parent), "--model", str(model), "--out", str(out)],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"ctseg predict failed ({done.returncode}): {done.stderr[-2000:]}")
+            seconds[name].append(round(time.perf_counter() - t, 2))
+    plain, checked = np.median(seconds["without_profile"]), np.median(seconds["with_profile"])
+    return {"series": f"{args.series_slices} slices of {args.series_size} px", **seconds,
+            "median_added_s": round(float(checked - plain), 2), "median_ratio": round(float(checked / plain), 3)}
 
 
 def tfdv_import_seconds() -> float:
@@ -161,7 +215,7 @@ def main(argv=None) -> int:
     parser.add_argument("--series-slices", type=int, default=120)
     parser.add_argument("--series-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", choices=("thresholds", "cost"), action="append", default=[])
+    parser.add_argument("--skip", choices=("thresholds", "cost", "cli"), action="append", default=[])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,13 +224,16 @@ def main(argv=None) -> int:
             result["thresholds"] = measure_thresholds(args, Path(tmp))
         if "cost" not in args.skip:
             result["cost"] = measure_cost(args, Path(tmp))
+        if "cli" not in args.skip:
+            result["cli"] = measure_cli(args, Path(tmp))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     for r in result.get("thresholds", []):
         print(f"seed {r['seed']} {r['case']:<32} {r['slices']:>4} slices  JS {r['js']}  findings {r['findings']}")
-    if "cost" in result:
-        print(json.dumps(result["cost"], indent=2))
+    for part in ("cost", "cli"):
+        if part in result:
+            print(json.dumps(result[part], indent=2))
     return 0
 
 

@@ -103,6 +103,14 @@ def rewrite(src: Path, dest: Path, change) -> Path:
     return dest
 
 
+def thicker(thickness_mm: float):
+    """A `rewrite` change: slices `thickness_mm` thick, spaced as far apart."""
+    def change(ds, hu, i):
+        ds.SliceThickness = thickness_mm
+        ds.ImagePositionPatient = [0, 0, thickness_mm * i]
+    return change
+
+
 def store_signed(ds, values: np.ndarray) -> None:
     ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
     ds.RescaleSlope, ds.RescaleIntercept = 1, 0
@@ -117,7 +125,8 @@ def test_profile_holds_training_statistics_and_patients(data, untrained_model):
     assert len(profile.patients) == TRAIN_PATIENTS - 1
     for p in profile.patients:  # against the phantom's own masks, counted here
         g = patient_geometries(TRAIN_PATIENTS, SLICES, 0, **KIND)[int(p["patient_id"].split(".")[1]) - 1]
-        masks = [pydicom.dcmread(f).pixel_array for f in (data["train_dir"] / p["patient_id"] / "MASKS_DICOM" / "liver").iterdir()]
+        folder = data["train_dir"] / p["patient_id"] / "MASKS_DICOM" / "liver"
+        masks = [pydicom.dcmread(f).pixel_array for f in folder.iterdir()]
         voxels = sum(np.count_nonzero(m) for m in masks)
         assert p["volume_ml"] == pytest.approx(voxels * g.spacing_mm ** 2 * g.thickness_mm / 1000, abs=0.06)
         assert p["organ_slice_fraction"] == pytest.approx(sum(m.any() for m in masks) / len(masks), abs=1e-3)
@@ -130,13 +139,10 @@ def test_held_out_patient_of_the_training_kind_gives_no_input_finding(data, untr
 def test_slices_twice_as_thick_as_any_in_training(data, untrained_model, tmp_path, capsys):
     thickest = max(p["thickness_mm"] for p in P.read_profile(untrained_model / P.PROFILE_DIR).patients)
 
-    def thicker(ds, hu, i):
-        ds.SliceThickness = 2 * thickest
-        ds.ImagePositionPatient = [0, 0, 2 * thickest * i]
-    series = rewrite(data["held"], tmp_path / "thick", thicker)
+    series = rewrite(data["held"], tmp_path / "thick", thicker(2 * thickest))
     findings = _input_findings(untrained_model, series)
     assert [f.feature for f in findings] == ["thickness_mm"]
-    assert findings[0].message.startswith(f"slices are {2 * thickest:g} mm thick; the model was trained on ")
+    assert findings[0].message.startswith(f"slices are {2 * thickest:.1f} mm thick; the model was trained on ")
     out = tmp_path / "out"
     assert cli_main(["predict", str(series), "--model", str(untrained_model), "--out", str(out),
                      "--require-in-distribution"]) != 0
@@ -164,10 +170,7 @@ def test_copied_model_folder_without_a_store_still_checks(data, untrained_model,
     copy = shutil.copytree(untrained_model, tmp_path / "mailed" / "model")
     thickest = max(p["thickness_mm"] for p in P.read_profile(copy / P.PROFILE_DIR).patients)
 
-    def thicker(ds, hu, i):
-        ds.SliceThickness = 2 * thickest
-        ds.ImagePositionPatient = [0, 0, 2 * thickest * i]
-    series = rewrite(data["held"], tmp_path / "thick", thicker)
+    series = rewrite(data["held"], tmp_path / "thick", thicker(2 * thickest))
     out = tmp_path / "out"
     assert cli_main(["predict", str(series), "--model", str(copy), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())

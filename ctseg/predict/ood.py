@@ -44,7 +44,9 @@ class Finding:
     threshold: Optional[float] = None
 
     def to_json(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        def plain(v):
+            return [round(float(x), 4) for x in v] if isinstance(v, tuple) else v
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
 
 def curated_schema():
@@ -125,31 +127,34 @@ def series_feature_rows(headers: Sequence, hu_at_model_size: np.ndarray) -> list
     return rows
 
 
-def _number(value: float, unit: str = "") -> str:
-    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}".rstrip("0").rstrip(".") if abs(value) < 10 \
-        else f"{value:.1f}"
-    return f"{text}{unit}"
+def _number(value: float, unit: str = "", decimals: int | None = None) -> str:
+    """1,102 (from 100 up), 67.6 (from 10), 0.63 (below 10), or with fixed `decimals`."""
+    if decimals is None:
+        decimals = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+    return f"{value:,.{decimals}f}{unit}"
 
 
-def _span(lo: float, hi: float, unit: str) -> str:
-    return _number(lo, unit) if _number(lo) == _number(hi) else f"{_number(lo)}-{_number(hi, unit)}"
+def _span(lo: float, hi: float, unit: str, decimals: int | None = None) -> str:
+    low, high = _number(lo, decimals=decimals), _number(hi, decimals=decimals)
+    return f"{low}{unit}" if low == high else f"{low} to {high}{unit}" if lo < 0 else f"{low}-{high}{unit}"
 
 
-def _range_finding(name: str, values: np.ndarray, trained, allowed, curated, from_schema: bool) -> Finding:
+def _range_finding(name: str, values: np.ndarray, trained, allowed, curated, from_schema: bool) -> Optional[Finding]:
+    """None when no value is outside in float64 (TFDV compares float32 statistics)."""
     lo_ok, hi_ok = allowed
     outside = values[(values < lo_ok) | (values > hi_ok)]
+    if not len(outside):
+        return None
     worst = float(outside.max() if outside.max() > hi_ok else outside.min())
-    if name == features.THICKNESS_KEY:
-        message = f"slices are {_span(values.min(), values.max(), ' mm')} thick; " \
-                  f"the model was trained on {_span(*trained, ' mm')}"
-    elif name == features.SPACING_KEY:
-        message = f"pixels are {_span(values.min(), values.max(), ' mm')} wide; " \
-                  f"the model was trained on {_span(*trained, ' mm')}"
+    if name in (features.THICKNESS_KEY, features.SPACING_KEY):
+        decimals = 1 if name == features.THICKNESS_KEY else 2
+        what = "slices are {} thick" if name == features.THICKNESS_KEY else "pixels are {} wide"
+        message = f"{what.format(_span(values.min(), values.max(), ' mm', decimals))}; " \
+                  f"the model was trained on {_span(*trained, ' mm', decimals)}"
     else:
-        expected = f"a CT slice has {_span(lo_ok, hi_ok, ' HU')}" if from_schema else \
-            f"the training slices had {_span(*trained, ' HU')}"
-        message = f"{WORDS.get(name, name)} {_number(worst, ' HU')} on {len(outside)} of {len(values)} slices " \
-                  f"({expected})"
+        expected = _span(lo_ok, hi_ok, " HU", 0) if from_schema else f"{_span(*trained, ' HU', 0)} in training"
+        message = f"{WORDS.get(name, name)} {_number(worst, ' HU', 0)} on {len(outside)} of {len(values)} slices " \
+                  f"(expected {expected})"
     if hint(curated) and name not in (features.THICKNESS_KEY, features.SPACING_KEY):
         message += f": {hint(curated)}"
     return Finding("input", name, worst, message, trained, (lo_ok, hi_ok))
@@ -181,8 +186,8 @@ def input_findings(rows: list[dict], profile: Profile) -> list[Finding]:
             values = np.asarray([r[name] for r in rows], np.float64)
             trained = training_range(profile.statistics, name)
             from_schema = margin(curated[name]) is None
-            findings.append(_range_finding(name, values, trained, (domain.min, domain.max), curated[name],
-                                           from_schema))
+            found = _range_finding(name, values, trained, (domain.min, domain.max), curated[name], from_schema)
+            findings += [found] if found else []
     for info in anomalies.drift_skew_info:
         name = info.path.step[-1]
         for m in info.drift_measurements:
@@ -213,7 +218,7 @@ def _patient_finding(name: str, value: float, rows: list[dict], curated, what: s
     above = value > allowed[1]
 
     def shown(v):
-        return _number(v * scale, unit)
+        return _number(v * scale, unit, 0 if abs(v * scale) >= 100 else 1)
 
     message = (f"{what} {shown(value)}: {'above' if above else 'below'} every {whose} "
                f"({'largest' if above else 'smallest'} {shown(hi if above else lo)}): {hint(curated)}")

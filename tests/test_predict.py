@@ -27,7 +27,7 @@ from ctseg.phantom import patient_geometries, write_phantom
 from ctseg.serving import export_model, resolve_model_dir
 
 PATIENTS, SLICES, SIZE, SEED = 3, 28, 96, 5
-EASY = dict(phases=("portal",), noise_hu=(8.0, 10.0))
+EASY = dict(phases=("portal",), noise_hu=(8.0, 10.0), protocols=("abdomen",))
 MODEL_SIZE = 48
 TINY_UNET = dict(image_size=MODEL_SIZE, depth=2, base_filters=16, dropout=0.0, learning_rate=3e-3, batch_size=8,
                  epochs=40, context_slices=0)  # 2D, as measured below; tests/test_context.py serves a 2.5D model
@@ -40,8 +40,9 @@ PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
-    """An easier phantom than the default, on purpose: one contrast phase and low noise, so that the tiny
-    model trained in seconds on two patients segments the third well enough to check volumes."""
+    """An easier phantom than the default, on purpose: one contrast phase, low noise and abdominal scans
+    only, so that the tiny model trained in seconds on two patients segments the third well enough to
+    check volumes."""
     return write_phantom(tmp_path_factory.mktemp("predict") / "ircad", patients=PATIENTS, slices=SLICES,
                          size=SIZE, seed=SEED, **EASY)
 
@@ -190,13 +191,18 @@ def test_ircad_masks_share_the_source_geometry_and_names(phantom, predicted):
     sources = _ircad_slices(phantom / TEST_PATIENT, "PATIENT_DICOM")
     masks_dir = predicted / "MASKS_DICOM" / "liver"
     assert sorted(p.name for p in masks_dir.iterdir()) == sorted(p.name for p in sources)
+    frames = set()
     for src in sources:
         ct, mask = pydicom.dcmread(src), pydicom.dcmread(masks_dir / src.name)
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
-                        "InstanceNumber", "StudyInstanceUID", "FrameOfReferenceUID"):
+                        "InstanceNumber", "StudyInstanceUID"):
             assert mask.get(keyword) == ct.get(keyword), (src.name, keyword)
         assert mask.SeriesInstanceUID != ct.SeriesInstanceUID
         assert set(np.unique(mask.pixel_array)) <= {0, 255}
+        frames.add(mask.FrameOfReferenceUID)
+    # IRCAD has no FrameOfReferenceUID: the masks carry the one generated for the series, as the SEG does
+    assert "FrameOfReferenceUID" not in pydicom.dcmread(sources[0])
+    assert frames == {pydicom.dcmread(predicted / "seg.dcm").FrameOfReferenceUID}
 
 
 @pytest.mark.slow

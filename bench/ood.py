@@ -111,8 +111,8 @@ def measure_cost(args, work: Path) -> dict:
     from ctseg.models.unet.config import UnetConfig
     from ctseg.models.unet.model import build_unet, serving_model
     from ctseg.phantom import write_phantom
-    from ctseg.predict import load_series, predict_series
     from ctseg.postprocess import binarize
+    from ctseg.predict import load_series, predict_series
     from ctseg.predict.ood import Check
     from ctseg.serving import export_model, load_model
 

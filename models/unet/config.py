@@ -37,7 +37,9 @@ class UnetConfig:
     dice_weight: float = 1.0
     bce_weight: float = 1.0
     keep_empty_probability: float = 0.4
-    flip_probability: float = 0.5
+    # No left-right flip by default: the liver is on the patient's right and the heart on the left, and a
+    # flipped training slice teaches a left-sided liver where the heart lies (docs/BENCHMARKS.md, run F).
+    flip_probability: float = 0.0
     rotate_probability: float = 0.3
     max_rotation_degrees: float = 10.0
     scale_probability: float = 0.3

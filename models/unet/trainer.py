@@ -15,8 +15,8 @@
   bce_weight               loss = Dice loss + bce_weight * binary cross-entropy (0: pure Dice)
   keep_empty_probability   chance to keep a training slice without organ (default 0.4: drops 60%)
   augmentation in the train step, drawn per slice, each with its probability (and its size), in this order:
-    flip_probability (left-right: the liver is on the right, yet dropping the flip lowered real-CT Dice,
-    docs/BENCHMARKS.md); rotate_probability (max_rotation_degrees) and scale_probability (zoom 1 ± max_scale),
+    flip_probability (left-right, default 0: the liver is on the right; on the phantom with the chest,
+    dropping the flip cut the real heart labelled liver by 40-60%, docs/BENCHMARKS.md); rotate_probability (max_rotation_degrees) and scale_probability (zoom 1 ± max_scale),
     one resampling; elastic_probability (elastic_max_px: a smooth displacement field);
     hu_scale_probability (1 ± max_hu_scale about 0 HU) and hu_shift_probability (± max_hu_shift HU):
     contrast phase and calibration; blur_probability (Gaussian, sigma up to max_blur_sigma_px) and

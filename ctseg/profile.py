@@ -160,17 +160,17 @@ def build_profile(train_examples: list[bytes], served=None, eval_examples: list[
     return Profile(feature_statistics(rows), patient_figures(rows), predicted, organ)
 
 
-def write_profile(model_dir: str | os.PathLike, profile: Profile) -> Path:
+def write_profile(model_dir: str | os.PathLike, profile: Profile) -> Path | str:
     """Writes the profile into `model_dir/assets.extra/`; returns that folder."""
     import tensorflow as tf
 
-    folder = Path(model_dir) / PROFILE_DIR
-    tf.io.gfile.makedirs(str(folder))
-    with tf.io.gfile.GFile(str(folder / STATISTICS_FILE), "wb") as f:
+    folder = os.path.join(os.fspath(model_dir), PROFILE_DIR)  # keeps a gs:// or s3:// URI whole
+    tf.io.gfile.makedirs(folder)
+    with tf.io.gfile.GFile(os.path.join(folder, STATISTICS_FILE), "wb") as f:
         f.write(profile.statistics.SerializeToString())
-    with tf.io.gfile.GFile(str(folder / PROFILE_FILE), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(folder, PROFILE_FILE), "w") as f:
         f.write(json.dumps(profile.to_json(), indent=2) + "\n")
-    return folder
+    return Path(folder) if "://" not in folder else folder
 
 
 def read_profile(folder: str | os.PathLike) -> Optional[Profile]:

@@ -76,7 +76,7 @@ def export_model(model, image_size: int, export_dir: str, context_slices: int = 
 @dataclasses.dataclass
 class ServedModel:
     """The `segment_hu` signature of one exported model version and the size it was trained on."""
-    path: Path
+    path: Path | str  # the URI for a model in an object store
     version: str
     size: tuple[int, int]
     fn: object
@@ -151,23 +151,37 @@ def newest_complete_version(serving_dir: str | os.PathLike, listdir=os.listdir,
     return os.path.join(os.fspath(serving_dir), complete[-1]) if complete else None
 
 
-def resolve_model_dir(model: str | os.PathLike) -> Path:
+def _model_filesystem(where: str):
+    """(is_file, is_dir, listdir, exists, as_path) for a local folder or a gs:// / s3:// one (tf.io.gfile)."""
+    if "://" not in where:
+        return os.path.isfile, os.path.isdir, os.listdir, os.path.exists, Path
+    import tensorflow as tf
+
+    from ctseg.object_stores import register_filesystems
+
+    register_filesystems(where)
+    gfile = tf.io.gfile
+    return gfile.exists, gfile.isdir, gfile.listdir, gfile.exists, str
+
+
+def resolve_model_dir(model: str | os.PathLike) -> Path | str:
     """A version dir (holds saved_model.pb) as given, a Trainer model's Format-Serving export, or a serving
-    dir's newest complete version."""
-    path = Path(model)
-    if (path / SAVED_MODEL_FILE).is_file():
-        return path
-    if (path / TRAINER_EXPORT_DIR / SAVED_MODEL_FILE).is_file():  # a Trainer's Model artifact URI
-        return path / TRAINER_EXPORT_DIR
-    if not path.is_dir():
-        raise CtsegError(f"{path}: no such model folder (give the Pusher's serving dir or one version in it)")
-    if not served_versions(path):
-        raise CtsegError(f"{path}: neither a SavedModel nor a serving dir with numeric version folders")
-    newest = newest_complete_version(path)
+    dir's newest complete version; a Path for a local folder, the URI for one in an object store."""
+    where = os.fspath(model).rstrip("/") or "/"
+    is_file, is_dir, listdir, exists, as_path = _model_filesystem(where)
+    if is_file(os.path.join(where, SAVED_MODEL_FILE)):
+        return as_path(where)
+    if is_file(os.path.join(where, TRAINER_EXPORT_DIR, SAVED_MODEL_FILE)):  # a Trainer's Model artifact URI
+        return as_path(os.path.join(where, TRAINER_EXPORT_DIR))
+    if not is_dir(where):
+        raise CtsegError(f"{where}: no such model folder (give the Pusher's serving dir or one version in it)")
+    if not served_versions(where, listdir, exists):
+        raise CtsegError(f"{where}: neither a SavedModel nor a serving dir with numeric version folders")
+    newest = newest_complete_version(where, listdir, exists)
     if newest is None:
-        raise CtsegError(f"{path}: no complete model version (every version lacks some of its variables files; "
+        raise CtsegError(f"{where}: no complete model version (every version lacks some of its variables files; "
                          "is the Pusher still copying one?)")
-    return Path(newest)
+    return as_path(newest)
 
 
 def load_model(model: str | os.PathLike) -> ServedModel:
@@ -188,5 +202,5 @@ def load_model(model: str | os.PathLike) -> ServedModel:
         raise CtsegError(f"{path}: '{HU_SIGNATURE}' needs input '{HU_INPUT}' of shape [None, H, W], has {spec}")
     fn._ctseg_owner = loaded  # the signature does not keep its SavedModel's variables alive by itself
     context = getattr(loaded, "context_slices", None)  # absent in models exported before 2.5D: 2D
-    return ServedModel(path, path.name, (int(spec.shape[1]), int(spec.shape[2])), fn,
+    return ServedModel(path, os.path.basename(os.fspath(path)), (int(spec.shape[1]), int(spec.shape[2])), fn,
                        int(context.numpy()) if context is not None else 0)

@@ -157,3 +157,16 @@ def _run_ingest(tmp: Path, data_root, *, image_size: int = 32, max_bad_fraction:
         "data_root": str(data_root), "organ": "liver", "image_size": image_size,
         "split_ratios": json.dumps({"train": 0.75, "eval": 0.25}), "max_bad_fraction": max_bad_fraction})
     return examples
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.ctseg_exitstatus = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """After a test read or wrote s3:// in this process, end it as the `ctseg` command does: tensorflow-io's
+    S3 client would otherwise abort it at exit (ctseg.object_stores.exit_without_native_teardown)."""
+    from ctseg import object_stores
+
+    if object_stores.needs_native_teardown_skipped() and hasattr(config, "ctseg_exitstatus"):
+        object_stores.exit_without_native_teardown(config.ctseg_exitstatus)

@@ -4,10 +4,11 @@ backend runs it, rule by rule from its Go source, and records the run in ML Meta
 Modelled on kubeflow/pipelines at tag 2.5.0 (backend/src/v2: compiler, driver, launcher, metadata);
 `publish_logs=False` gives the 2.0.5-2.4.x outputs (no `executor-logs`, URIs without the per-task
 uuid). The same rules hold at 2.17.0 and master (checked in the fetched snapshot). Each rule cites
-its source as `path:line` at 2.5.0. What is not emulated: Argo and Kubernetes (pods, volumes,
-resource requests), KFP's cache server, and the object store: the pipeline root is a local folder,
-read and written in place, so the launcher's download/upload copies are not made (their effect on
-directory markers is `download_blob`).
+its source as `path:line` at 2.5.0. With an object store (`store`, tests/loopback_stores.py: a real
+S3 or GCS API on loopback) the launcher's copies are made as KFP makes them: every input artifact
+downloaded into the pod before the command, every output's local folder uploaded after it
+(objectstore/object_store.go, `download_blob`/`upload_blob`). What is not emulated: Argo and
+Kubernetes (pods, volumes, resource requests) and KFP's cache server.
 """
 from __future__ import annotations
 
@@ -235,6 +236,7 @@ class KfpBackend:
     publish_logs: bool = True
     env: dict = dataclasses.field(default_factory=dict)
     timeout_s: float = 600
+    store: Any = None  # a loopback_stores server holding the pipeline root; None: a local folder
 
     @classmethod
     def from_file(cls, spec_file: Path, **kwargs) -> "KfpBackend":
@@ -249,7 +251,8 @@ class KfpBackend:
         root = self.pipeline_root
         # metadata/client.go:287-302,316: the run's root is <pipeline root>/<pipeline name>/<run id>
         run_root = f"{root.rstrip('/')}/{pipeline_name}/{run_id}"
-        session_info = json.dumps({"Provider": "local", "Params": {}})
+        provider = {"s3://": "s3", "gs://": "gs"}.get(root[:5], "local")
+        session_info = json.dumps({"Provider": provider, "Params": {"fromEnv": "true"} if self.store else {}})
         contexts = self.metadata.pipeline(pipeline_name, run_id, run_root, session_info)
         tasks = self.spec["root"]["dag"]["tasks"]
         # driver/driver.go:139-209 RootDAG: a system.DAGExecution named run/<run id>
@@ -327,24 +330,27 @@ class KfpBackend:
             properties={"parent_dag_id": dag.id, "pod_name": f"{name}-pod", "pod_uid": str(uuid.uuid4()),
                         "namespace": "kubeflow", "image": container["image"], "inputs": inputs["parameterValues"]},
             input_ids=input_ids)
-        # component/launcher_v2.go:898-925 prepareOutputFolders (local paths of output URIs; here the URIs themselves)
+        self._download_inputs(inputs, pod)
+        # component/launcher_v2.go:898-925 prepareOutputFolders: the parent of each output's local path
         for lst in outputs["artifacts"].values():
-            Path(lst["artifacts"][0]["uri"]).parent.mkdir(parents=True, exist_ok=True)
+            self._local_path(lst["artifacts"][0]["uri"], pod).parent.mkdir(parents=True, exist_ok=True)
         (pod / "executor_input.json").write_text(json.dumps(executor_input, indent=1))  # for whoever debugs a step
         argv = [*container["command"], *self._substitute(container["args"], executor_input)]
+        # driver/driver.go:463-467: the container spec's env goes into the pod; the cluster's (self.env) too
+        spec_env = {e["name"]: e["value"] for e in container.get("env", [])}
         env = {"PATH": f"{self.python_bin}:/usr/bin:/bin", "HOME": str(pod), "TMPDIR": str(pod / "tmp"),
-               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", **self.env}
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", **self.env, **spec_env}
         started, cpu_before = time.time(), _children_cpu_s()
         done = subprocess.run(argv, cwd=pod, env=env, capture_output=True, text=True, timeout=self.timeout_s)
         log = done.stdout + done.stderr
         if self.publish_logs:  # component/launcher_v2.go:467-488, 511-521: stdout and stderr go to the log artifact too
-            Path(outputs["artifacts"][EXECUTOR_LOGS]["artifacts"][0]["uri"]).write_text(log)
+            self._local_path(outputs["artifacts"][EXECUTOR_LOGS]["artifacts"][0]["uri"], pod).write_text(log)
         state = self.metadata.pb.Execution
         if done.returncode != 0:  # component/launcher_v2.go:183-185: published FAILED, no outputs
             self.metadata.publish(execution, contexts, state.FAILED, [], {})
             raise TaskFailed(f"task {name} exited with {done.returncode} after {time.time() - started:.0f}s:\n{log[-6000:]}")
         executor_output = self._read_output_file(Path(outputs["outputFile"]))
-        recorded = self._upload_outputs(executor_input, executor_output, session_info)
+        recorded = self._upload_outputs(executor_input, executor_output, session_info, pod)
         self.metadata.publish(execution, contexts, state.COMPLETE, recorded, executor_output.get("parameterValues", {}))
         return TaskRecord(name, execution.id, executor_input, done.returncode, log, executor_output,
                           time.time() - started, _children_cpu_s() - cpu_before)
@@ -379,10 +385,33 @@ class KfpBackend:
         message = json_format.Parse(path.read_text(), pipeline_spec_pb2.ExecutorOutput())
         return json_format.MessageToDict(message)
 
-    def _upload_outputs(self, executor_input: dict, executor_output: dict, session_info: str) -> list:
+    def _local_path(self, uri: str, pod: Path) -> Path:
+        """component/launcher_v2.go:882-896 LocalPathForURI (/gcs/, /s3/, /minio/ + the rest), under the pod's
+        folder; a local pipeline root is read and written in place."""
+        if self.store is None:
+            return Path(uri)
+        for scheme, mount in (("gs://", "gcs"), ("s3://", "s3"), ("minio://", "minio")):
+            if uri.startswith(scheme):
+                return pod / mount / uri[len(scheme):]
+        raise TaskFailed(f"failed to generate local path for URI {uri}: unsupported storage scheme")
+
+    def _download_inputs(self, inputs: dict, pod: Path) -> None:
+        """component/launcher_v2.go:619-688 downloadArtifacts: each input artifact's objects into its local path."""
+        if self.store is None:
+            return
+        for name, lst in inputs["artifacts"].items():
+            uri = lst["artifacts"][0]["uri"]
+            key = self.store.key(uri)
+            try:
+                download_blob(self.store.objects(key), key, self._local_path(uri, pod))
+            except OSError as e:
+                raise TaskFailed(f'failed to download input artifact "{name}" from remote storage URI "{uri}": '
+                                 f"{type(e).__name__}: {e}") from None
+
+    def _upload_outputs(self, executor_input: dict, executor_output: dict, session_info: str, pod: Path) -> list:
         """component/launcher_v2.go:540-592 uploadOutputArtifacts: every output of the executor input (not only
         those the executor reported), merged with the executor's URI and metadata (835-849
-        mergeRuntimeArtifacts), recorded by RecordArtifact."""
+        mergeRuntimeArtifacts), its local path uploaded when it exists, recorded by RecordArtifact."""
         recorded = []
         for key, lst in executor_input["outputs"].get("artifacts", {}).items():
             artifact = json.loads(json.dumps(lst["artifacts"][0]))
@@ -392,6 +421,9 @@ class KfpBackend:
                     artifact["uri"] = reported[0]["uri"]
                 if "metadata" in reported[0]:
                     artifact["metadata"] = {**(artifact.get("metadata") or {}), **reported[0]["metadata"]}
+            local = self._local_path(artifact["uri"], pod)
+            if self.store is not None and local.exists():  # "We allow components to not produce output files"
+                upload_blob(self.store, local, self.store.key(artifact["uri"]))
             recorded.append((key, self.metadata.record_artifact(key, artifact, session_info)))
         return recorded
 
@@ -401,6 +433,16 @@ def _children_cpu_s() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def upload_blob(store, local_path: Path, blob_path: str) -> None:
+    """objectstore/object_store.go:88-121 UploadBlob: a file as one object, a folder's files under it
+    (sub-folders recursively); no object for a folder itself."""
+    if not local_path.is_dir():
+        store.write(blob_path, local_path.read_bytes())
+        return
+    for entry in sorted(local_path.iterdir()):
+        upload_blob(store, entry, f"{blob_path}/{entry.name}")
 
 
 def download_blob(keys: dict[str, bytes], blob_dir: str, local_dir: Path) -> None:

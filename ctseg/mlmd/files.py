@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from ctseg.object_stores import register_filesystems
+
 # An artifact's folder per split, `Split-<name>` (TFX's artifact_utils.get_split_uri).
 SPLIT_PREFIX = "Split-"
 
@@ -31,6 +33,7 @@ def read_bytes(path: str) -> Optional[bytes]:
                 return f.read()
         import tensorflow as tf
 
+        register_filesystems(path)
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     except Exception:  # noqa: BLE001 - a missing or unreachable file only means fewer details
@@ -43,6 +46,7 @@ def list_dir(path: str) -> list[str]:
             return sorted(os.listdir(path))
         import tensorflow as tf
 
+        register_filesystems(path)
         return sorted(n.rstrip("/") for n in tf.io.gfile.listdir(path))
     except Exception:  # noqa: BLE001
         return []

@@ -95,7 +95,9 @@ def test_a_blessed_trainer_model_and_a_pushed_version_are_blessed(workdir, small
         code, err, summary = _predict(small_phantom / "3Dircadb1.1", model, tmp_path / name, capsys,
                                       "--require-blessed")
         assert code == 0, err
-        assert "warning" not in err
+        # this test's Trainer writes no training profile; no other warning may appear
+        assert "warning" not in "\n".join(line for line in err.splitlines()
+                                           if "carries no training profile" not in line)
         assert summary["blessed"] is True and summary["model_kind"] == kind, summary
     assert "PushedModel" in summary["blessing_reason"]
 

@@ -67,9 +67,9 @@ train = json.loads((out / "train.json").read_text())
 summary = {
     "devices": (out / "devices.txt").read_text().strip(),
     "train": {k: train[k] for k in ("preset", "image_size", "batch_size", "devices", "strategy", "parameters",
-                                    "gflops_per_slice_forward", "pipeline_alone_slices_per_second")},
+                                    "gflops_per_slice_forward", "pipeline_alone")},
     "train_variants": [{k: v[k] for k in ("precision", "jit_compile", "slices_per_second", "ratio_pipeline_to_arrays",
-                                          "warm_up_s")} for v in train["variants"]],
+                                          "cpu_ms_per_slice", "warm_up_s")} for v in train["variants"]],
     "run": {"wall_s": round(run_s, 1),
             "trainer": re.findall(r"training on .*", log),
             "epoch_slices_per_second": [float(r) for r in re.findall(r"epoch \d+: ([\d.]+) training slices/s", log)],

@@ -38,7 +38,7 @@ def test_gpu_bench_runs_end_to_end_on_cpu_with_tiny_sizes(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train"]["preset"] == "full" and summary["train"]["image_size"] == 32
-    assert summary["train"]["pipeline_alone_slices_per_second"] > 0
+    assert summary["train"]["pipeline_alone"]["slices_per_cpu_second"] > 0
     [variant] = summary["train_variants"]
     assert (variant["precision"], variant["jit_compile"]) == ("mixed_float16", True)
     assert variant["slices_per_second"]["pipeline"] > 0 and variant["slices_per_second"]["arrays"] > 0

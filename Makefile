@@ -12,6 +12,7 @@ run: install
 	@.venv/bin/ctseg run $(RUN_ARGS)
 
 test: install
+	@.venv/bin/ruff check .
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks (minutes each; results go in docs/BENCHMARKS.md): ingest speed, input pipeline, model quality.

@@ -3,8 +3,10 @@
 #   (a) the `full` preset's training slices/s through the Trainer's input pipeline against a bare
 #       `model.fit` on arrays, float32 and mixed_float16, each with jit_compile off and on, plus the
 #       rate of the input pipeline alone (bench/train.py);
-#   (b) `ctseg run --preset full` on the default phantom: wall time, Trainer slices/s per epoch, Dice.
-# Results go under $CTSEG_BENCH_OUT (default out/bench-gpu): train.json, run.log, summary.json.
+#   (b) `ctseg run --preset full` on the default phantom: wall time, Trainer slices/s per epoch, Dice;
+#   (c) ingest on the node's cores (bench/ingest.py, output 256 px): IrcadExampleGen against the seed's
+#       tf.data path and the bare pydicom read, wall rates and CPU per slice pair.
+# Results go under $CTSEG_BENCH_OUT (default out/bench-gpu): train.json, run.log, ingest.json, summary.json.
 #
 #   bash bench/gpu.sh
 #
@@ -30,6 +32,8 @@ JIT=${CTSEG_BENCH_JIT:-off,on}
 RUN_ARGS=${CTSEG_BENCH_RUN_ARGS:-}                # more `ctseg run` arguments for (b)
 TRAIN_TIMEOUT_S=${CTSEG_BENCH_TRAIN_TIMEOUT_S:-270}
 RUN_TIMEOUT_S=${CTSEG_BENCH_RUN_TIMEOUT_S:-330}
+INGEST_ARGS=${CTSEG_BENCH_INGEST_ARGS:-"--patients 6 --slices 30 --repeat 2"}   # (c)
+INGEST_TIMEOUT_S=${CTSEG_BENCH_INGEST_TIMEOUT_S:-240}
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -56,6 +60,11 @@ timeout "$RUN_TIMEOUT_S" "$CTSEG" run --preset "$PRESET" --workdir "$OUT/run" --
   || { echo "ctseg run failed, see $OUT/run.log" >&2; tail -30 "$OUT/run.log" >&2; exit 1; }
 run_s=$(( SECONDS - run_started ))
 
+echo "(c) ingest: bench.ingest $INGEST_ARGS"
+# shellcheck disable=SC2086  # INGEST_ARGS is a list of arguments
+timeout "$INGEST_TIMEOUT_S" "$PY" -m bench.ingest $INGEST_ARGS --out "$OUT/ingest.json" > "$OUT/ingest.log" 2>&1 \
+  || { echo "bench.ingest failed, see $OUT/ingest.log" >&2; tail -20 "$OUT/ingest.log" >&2; exit 1; }
+
 "$PY" - "$OUT" "$run_s" "$SECONDS" <<'PY'
 import json, re, sys
 from pathlib import Path
@@ -75,6 +84,7 @@ summary = {
             "epoch_slices_per_second": [float(r) for r in re.findall(r"epoch \d+: ([\d.]+) training slices/s", log)],
             "mean_patient_dice": evaluation["mean_patient_dice"], "blessed": evaluation.get("blessed"),
             "dice_per_patient": {p["patient_id"]: p["dice"] for p in evaluation.get("patients", [])}},
+    "ingest": json.loads((out / "ingest.json").read_text()),
     "total_s": total_s}
 (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 print(json.dumps(summary, indent=1))

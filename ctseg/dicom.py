@@ -16,6 +16,7 @@ from pydicom.errors import InvalidDicomError
 PathOrFile = Union[str, os.PathLike, BinaryIO, bytes]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+UNCOMPRESSED_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit and explicit VR
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LIVER_WINDOW = (60.0, 400.0)  # centre, width in HU: the usual abdominal liver window
@@ -85,13 +86,36 @@ def pixel_array(ds: pydicom.Dataset, name: str) -> np.ndarray:
     rows, columns = ds.get("Rows"), ds.get("Columns")
     if rows == 0 or columns == 0:
         raise DicomError(name, f"image has {rows} rows and {columns} columns; no pixels to read")
+    arr = _raw_pixels(ds)
     try:
-        arr = ds.pixel_array
+        arr = ds.pixel_array if arr is None else arr
     except Exception as e:  # pydicom raises many types for truncated or undecodable pixel data
         raise DicomError(name, f"pixel data cannot be decoded ({type(e).__name__}: {e})") from e
     if arr.ndim != 2 or not arr.size:
         raise DicomError(name, f"pixel array has shape {arr.shape}; expected a 2-D slice")
     return arr
+
+
+def _raw_pixels(ds: pydicom.Dataset) -> np.ndarray | None:
+    """The stored values of an uncompressed little-endian 8- or 16-bit single-frame image, read-only, straight
+    from its Pixel Data: the array pydicom's numpy handler returns, without its copy and per-call bookkeeping
+    (a third of the decode time of a CT slice). None for anything else (pydicom then decodes it, or says why not)."""
+    try:
+        meta = getattr(ds, "file_meta", None)
+        if meta is None or meta.get("TransferSyntaxUID") not in UNCOMPRESSED_LITTLE_ENDIAN or not ds.is_little_endian:
+            return None
+        bits, signed = ds.get("BitsAllocated"), ds.get("PixelRepresentation")
+        rows, columns, data = ds.get("Rows"), ds.get("Columns"), ds.get("PixelData")
+        if bits not in (8, 16) or signed not in (0, 1) or "BitsStored" not in ds or not isinstance(data, bytes):
+            return None
+        count = int(rows) * int(columns)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    expected = count * bits // 8
+    if count <= 0 or len(data) != expected + expected % 2:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    return np.frombuffer(data, dtype, count=count).reshape(int(rows), int(columns))
 
 
 def hu_from_dataset(ds: pydicom.Dataset, name: str = "<dataset>") -> np.ndarray:
@@ -173,11 +197,14 @@ def resize_hu(hu: np.ndarray, size: int) -> np.ndarray:
 
     The kernel of `tf.image.resize(method="bilinear", antialias=True)` (a triangle filter stretched
     by the shrink factor), so noise does not alias into the slice; Pillow's C resampler runs it
-    about twice as fast as numpy.
+    about twice as fast as numpy. Unsigned 16-bit values (most CT) enter Pillow without a copy.
     """
     from PIL import Image
 
-    img = Image.fromarray(np.ascontiguousarray(hu, dtype=np.float32))  # float32 gives mode "F"
+    if hu.dtype == np.dtype("<u2") and hu.flags.c_contiguous:
+        img = Image.frombuffer("I;16", hu.shape[::-1], hu, "raw", "I;16", 0, 1).convert("F")
+    else:
+        img = Image.fromarray(np.ascontiguousarray(hu, dtype=np.float32))  # float32 gives mode "F"
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
@@ -185,4 +212,4 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Resamples a mask to (size, size) by nearest neighbour (half-pixel centres), so its values stay as they were."""
     rows = np.minimum(((np.arange(size) + 0.5) * mask.shape[0] / size).astype(np.intp), mask.shape[0] - 1)
     cols = np.minimum(((np.arange(size) + 0.5) * mask.shape[1] / size).astype(np.intp), mask.shape[1] - 1)
-    return mask[rows[:, None], cols[None, :]]
+    return mask.take(rows, 0).take(cols, 1)

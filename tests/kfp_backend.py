@@ -156,7 +156,8 @@ class KfpMetadata:
 
     def create_execution(self, contexts, type_name: str, *, task_name: str, name: str = "",
                          properties: dict[str, Any], input_ids: dict[str, int]) -> Any:
-        """metadata/client.go:534-670 CreateExecution: RUNNING, task_name/display_name, INPUT events keyed by input name."""
+        """metadata/client.go:534-670 CreateExecution: RUNNING, task_name/display_name, INPUT events keyed by
+        input name."""
         execution = self.pb.Execution(type_id=self._type_id("execution", type_name),
                                       last_known_state=self.pb.Execution.RUNNING)
         if name:
@@ -181,7 +182,8 @@ class KfpMetadata:
         return event
 
     def record_artifact(self, output_name: str, runtime_artifact: dict, session_info: str):
-        """metadata/client.go:1018-1078 RecordArtifact: type named by the schema title, metadata as custom properties."""
+        """metadata/client.go:1018-1078 RecordArtifact: type named by the schema title, metadata as custom
+        properties."""
         artifact = self.pb.Artifact(uri=runtime_artifact["uri"], state=self.pb.Artifact.LIVE,
                                     type_id=self._type_id("artifact", schema_title(runtime_artifact["type"])))
         for k, v in (runtime_artifact.get("metadata") or {}).items():
@@ -348,7 +350,8 @@ class KfpBackend:
         state = self.metadata.pb.Execution
         if done.returncode != 0:  # component/launcher_v2.go:183-185: published FAILED, no outputs
             self.metadata.publish(execution, contexts, state.FAILED, [], {})
-            raise TaskFailed(f"task {name} exited with {done.returncode} after {time.time() - started:.0f}s:\n{log[-6000:]}")
+            raise TaskFailed(f"task {name} exited with {done.returncode} after {time.time() - started:.0f}s:\n"
+                             f"{log[-6000:]}")
         executor_output = self._read_output_file(Path(outputs["outputFile"]))
         recorded = self._upload_outputs(executor_input, executor_output, session_info, pod)
         self.metadata.publish(execution, contexts, state.COMPLETE, recorded, executor_output.get("parameterValues", {}))
@@ -364,7 +367,8 @@ class KfpBackend:
         for key, lst in executor_input["outputs"].get("artifacts", {}).items():
             placeholders[f"{{{{$.outputs.artifacts['{key}'].uri}}}}"] = lst["artifacts"][0]["uri"]
         for key, value in executor_input.get("inputs", {}).get("parameterValues", {}).items():
-            placeholders[f"{{{{$.inputs.parameters['{key}']}}}}"] = value if isinstance(value, str) else json.dumps(value)
+            text = value if isinstance(value, str) else json.dumps(value)
+            placeholders[f"{{{{$.inputs.parameters['{key}']}}}}"] = text
         out = []
         for arg in args:
             for placeholder, value in placeholders.items():

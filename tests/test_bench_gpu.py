@@ -18,7 +18,8 @@ def _env(out: Path, **extra) -> dict:
 
 
 def test_gpu_bench_refuses_to_pass_cpu_figures_off_as_gpu_ones(tmp_path):
-    done = subprocess.run(["bash", str(SCRIPT)], env=_env(tmp_path / "out"), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(["bash", str(SCRIPT)], env=_env(tmp_path / "out"), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "no GPU visible to TensorFlow" in done.stderr and "CTSEG_BENCH_ALLOW_CPU=1" in done.stderr
     assert not (tmp_path / "out" / "train.json").exists()
@@ -33,7 +34,8 @@ def test_gpu_bench_runs_end_to_end_on_cpu_with_tiny_sizes(tmp_path):
                CTSEG_BENCH_CONFIG=json.dumps({"image_size": 32, "depth": 2, "base_filters": 4, "batch_size": 4}),
                CTSEG_BENCH_PRECISIONS="mixed_float16", CTSEG_BENCH_JIT="on",
                CTSEG_BENCH_RUN_ARGS="--image-size 32 --epochs 1 --phantom-patients 4 --phantom-slices 8",
-               CTSEG_BENCH_TRAIN_TIMEOUT_S="600", CTSEG_BENCH_RUN_TIMEOUT_S="800")
+               CTSEG_BENCH_INGEST_ARGS="--patients 2 --slices 3 --size 64 --image-size 32 --repeat 1",
+               CTSEG_BENCH_TRAIN_TIMEOUT_S="600", CTSEG_BENCH_RUN_TIMEOUT_S="800", CTSEG_BENCH_INGEST_TIMEOUT_S="400")
     done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -47,3 +49,6 @@ def test_gpu_bench_runs_end_to_end_on_cpu_with_tiny_sizes(tmp_path):
     assert run["wall_s"] > 0 and len(run["epoch_slices_per_second"]) == 1 and run["epoch_slices_per_second"][0] > 0
     assert len(run["trainer"]) == 1 and "policy float32" in run["trainer"][0] and "no GPU found" in run["trainer"][0]
     assert 0.0 <= run["mean_patient_dice"] <= 1.0 and run["dice_per_patient"]
+    ingest = summary["ingest"]
+    assert ingest["pairs"][1] > ingest["pairs"][0] > 0
+    assert ingest["rates"]["IrcadExampleGen, 3Dircadb1.zip"]["cpu_ms_marginal"] > 0

@@ -22,17 +22,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kfp_backend import EXECUTOR_LOGS, KfpBackend, KfpMetadata, RunCreationRefused, check_executors, download_blob
+from loopback_stores import started
 
+from ctseg.cli import main as cli_main
 from ctseg.mlmd.lineage import lineage, served_model_id
 from ctseg.mlmd.runs import describe_run, list_runs
 from ctseg.mlmd.store import connect
-from ctseg.cli import main as cli_main
 from ctseg.pipeline.kubeflow_entrypoint import ENTRYPOINT_COMMAND, kfp_compatible_executor_input
 from ctseg.pipeline.kubeflow_runner import StepResources, compile_pipeline
 from ctseg.pipeline.local_runner import LOCAL_BEAM_ARGS
-from kfp_backend import (EXECUTOR_LOGS, KfpBackend, KfpMetadata, RunCreationRefused, check_executors,
-                         download_blob)
-from loopback_stores import started
 
 IMAGE = "ghcr.io/example/ctseg:0.1.0-test"
 SPEC_ROOT = "gs://ctseg-test/root"      # what the spec says; KFP ignores it (driver.go:151-172)

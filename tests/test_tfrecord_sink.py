@@ -1,5 +1,6 @@
 """Ingest's gzip TFRecord sink writes files TensorFlow reads back, checksums verified."""
 import gzip
+import os
 
 import pytest
 import tensorflow as tf
@@ -29,3 +30,15 @@ def test_records_read_back_by_tensorflow_with_their_checksums(tmp_path):
     bad.write_bytes(gzip.compress(bytes(corrupt)))
     with pytest.raises(tf.errors.DataLossError):
         list(tf.data.TFRecordDataset(str(bad), compression_type="GZIP"))
+
+
+def test_a_failed_write_reaches_the_caller(tmp_path):
+    """The compressing thread's error (here a full disk) is raised by the next write or by close, never lost."""
+    sink = GzipTFRecordSink(str(tmp_path / "data_tfrecord"))
+    handle = sink.open("/dev/full")
+    with pytest.raises(OSError, match="No space left"):
+        try:
+            for _ in range(8):
+                sink.write_encoded_record(handle, os.urandom(1 << 20))
+        finally:
+            handle.close()

@@ -7,6 +7,7 @@ counts come back through another, so every runner (Direct, Dataflow, Flink, Spar
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -27,7 +28,7 @@ from ctseg.components.ingest.tfrecord_sink import GzipTFRecordSink
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
 from ctseg.features import check_image_size, slice_example
-from ctseg.knobs import SPLITS, parse_split_ratios
+from ctseg.knobs import parse_split_ratios
 
 EXAMPLES_KEY = "examples"
 FINGERPRINT_KEY = "input_fingerprint"  # TFX's name (example_gen/utils.py FINGERPRINT_PROPERTY_NAME)
@@ -160,6 +161,19 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
     quarantined (a duplicated file or a second series mixed in); operating-system debris is listed in
     the summary, not counted. A series zip that cannot be opened quarantines the patient under its name.
     """
+    with concurrent.futures.ThreadPoolExecutor(decode_threads(), thread_name_prefix="ingest") as pool:
+        yield from _ingest_patient(ref, split, organ, size, pool)
+
+
+def decode_threads() -> int:
+    """Threads that decode one patient's slices and build its examples: one per core this process may use.
+    Reading, inflating, resizing and copying pixels release the GIL, so threads use a local run's cores
+    without the start-up of worker processes."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int,
+                    pool: concurrent.futures.Executor) -> Iterator[Any]:
     pid = ref.patient_id
     try:
         with ircad.open_patient(ref, organ) as patient:
@@ -171,8 +185,8 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
                 yield _quarantine(pid, patient.location, f"empty patient folder: no {ircad.IMAGES_DIR} images "
                                                          f"and no {ircad.MASKS_DIR}/{organ} masks")
             ordered = {}  # name -> (CtSlice, Mask or None): every readable image takes part in the ordering
-            for name in names:
-                ct, mask, problems = _decode_pair(patient, name, organ, size)
+            decoded = pool.map(lambda name: _decode_pair(patient, name, organ, size), names)
+            for name, (ct, mask, problems) in zip(names, decoded):
                 for location, reason in problems:
                     yield _quarantine(pid, location, reason)
                 if problems:
@@ -194,21 +208,20 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
         yield _quarantine(pid, e.source, e.reason)
         yield _summary(pid, split, 1, 1, [])
         return
-    written = with_organ = 0
-    for index, name in enumerate(sorted(ordered, key=lambda n: ordered[n][0].sort_key)):
-        ct, mask = ordered[name]
-        if mask is None:
-            continue
-        example = slice_example(hu=ct.hu, mask=mask.mask, patient_id=pid, slice_index=index,
-                                spacing_mm=ct.spacing_mm, thickness_mm=ct.thickness_mm,
-                                source_shape=ct.source_shape, mask_distinct_values=mask.distinct_values,
-                                source_mask=mask.source)
-        written += 1
-        with_organ += int(mask.mask.any())
-        yield split, example.SerializeToString()
+    in_order = sorted(ordered, key=lambda n: ordered[n][0].sort_key)
+    ranked = [(index, *ordered[name]) for index, name in enumerate(in_order) if ordered[name][1] is not None]
+    for serialized in pool.map(lambda row: _serialized_example(pid, *row), ranked):
+        yield split, serialized
+    written, with_organ = len(ranked), sum(int(mask.mask.any()) for _, _, mask in ranked)
     log.info("ingest %s (%s): %d slices written, %d with %s, %d bad of %d, %d operating-system files skipped",
              pid, split, written, with_organ, organ, len(bad), max(len(names), 1), len(skipped))
     yield _summary(pid, split, len(names), len(bad), skipped, written, with_organ)
+
+
+def _serialized_example(patient_id: str, slice_index: int, ct: ircad.CtSlice, mask: ircad.Mask) -> bytes:
+    return slice_example(hu=ct.hu, mask=mask.mask, patient_id=patient_id, slice_index=slice_index,
+                         spacing_mm=ct.spacing_mm, thickness_mm=ct.thickness_mm, source_shape=ct.source_shape,
+                         mask_distinct_values=mask.distinct_values, source_mask=mask.source).SerializeToString()
 
 
 def _read_json_lines(pattern: str) -> list[dict]:

@@ -15,18 +15,28 @@ from __future__ import annotations
 import os
 
 from ctseg import postprocess
-from ctseg.serving import load_model
 from ctseg.dicom import ENHANCED_CT_STORAGE, SEGMENTATION_STORAGE
-from ctseg.predict.series import (ORGAN, Series, SliceFile, complete_slice_thickness, complete_uids, load_series,
-                                  read_header, series_files, slice_spacing_mm, volume_ml)
-from ctseg.predict.reader import READERS, TFIO_TRANSFER_SYNTAXES, choose_reader, read_hu
-from ctseg.predict.inference import Prediction, predict_series
-from ctseg.predict.seg import ANATOMICAL_STRUCTURE, LOSSY_METHODS, STUDY_TYPE2, segmentation_dataset
-from ctseg.predict.ircad_masks import MASK_FOREGROUND, mask_dataset, mask_names
-from ctseg.predict.overlay import overlay_png
-from ctseg.predict.summary import reader_counts, summary
-from ctseg.predict.outputs import check_output_dir, read_locations, written_by_predict, write_outputs
 from ctseg.predict import ood
+from ctseg.predict.inference import Prediction, predict_series
+from ctseg.predict.ircad_masks import MASK_FOREGROUND, mask_dataset, mask_names
+from ctseg.predict.outputs import check_output_dir, read_locations, write_outputs, written_by_predict
+from ctseg.predict.overlay import overlay_png
+from ctseg.predict.reader import READERS, TFIO_TRANSFER_SYNTAXES, choose_reader, read_hu
+from ctseg.predict.seg import ANATOMICAL_STRUCTURE, LOSSY_METHODS, STUDY_TYPE2, segmentation_dataset
+from ctseg.predict.series import (
+    ORGAN,
+    Series,
+    SliceFile,
+    complete_slice_thickness,
+    complete_uids,
+    load_series,
+    read_header,
+    series_files,
+    slice_spacing_mm,
+    volume_ml,
+)
+from ctseg.predict.summary import reader_counts, summary
+from ctseg.serving import load_model
 
 __all__ = ["ANATOMICAL_STRUCTURE", "ENHANCED_CT_STORAGE", "LOSSY_METHODS", "MASK_FOREGROUND", "ORGAN", "Prediction",
            "READERS", "SEGMENTATION_STORAGE", "STUDY_TYPE2", "Series", "SliceFile", "TFIO_TRANSFER_SYNTAXES",

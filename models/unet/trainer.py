@@ -12,11 +12,13 @@
                            the served model takes consecutive slices and stacks them itself
   window_center, window_width   CT window in HU applied inside the model (default liver window 60/400)
   epochs, batch_size, learning_rate   Adam training; batch_size is per replica
-  bce_weight               loss = Dice loss + bce_weight * binary cross-entropy (0: pure Dice)
+  dice_weight, bce_weight  loss = dice_weight * soft Dice loss + bce_weight * binary cross-entropy (bce_weight 0:
+                           pure Dice; dice_weight 0: pure cross-entropy, whose volumes are calibrated)
   keep_empty_probability   chance to keep a training slice without organ (default 0.4: drops 60%)
   augmentation in the train step, drawn per slice, each with its probability (and its size), in this order:
     flip_probability (left-right, default 0: the liver is on the right; on the phantom with the chest,
-    dropping the flip cut the real heart labelled liver by 40-60%, docs/BENCHMARKS.md); rotate_probability (max_rotation_degrees) and scale_probability (zoom 1 ± max_scale),
+    dropping the flip cut the real heart labelled liver by 40-60%, docs/BENCHMARKS.md);
+    rotate_probability (max_rotation_degrees) and scale_probability (zoom 1 ± max_scale),
     one resampling; elastic_probability (elastic_max_px: a smooth displacement field);
     hu_scale_probability (1 ± max_hu_scale about 0 HU) and hu_shift_probability (± max_hu_shift HU):
     contrast phase and calibration; blur_probability (Gaussian, sigma up to max_blur_sigma_px) and
@@ -161,6 +163,7 @@ def run_fn(fn_args: tfx.components.FnArgs, devices=None):
     with strategy.scope():
         model = _build_model(config, total_steps=epochs * train_steps)
     model.fit(train_ds, epochs=epochs, steps_per_epoch=train_steps, validation_data=eval_ds,
-              validation_steps=eval_steps, callbacks=_callbacks(fn_args, config, has_eval, batch_size, train_steps), verbose=2)
+              validation_steps=eval_steps, verbose=2,
+              callbacks=_callbacks(fn_args, config, has_eval, batch_size, train_steps))
     export_model(model, config, fn_args.serving_model_dir)
     profile.profile_trained_model(fn_args.serving_model_dir, fn_args.train_files, fn_args.eval_files)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark (issue 17), one command on a machine with an NVIDIA GPU, < 8 minutes:
+# GPU benchmark, one command on a machine with an NVIDIA GPU, < 8 minutes:
 #   (a) the `full` preset's training slices/s through the Trainer's input pipeline against a bare
 #       `model.fit` on arrays, float32 and mixed_float16, each with jit_compile off and on, plus the
 #       rate of the input pipeline alone (bench/train.py);

@@ -134,9 +134,6 @@ def test_pushed_model_carries_its_training_profile_and_lineage_says_where_it_cam
     assert "recorded by the evaluation: ModelBlessing" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the held-out volume errors vary run to run around the 10% bound (predictions run 5-16% high); "
-    "the bound is unchanged; remove this marker once the model holds it in every run"))
 def test_pushed_model_segments_eval_patients_to_their_volume(workdir, data_root, tmp_path):
     """`ctseg predict` with the pushed model on the eval patients (never trained on): the best-segmented
     one within 10% of the true volume, every one within 25% (the model over-segments where the liver

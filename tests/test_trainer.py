@@ -168,3 +168,20 @@ def test_gpu_path_mirrored_mixed_precision_trains_exports_and_serves_float32(exa
     records = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(examples["eval"]), "GZIP").take(2)]
     by_example = loaded.signatures["serving_default"](examples=tf.constant(records))["probabilities"]
     assert by_example.dtype == tf.float32 and by_example.shape == (2, SIZE, SIZE)
+
+
+def test_a_few_patients_train_for_min_epoch_steps_an_epoch():
+    """A pass over a few patients' balanced slices is a few batches; such epochs are lengthened to
+    min_epoch_steps, longer ones kept, and a fixed `train_steps` from the pipeline wins."""
+    from ctseg.models.unet.config import UnetConfig
+
+    config = UnetConfig.from_custom_config({"epochs": 25})
+    assert config.min_epoch_steps == 48
+    assert trainer.training_schedule(config, None, lambda: 15) == (25, 48)
+    assert trainer.training_schedule(config, None, lambda: 60) == (25, 60)
+    one_pass_only = UnetConfig.from_custom_config({"min_epoch_steps": 0})
+    assert trainer.training_schedule(one_pass_only, None, lambda: 15) == (25, 15)
+    assert trainer.training_schedule(config, 7, lambda: pytest.fail("the data need not be read")) == (7, 1)
+    assert trainer.training_schedule(config, 100, lambda: 15) == (25, 4)
+    with pytest.raises(CtsegError, match="min_epoch_steps"):
+        UnetConfig.from_custom_config({"min_epoch_steps": -1})

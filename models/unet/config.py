@@ -32,6 +32,10 @@ class UnetConfig:
     window_center: float = LIVER_WINDOW[0]
     window_width: float = LIVER_WINDOW[1]
     epochs: int = 25
+    # Batches an epoch, at least (nnU-Net fixes an epoch at 250 batches whatever the data): with one pass an epoch,
+    # a few patients give a few hundred steps in all, and the network stops at a position prior (a liver-shaped
+    # blob wherever livers usually lie) before it learns the contrast (docs/BENCHMARKS.md, "Low contrast").
+    min_epoch_steps: int = 48
     batch_size: int = 16
     learning_rate: float = 1e-3
     dice_weight: float = 1.0
@@ -111,7 +115,7 @@ class UnetConfig:
             if not 0.0 <= getattr(self, k) < 1.0:
                 problems.append(f"{k} = {getattr(self, k)} must be in [0, 1)")
         for k in ("max_rotation_degrees", "elastic_max_px", "max_hu_shift", "max_blur_sigma_px", "noise_std_min_hu",
-                  "noise_std_hu"):
+                  "noise_std_hu", "min_epoch_steps"):
             if getattr(self, k) < 0:
                 problems.append(f"{k} = {getattr(self, k)} must not be negative")
         if problems:

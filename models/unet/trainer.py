@@ -12,6 +12,9 @@
                            the served model takes consecutive slices and stacks them itself
   window_center, window_width   CT window in HU applied inside the model (default liver window 60/400)
   epochs, batch_size, learning_rate   Adam training; batch_size is per replica
+  min_epoch_steps          batches an epoch, at least (default 48, 1200 in 25 epochs): a pass over a few
+                           patients is lengthened to it, so they train long enough to learn the contrast,
+                           not only where livers usually lie (0: one pass an epoch)
   dice_weight, bce_weight  loss = dice_weight * soft Dice loss + bce_weight * binary cross-entropy (bce_weight 0:
                            pure Dice; dice_weight 0: pure cross-entropy, whose volumes are calibrated)
   keep_empty_probability   chance to keep a training slice without organ (default 0.4: drops 60%)
@@ -29,7 +32,8 @@
   jit_compile              compile the train step with XLA (default false; docs/BENCHMARKS.md says why)
 
 `fn_args.train_steps` / `eval_steps`, when set, fix the number of batches (split evenly over the
-epochs); otherwise each epoch is one pass over the balanced training split.
+epochs); otherwise each epoch is one pass over the balanced training split, or min_epoch_steps batches
+where that is more.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import logging
 import math
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import tensorflow as tf
 
@@ -134,6 +138,20 @@ def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> 
                          context_slices=config.context_slices)
 
 
+def training_schedule(config: UnetConfig, train_steps: int | None, one_pass: Callable[[], int]) -> tuple[int, int]:
+    """(epochs, batches per epoch): `train_steps` in all when the pipeline fixes it; otherwise one pass over
+    the balanced training split (`one_pass()` batches) per epoch, or `min_epoch_steps` where that is more."""
+    if train_steps:
+        epochs = min(config.epochs, train_steps)
+        return epochs, math.ceil(train_steps / epochs)
+    per_pass = one_pass()
+    steps = max(per_pass, config.min_epoch_steps)
+    if steps > per_pass:
+        log.warning("one pass over the balanced training split is %d batches; each epoch runs min_epoch_steps %d",
+                    per_pass, steps)
+    return config.epochs, steps
+
+
 def run_fn(fn_args: tfx.components.FnArgs, devices=None):
     """Trains the UNET on the train split, validates on eval, and exports to `serving_model_dir` with the
     training profile in its assets.extra (`ctseg.profile`: what `ctseg predict` compares a series with).
@@ -149,11 +167,8 @@ def run_fn(fn_args: tfx.components.FnArgs, devices=None):
     strategy = distribution_strategy(devices)
     batch_size = config.batch_size * strategy.num_replicas_in_sync
     log.warning(describe_training(strategy, config, batch_size))
-    epochs = min(config.epochs, fn_args.train_steps) if fn_args.train_steps else config.epochs
-    if fn_args.train_steps:
-        train_steps = math.ceil(fn_args.train_steps / epochs)
-    else:
-        train_steps = data.balanced_epoch_steps(fn_args.train_files, config, batch_size)
+    epochs, train_steps = training_schedule(
+        config, fn_args.train_steps, lambda: data.balanced_epoch_steps(fn_args.train_files, config, batch_size))
     log.warning("%d epochs of %d steps, %d slices per step", epochs, train_steps, batch_size)
     eval_steps = fn_args.eval_steps or None
     train_ds = _input_fn(fn_args.train_files, config, batch_size, training=True, steps=train_steps)

@@ -176,8 +176,8 @@ def test_a_few_patients_train_for_min_epoch_steps_an_epoch():
     from ctseg.models.unet.config import UnetConfig
 
     config = UnetConfig.from_custom_config({"epochs": 25})
-    assert config.min_epoch_steps == 48
-    assert trainer.training_schedule(config, None, lambda: 15) == (25, 48)
+    assert config.min_epoch_steps == 40
+    assert trainer.training_schedule(config, None, lambda: 15) == (25, 40)
     assert trainer.training_schedule(config, None, lambda: 60) == (25, 60)
     one_pass_only = UnetConfig.from_custom_config({"min_epoch_steps": 0})
     assert trainer.training_schedule(one_pass_only, None, lambda: 15) == (25, 15)

@@ -35,7 +35,7 @@ class UnetConfig:
     # Batches an epoch, at least (nnU-Net fixes an epoch at 250 batches whatever the data): with one pass an epoch,
     # a few patients give a few hundred steps in all, and the network stops at a position prior (a liver-shaped
     # blob wherever livers usually lie) before it learns the contrast (docs/BENCHMARKS.md, "Low contrast").
-    min_epoch_steps: int = 48
+    min_epoch_steps: int = 40
     batch_size: int = 16
     learning_rate: float = 1e-3
     dice_weight: float = 1.0

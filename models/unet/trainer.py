@@ -12,7 +12,7 @@
                            the served model takes consecutive slices and stacks them itself
   window_center, window_width   CT window in HU applied inside the model (default liver window 60/400)
   epochs, batch_size, learning_rate   Adam training; batch_size is per replica
-  min_epoch_steps          batches an epoch, at least (default 48, 1200 in 25 epochs): a pass over a few
+  min_epoch_steps          batches an epoch, at least (default 40, 1000 in 25 epochs): a pass over a few
                            patients is lengthened to it, so they train long enough to learn the contrast,
                            not only where livers usually lie (0: one pass an epoch)
   dice_weight, bce_weight  loss = dice_weight * soft Dice loss + bce_weight * binary cross-entropy (bce_weight 0:

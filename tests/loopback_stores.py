@@ -145,13 +145,29 @@ class S3Server(_Server):
         self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
 
-# gcp-storage-emulator reads an empty body as None, and its simple (uploadType=media) upload then fails
-# on len(None): TensorFlow's GCS filesystem uploads every directory marker that way.
+# Two repairs to gcp-storage-emulator, each where it departs from HTTP or from GCS:
+# - A request body with both `Transfer-Encoding: chunked` and `Content-Length` is read by Content-Length,
+#   so the object keeps the chunk framing ("2269\r\n...") cut to that length. TensorFlow's GCS filesystem
+#   sends every file upload that way (tsl/platform/cloud/curl_http_request.cc, SetPutFromFile: its own
+#   Content-Length header with CURLOPT_PUT and no CURLOPT_INFILESIZE, so curl frames the body in chunks);
+#   HTTP/1.1 says the Transfer-Encoding overrides the Content-Length (RFC 9112 section 6.3), as GCS does.
+# - An empty body is read as None, and the simple (uploadType=media) upload then fails on len(None):
+#   TensorFlow's GCS filesystem uploads every directory marker that way.
 EMULATOR_MAIN = """
 import sys
 from gcp_storage_emulator import server
 from gcp_storage_emulator.__main__ import main
 
+read_body = server._read_raw_data
+
+
+def read_chunked_first(handler):
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        del handler.headers["Content-Length"]
+    return read_body(handler)
+
+
+server._read_raw_data = read_chunked_first
 body = server.Request.data.fget
 server.Request.data = property(lambda self: body(self) if body(self) is not None or "upload_id" in self._query
                                or self._query.get("uploadType") != ["media"] else b"")

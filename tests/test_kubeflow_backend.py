@@ -7,7 +7,7 @@ executor input, each task in its own process through the spec's own command and 
 output file, and KFP's writes to ML Metadata. The project runs from a built wheel in a fresh venv, as
 in the image. The pipeline root and the data are in an object store reached through its real API on
 loopback (tests/loopback_stores.py): moto's S3 server (MinIO's place on open-source Kubeflow) and
-gcp-storage-emulator's GCS (not yet run here), each for one run of the whole spec on the 64 px phantom (3 patients, one
+gcp-storage-emulator's GCS, each for one run of the whole spec on the 64 px phantom (3 patients, one
 epoch), with the launcher's downloads and uploads made as KFP makes them. `ctseg runs`, `ctseg runs
 show` and `ctseg lineage` then read KFP's ML Metadata layout, and the pushed model is served the way
 TensorFlow Serving would load it.
@@ -39,9 +39,7 @@ RUN_ID = "7d9c8c1e-0000-4000-8000-00000000kfp1"
 CPU_STEP = StepResources(cpu="1", memory="2G")
 
 
-# GCS (loopback_stores.GcsServer) is not a param yet: its run fails at SchemaGen reading the schema back
-# through the emulator.
-@pytest.fixture(scope="module", params=["s3"])
+@pytest.fixture(scope="module", params=["s3", "gs"])
 def object_store(request, tmp_path_factory):
     """The store, also reachable from this process (`ctseg runs show` reads artifact files through it)."""
     for server in started(request.param, tmp_path_factory.mktemp(f"{request.param}_server"), "mlpipeline"):
@@ -116,12 +114,21 @@ def test_the_run_reaches_a_pushed_model(kfp_run):
 
 
 @pytest.mark.slow
-def test_no_directory_marker_is_left_for_the_next_download(kfp_run):
-    """Every step's inputs were downloaded by the launcher's rule; none of the run's outputs keeps a `dir/` marker."""
+def test_no_directory_marker_is_left_for_the_next_download(kfp_run, tmp_path):
+    """Every artifact KFP recorded downloads by the launcher's rule, which lists the artifact's key as a
+    prefix (object_store.go:123-150), with no `dir/` marker in that listing. The markers TensorFlow's GCS
+    filesystem leaves above the artifacts (the run's, each task's folder) are in no artifact's listing."""
     store = kfp_run["objects"]
+    artifact_keys = [store.key(a.uri) for a in kfp_run["store"].get_artifacts() if a.uri.startswith(store.scheme)]
+    assert len(artifact_keys) > len(kfp_run["records"])
+    for key in artifact_keys:
+        listed = store.objects(key)
+        assert [k for k in listed if k.endswith("/")] == [], key
+        download_blob(listed, key, tmp_path / key)
     keys = store.keys(store.key(kfp_run["run_root"]))
     assert any(k.endswith("/saved_model.pb") for k in keys)
-    assert [k for k in keys if k.endswith("/")] == []
+    markers = [k for k in keys if k.endswith("/")]
+    assert all(any(a.startswith(m) for a in artifact_keys) for m in markers), markers
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
-"""S3 and GCS in every ctseg process: the variables each client reads, the pod's CPU limit, and `ctseg compile`
-and `ctseg submit` as commands (their exit code) with s3:// and gs:// data and roots, against the real
-store APIs on loopback (tests/loopback_stores.py)."""
+"""S3 and GCS in every ctseg process: the variables each client reads, the pod's CPU limit, TensorFlow's
+writes arriving in the store byte for byte, and `ctseg compile` and `ctseg submit` as commands (their exit
+code) with s3:// and gs:// data and roots, against the real store APIs on loopback (tests/loopback_stores.py)."""
 from __future__ import annotations
 
 import os
@@ -81,6 +81,37 @@ def test_beam_workers_follow_the_pods_cpu_limit(args, expected):
 @pytest.fixture(scope="module", params=["s3", "gs"])
 def store(request, tmp_path_factory):
     yield from started(request.param, tmp_path_factory.mktemp(f"{request.param}_server"), "ctseg-data")
+
+
+ROUND_TRIP = r"""
+import os, sys
+import tensorflow as tf
+from ctseg.object_stores import exit_without_native_teardown, register_filesystems
+
+register_filesystems(sys.argv[1])
+payload = os.urandom(300_000) + b"\r\n0\r\n\r\n"  # ends as a chunked body does
+with tf.io.gfile.GFile(sys.argv[1] + "/written.bin", "wb") as f:
+    f.write(payload)
+local = os.path.join(sys.argv[2], "local.txt")
+with open(local, "wb") as f:
+    f.write(b"copied through tf.io.gfile.copy\n" * 300)
+tf.io.gfile.copy(local, sys.argv[1] + "/copied.txt", overwrite=True)
+with open(os.path.join(sys.argv[2], "payload.bin"), "wb") as f:
+    f.write(payload)
+assert tf.io.gfile.GFile(sys.argv[1] + "/written.bin", "rb").read() == payload
+exit_without_native_teardown(0)  # tensorflow-io's S3 client aborts at exit otherwise
+"""
+
+
+@pytest.mark.slow
+def test_tensorflow_writes_reach_the_store_byte_for_byte(store, tmp_path):
+    """A file TensorFlow writes (GCS: one PUT of the whole file) is the same bytes in the store as on disk."""
+    done = subprocess.run([sys.executable, "-c", ROUND_TRIP, store.uri("round-trip"), str(tmp_path)],
+                          env={**_command_env(store, tmp_path), "PATH": os.environ["PATH"]}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert store.read("round-trip/written.bin") == (tmp_path / "payload.bin").read_bytes()
+    assert store.read("round-trip/copied.txt") == (tmp_path / "local.txt").read_bytes()
 
 
 def _command_env(store, home: Path) -> dict[str, str]:

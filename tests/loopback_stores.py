@@ -6,11 +6,14 @@ through STORAGE_EMULATOR_HOST. TensorFlow's own GCS filesystem has its endpoint 
 (`https://www.googleapis.com/storage/v1/`, tsl/platform/cloud/gcs_file_system.cc), so it goes through
 an HTTPS proxy on loopback that answers for www.googleapis.com with a certificate made here (trusted
 through CURL_CA_BUNDLE, which TensorFlow's curl client reads) and forwards to the emulator; its token
-is GOOGLE_AUTH_TOKEN_FOR_TESTING, so no metadata server is asked. Nothing leaves 127.0.0.1.
+is GOOGLE_AUTH_TOKEN_FOR_TESTING. google-auth (Beam's client) finds its credentials as in a GKE pod with
+Workload Identity, from a metadata server (here on loopback, through GCE_METADATA_HOST and GCE_METADATA_IP).
+Nothing leaves 127.0.0.1.
 """
 from __future__ import annotations
 
 import datetime
+import json
 import select
 import socket
 import ssl
@@ -19,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -145,7 +149,7 @@ class S3Server(_Server):
         self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
 
-# Two repairs to gcp-storage-emulator, each where it departs from HTTP or from GCS:
+# Repairs to gcp-storage-emulator, each where it departs from HTTP or from GCS:
 # - A request body with both `Transfer-Encoding: chunked` and `Content-Length` is read by Content-Length,
 #   so the object keeps the chunk framing ("2269\r\n...") cut to that length. TensorFlow's GCS filesystem
 #   sends every file upload that way (tsl/platform/cloud/curl_http_request.cc, SetPutFromFile: its own
@@ -153,6 +157,8 @@ class S3Server(_Server):
 #   HTTP/1.1 says the Transfer-Encoding overrides the Content-Length (RFC 9112 section 6.3), as GCS does.
 # - An empty body is read as None, and the simple (uploadType=media) upload then fails on len(None):
 #   TensorFlow's GCS filesystem uploads every directory marker that way.
+# - `Expect: 100-continue` goes unanswered (http.server answers it only when it speaks HTTP/1.1, the
+#   emulator speaks 1.0), so curl waits a second before every upload body; GCS answers at once.
 EMULATOR_MAIN = """
 import sys
 from gcp_storage_emulator import server
@@ -168,6 +174,18 @@ def read_chunked_first(handler):
 
 
 server._read_raw_data = read_chunked_first
+parse_request = server.RequestHandler.parse_request
+
+
+def parse_and_continue(self):
+    if not parse_request(self):
+        return False
+    if self.headers.get("Expect", "").lower() == "100-continue":
+        self.wfile.write(b"HTTP/1.1 100 Continue\\r\\n\\r\\n")
+    return True
+
+
+server.RequestHandler.parse_request = parse_and_continue
 body = server.Request.data.fget
 server.Request.data = property(lambda self: body(self) if body(self) is not None or "upload_id" in self._query
                                or self._query.get("uploadType") != ["media"] else b"")
@@ -184,13 +202,15 @@ class GcsServer(_Server):
                      "--in-memory"])
         self.ca_file = self.work / "googleapis-ca.pem"
         self.proxy = TlsForwardingProxy(self.ca_file, GCS_API_HOSTS, ("127.0.0.1", self.port)).start()
+        self.metadata = GceMetadataServer().start()
         self._client = self.client()
         self._client.create_bucket(self.bucket)
         return self
 
     def stop(self) -> None:
-        if getattr(self, "proxy", None):
-            self.proxy.stop()
+        for helper in (getattr(self, "proxy", None), getattr(self, "metadata", None)):
+            if helper:
+                helper.stop()
         super().stop()
 
     @property
@@ -205,11 +225,10 @@ class GcsServer(_Server):
                               client_options={"api_endpoint": self.endpoint})
 
     def pod_env(self) -> dict[str, str]:
-        closed = f"127.0.0.1:{free_port()}"  # google-auth's metadata-server probe stays on loopback and fails fast
-        proxy = f"http://127.0.0.1:{self.proxy.port}"
+        proxy, metadata = f"http://127.0.0.1:{self.proxy.port}", f"127.0.0.1:{self.metadata.port}"
         return {"https_proxy": proxy, "http_proxy": proxy, "CURL_CA_BUNDLE": str(self.ca_file),
-                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "ctseg-test-token", "NO_GCE_CHECK": "True",
-                "GCE_METADATA_HOST": closed, "GCE_METADATA_IP": closed, "no_proxy": "127.0.0.1,localhost",
+                "GOOGLE_AUTH_TOKEN_FOR_TESTING": GceMetadataServer.token,
+                "GCE_METADATA_HOST": metadata, "GCE_METADATA_IP": metadata, "no_proxy": "127.0.0.1,localhost",
                 "STORAGE_EMULATOR_HOST": self.endpoint}
 
     def endpoint_env(self) -> dict[str, str]:
@@ -223,6 +242,56 @@ class GcsServer(_Server):
 
     def write(self, key: str, data: bytes) -> None:
         self._client.bucket(self.bucket).blob(key).upload_from_string(data)
+
+
+class GceMetadataServer:
+    """The answers a GKE pod's metadata server gives google-auth: the ping, the project and the default service
+    account's info and token (google/auth/compute_engine/_metadata.py: ping, get_project_id,
+    get_service_account_info, get_service_account_token). Without one, Beam's GCS client retries
+    google.auth.default() with backoff for about 40 s in every step before it connects anonymously
+    (apache_beam/internal/gcp/auth.py, _get_credentials_with_retrys)."""
+    project, token = "ctseg-test", "ctseg-test-token"
+    account = "ctseg-pipeline@ctseg-test.iam.gserviceaccount.com"
+
+    def __init__(self):
+        answers = {
+            "/": ("text/plain", ""),
+            "/computeMetadata/v1/project/project-id": ("text/plain", self.project),
+            "/computeMetadata/v1/instance/service-accounts/default/": ("application/json", json.dumps(
+                {"email": self.account, "aliases": ["default"],
+                 "scopes": ["https://www.googleapis.com/auth/cloud-platform"]})),
+            "/computeMetadata/v1/instance/service-accounts/default/token": ("application/json", json.dumps(
+                {"access_token": self.token, "expires_in": 3600, "token_type": "Bearer"})),
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                answer = answers.get(urllib.parse.urlsplit(self.path).path)
+                if self.headers.get("Metadata-Flavor") != "Google":
+                    status, (kind, text) = 403, ("text/plain", "Missing Metadata-Flavor: Google")
+                else:
+                    status, (kind, text) = (200, answer) if answer else (404, ("text/plain", "not found"))
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Metadata-Flavor", "Google")
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+
+    def start(self) -> "GceMetadataServer":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _self_signed(hosts: tuple[str, ...], ca_file: Path) -> tuple[Path, Path]:

@@ -1,6 +1,7 @@
 """bench/gpu.sh, the GPU benchmark, run on CPU with tiny sizes so that it cannot rot
 before a session with a GPU runs it for real (docs/BENCHMARKS.md says how)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -51,4 +52,6 @@ def test_gpu_bench_runs_end_to_end_on_cpu_with_tiny_sizes(tmp_path):
     assert 0.0 <= run["mean_patient_dice"] <= 1.0 and run["dice_per_patient"]
     ingest = summary["ingest"]
     assert ingest["pairs"][1] > ingest["pairs"][0] > 0
-    assert ingest["rates"]["IrcadExampleGen, 3Dircadb1.zip"]["cpu_ms_marginal"] > 0
+    zipped = ingest["rates"]["IrcadExampleGen, 3Dircadb1.zip"]
+    # CPU a pair end to end is positive; the marginal one is a difference of two tiny runs, any sign at this size
+    assert zipped["cpu_ms_end_to_end"] > 0 and math.isfinite(zipped["cpu_ms_marginal"])

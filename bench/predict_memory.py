@@ -8,6 +8,11 @@ model's size barely matters next to the series). Each child reports its peak res
 predicting. The growth per slice is the slope of the peak between the smallest and largest series,
 which the process's fixed cost (TensorFlow, the model) does not enter.
 
+The children share a bytecode cache (`PYTHONPYCACHEPREFIX` in the temporary folder), filled by one
+unmeasured run first, as an installed package has its modules compiled: without one (an environment
+with PYTHONDONTWRITEBYTECODE, or a read-only one) every process compiles highdicom's 20 MB table of
+DICOM modules again, about 400 MB at its peak, which is no part of predict.
+
     .venv/bin/python -m bench.predict_memory [--slices 20 50 100] [--size 512] [--out memory.json]
 """
 from __future__ import annotations
@@ -42,9 +47,14 @@ def series_of(patient_dicom: Path, count: int, dest: Path) -> Path:
     return dest
 
 
-def measure(series: Path, model: Path, out: Path) -> dict:
+def child_env(bytecode: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPYCACHEPREFIX": str(bytecode)}
+
+
+def measure(series: Path, model: Path, out: Path, env: dict) -> dict:
     run = subprocess.run([sys.executable, "-c", CHILD, str(series), str(model), str(out)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=env)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -67,7 +77,10 @@ def main() -> None:
         available = len(list(images.iterdir()))
         counts = [n for n in sorted(args.slices) if n <= available]
         model = export_tiny_unet(tmp / "serving" / "1").parent
-        rows = [measure(series_of(images, n, tmp / f"series{n}"), model, tmp / f"out{n}") for n in counts]
+        env = child_env(tmp / "bytecode")
+        series = {n: series_of(images, n, tmp / f"series{n}") for n in counts}
+        measure(series[counts[0]], model, tmp / "warm-up", env)  # fills the bytecode cache
+        rows = [measure(series[n], model, tmp / f"out{n}", env) for n in counts]
     first, last = rows[0], rows[-1]
     per_slice = (last["peak_mb"] - first["peak_mb"]) / max(last["slices"] - first["slices"], 1)
     result = {"size_px": args.size, "rows": rows, "growth_mb_per_slice": per_slice}

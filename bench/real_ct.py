@@ -346,14 +346,17 @@ def picture(rows: list[tuple[str, object, np.ndarray]], path: Path, per_case: in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ctseg.predict import windowed_slices
+
     fig, axes = plt.subplots(len(rows), per_case, figsize=(3 * per_case, 3.2 * len(rows)), squeeze=False)
     for (name, prediction, reference), line in zip(rows, axes):
         with_liver = np.flatnonzero(reference.any(axis=(1, 2)) | prediction.mask.any(axis=(1, 2)))
         picks = np.unique(np.linspace(with_liver.min(), with_liver.max(), per_case).round().astype(int))
+        windowed = windowed_slices(prediction.series, picks)
         for ax in line:
             ax.axis("off")
         for ax, k in zip(line, picks):
-            ax.imshow(prediction.windowed[k], cmap="gray")
+            ax.imshow(windowed[k], cmap="gray")
             ax.contour(reference[k], [0.5], colors="lime", linewidths=0.8)
             ax.contour(prediction.mask[k], [0.5], colors="red", linewidths=0.8)
             ax.set_title(f"slice {k + 1} of {len(reference)}", fontsize=8)

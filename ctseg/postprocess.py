@@ -49,38 +49,100 @@ def binarize(probabilities: np.ndarray) -> np.ndarray:
     return is_organ(np.asarray(probabilities)).astype(np.uint8)
 
 
-def largest_component(volume: np.ndarray) -> np.ndarray:
-    """The largest 26-connected foreground component of a (slices, rows, cols) binary volume."""
+CHUNK_SLICES = 32  # slices the clean-up works on at a time: its working memory is a chunk's, not the series'
+NEIGHBOURS_3D = np.ones((3, 3, 3), bool)  # 26-connectivity
+
+
+def _chunks(volume: np.ndarray, chunk_slices: int):
+    return [(start, volume[start:start + chunk_slices]) for start in range(0, len(volume), chunk_slices)]
+
+
+def _touching(below: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """(2, K) label pairs of two adjacent slices' labels whose voxels touch in 26-connectivity."""
+    rows, cols = below.shape
+    pairs = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            b = below[max(dy, 0):rows + min(dy, 0), max(dx, 0):cols + min(dx, 0)]
+            a = above[max(-dy, 0):rows + min(-dy, 0), max(-dx, 0):cols + min(-dx, 0)]
+            both = (b > 0) & (a > 0)
+            pairs.append((b[both].astype(np.int64) << 32) | a[both])
+    keys = np.unique(np.concatenate(pairs))
+    return np.stack([keys >> 32, keys & 0xFFFFFFFF])
+
+
+def keep_largest_component(volume: np.ndarray, chunk_slices: int = CHUNK_SLICES) -> np.ndarray:
+    """Keeps only the largest 26-connected foreground component of a uint8 0/1 (slices, rows, cols) volume, in
+    place, and returns it. The volume is labelled `chunk_slices` at a time and the pieces that touch across
+    chunk borders joined, so the labels never take the series' size in int32; the component kept is the one a
+    labelling of the whole volume keeps (of equal largest ones, the first in slice, row, column order)."""
+    from scipy import ndimage, sparse
+    from scipy.sparse import csgraph
+
+    sizes, edges, offset, last = [], [], 0, None
+    for _, chunk in _chunks(volume, chunk_slices):
+        labels, count = ndimage.label(chunk, structure=NEIGHBOURS_3D)
+        sizes.append(np.bincount(labels.ravel(), minlength=count + 1)[1:])
+        labels[labels > 0] += offset  # one id per piece of the whole volume; 0 stays background
+        if last is not None:
+            edges.append(_touching(last, labels[0]))
+        last, offset = labels[-1].copy(), offset + count
+    if offset <= 1:
+        return volume
+    pairs = np.concatenate(edges, axis=1) - 1 if edges else np.zeros((2, 0), np.int64)
+    graph = sparse.coo_matrix((np.ones(pairs.shape[1], bool), (pairs[0], pairs[1])), shape=(offset, offset))
+    _, component = csgraph.connected_components(graph, directed=False)
+    component_sizes = np.bincount(component, weights=np.concatenate(sizes))
+    largest = np.flatnonzero(component_sizes == component_sizes.max())
+    keep = np.concatenate([[0], component == component[np.isin(component, largest)][0]]).astype(np.uint8)
+    offset = 0
+    for start, chunk in _chunks(volume, chunk_slices):
+        labels, count = ndimage.label(chunk, structure=NEIGHBOURS_3D)
+        labels[labels > 0] += offset
+        volume[start:start + len(chunk)] = keep[labels]
+        offset += count
+    return volume
+
+
+def fill_holes_in_place(volume: np.ndarray, chunk_slices: int = CHUNK_SLICES) -> np.ndarray:
+    """Fills, in place, background regions of a uint8 0/1 (slices, rows, cols) volume that do not touch a
+    slice's border, slice by slice (`chunk_slices` at a time: the filling is in-plane); returns the volume."""
     from scipy import ndimage
 
-    volume = np.asarray(volume) != 0
-    labels, count = ndimage.label(volume, structure=np.ones((3, 3, 3), bool))
-    if count <= 1:
-        return volume.astype(np.uint8)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return (labels == int(np.argmax(sizes))).astype(np.uint8)
+    in_plane = np.zeros((1, 3, 3), bool)
+    in_plane[0] = ndimage.generate_binary_structure(2, 1)
+    for start, chunk in _chunks(volume, chunk_slices):
+        volume[start:start + len(chunk)] = ndimage.binary_fill_holes(chunk, structure=in_plane)
+    return volume
+
+
+def _binary(volume) -> np.ndarray:
+    return (np.asarray(volume) != 0).astype(np.uint8)
+
+
+def largest_component(volume: np.ndarray) -> np.ndarray:
+    """The largest 26-connected foreground component of a (slices, rows, cols) binary volume."""
+    return keep_largest_component(_binary(volume))
 
 
 def fill_holes(volume: np.ndarray) -> np.ndarray:
     """Background regions that do not touch a slice's border, filled, slice by slice."""
-    from scipy import ndimage
-
-    volume = np.asarray(volume) != 0
-    in_plane = np.zeros((1, 3, 3), bool)
-    in_plane[0] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_fill_holes(volume, structure=in_plane).astype(np.uint8)
+    return fill_holes_in_place(_binary(volume))
 
 
-def clean_volume(volume: np.ndarray, cleanup: Cleanup = Cleanup()) -> np.ndarray:
-    """A patient's binary mask (slices in position order, rows, cols) after `cleanup`, as uint8 0/1."""
-    volume = (np.asarray(volume) != 0).astype(np.uint8)
-    if volume.ndim != 3:
-        raise ValueError(f"clean-up needs a (slices, rows, cols) volume, got shape {volume.shape}")
+def clean_volume(volume: np.ndarray, cleanup: Cleanup = Cleanup(), in_place: bool = False) -> np.ndarray:
+    """A patient's binary mask (slices in position order, rows, cols) after `cleanup`, as uint8 0/1.
+    `in_place`: `volume` is a uint8 0/1 array, cleaned where it lies (no copy of the series' size)."""
+    if np.ndim(volume) != 3:
+        raise ValueError(f"clean-up needs a (slices, rows, cols) volume, got shape {np.shape(volume)}")
+    if not in_place:
+        volume = _binary(volume)
+    elif volume.dtype != np.uint8:
+        raise ValueError(f"an in-place clean-up needs a uint8 0/1 volume, got {volume.dtype}")
     if cleanup.largest_component:
-        volume = largest_component(volume)
+        keep_largest_component(volume)
     if cleanup.fill_holes:
-        volume = fill_holes(volume)
+        fill_holes_in_place(volume)
     return volume
 
 

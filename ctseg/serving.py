@@ -13,7 +13,7 @@ ingest's antialiased kernel and the probabilities resized back (`ServedModel.pro
 A 2.5D model (`context_slices` k > 0, recorded in the SavedModel's `context_slices` variable) reads a
 batch as one series: `hu` holds consecutive slices in position order, and each slice's k neighbours
 on either side come from the batch (clamped at its ends); `serving_default` takes one patient's
-examples in any order and sorts them by `slice_index`. `ServedModel.series_probabilities` calls it in
+examples in any order and sorts them by `slice_index`. `ServedModel.chunk_probabilities` calls it in
 chunks that overlap by k, so every slice sees the neighbours one call over the series would give it.
 """
 from __future__ import annotations
@@ -86,18 +86,24 @@ class ServedModel:
         """Probabilities for HU already at the trained size."""
         return self.fn(**{HU_INPUT: hu})[OUTPUT]
 
-    def series_probabilities(self, hu, batch_size: int = 16):
-        """Probabilities (N, h, w) as numpy of one series' consecutive slices (N, h, w) in position order,
-        at their own size (`probabilities`), in calls of `batch_size` slices, each with `context_slices`
-        extra slices on either side: every slice sees the neighbours one call over the series gives it."""
+    def chunk_probabilities(self, hu, batch_size: int = 16):
+        """(start, probabilities) of one series' consecutive slices `hu` (N, h, w) in position order, `batch_size`
+        slices at a time, at their own size (`probabilities`): each call gets `context_slices` extra slices on
+        either side, so every slice sees the neighbours one call over the series gives it, and a caller can
+        keep what it needs of each chunk rather than the series' probabilities."""
         import numpy as np
 
         count, k = len(hu), self.context_slices
-        out = []
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
             lo, hi = max(0, start - k), min(count, stop + k)
-            out.append(np.asarray(self.probabilities(hu[lo:hi]))[start - lo:stop - lo])
+            yield start, np.asarray(self.probabilities(hu[lo:hi]))[start - lo:stop - lo]
+
+    def series_probabilities(self, hu, batch_size: int = 16):
+        """Probabilities (N, h, w) as numpy of one series' consecutive slices (`chunk_probabilities`, joined)."""
+        import numpy as np
+
+        out = [p for _, p in self.chunk_probabilities(hu, batch_size)]
         return np.concatenate(out) if out else np.zeros((0, *np.shape(hu)[1:]), np.float32)
 
     def probabilities(self, hu, size: tuple[int, int] | None = None):

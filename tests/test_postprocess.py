@@ -35,6 +35,45 @@ def test_fill_holes_fills_enclosed_holes_per_slice_not_notches():
     assert not filled[1, 4:7, 13:15].any()
 
 
+def _largest_component_in_one_labelling(volume):
+    """The reference: scipy labels the whole volume at once; of equal largest components, the lowest label."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(volume != 0, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return (volume != 0).astype(np.uint8)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return (labels == np.argmax(sizes)).astype(np.uint8)
+
+
+def _holes_filled_in_one_call(volume):
+    from scipy import ndimage
+
+    in_plane = np.zeros((1, 3, 3), bool)
+    in_plane[0] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    return ndimage.binary_fill_holes(volume, structure=in_plane).astype(np.uint8)
+
+
+@pytest.mark.parametrize("chunk_slices", [1, 2, 3, 5])
+def test_the_clean_up_in_chunks_is_the_clean_up_of_the_whole_volume(chunk_slices):
+    """Noise volumes: many pieces that join only across a chunk border (by faces, edges or corners), and
+    ties between equal largest pieces, which the chunked labelling must break as one labelling does."""
+    rng = np.random.default_rng(chunk_slices)
+    joined_across_borders = 0
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 12, size=3))
+        volume = (rng.random(shape) < rng.uniform(0.05, 0.5)).astype(np.uint8)
+        expected = _largest_component_in_one_labelling(volume)
+        kept = postprocess.keep_largest_component(volume.copy(), chunk_slices)
+        np.testing.assert_array_equal(kept, expected)
+        np.testing.assert_array_equal(postprocess.fill_holes_in_place(volume.copy(), chunk_slices),
+                                      _holes_filled_in_one_call(volume))
+        joined_across_borders += any(expected[k - 1].any() and expected[k].any()
+                                     for k in range(chunk_slices, shape[0], chunk_slices))
+    assert joined_across_borders > 10
+
+
 def test_clean_volume_steps_and_parsing():
     volume = ball((8, 32, 32), (4, 16, 16), 6)
     volume[4, 16, 16] = 0

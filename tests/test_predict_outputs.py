@@ -40,7 +40,7 @@ def _prediction(series: P.Series) -> P.Prediction:
     mask = np.zeros((len(series.slices), *series.shape), np.uint8)
     mask[:, 10:20, 10:20] = 1
     return P.Prediction(series, ServedModel(Path("model"), "7", series.shape, None), mask,
-                        np.zeros_like(mask), ["pydicom"] * len(series.slices))
+                        P.windowed_slices(series, P.tile_indices(mask)), ["pydicom"] * len(series.slices))
 
 
 def test_an_anonymised_series_without_frame_of_reference_gets_a_seg(small_phantom, tmp_path):

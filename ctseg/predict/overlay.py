@@ -2,21 +2,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ctseg.predict.inference import Prediction
+if TYPE_CHECKING:
+    from ctseg.predict.inference import Prediction
+
+OVERLAY_TILES = 16
 
 
-def overlay_png(prediction: Prediction, path: Path, max_tiles: int = 16) -> Path:
-    """A montage of up to `max_tiles` slices with liver (evenly spread), liver tinted red."""
+def tile_indices(mask: np.ndarray, max_tiles: int = OVERLAY_TILES) -> list[int]:
+    """The slices the montage shows: up to `max_tiles` spread evenly over those with organ (the middle
+    slice if none has any)."""
+    with_liver = np.flatnonzero(mask.any(axis=(1, 2)))
+    chosen = with_liver if len(with_liver) else np.array([len(mask) // 2])
+    chosen = chosen[np.unique(np.linspace(0, len(chosen) - 1, min(max_tiles, len(chosen))).round().astype(int))]
+    return [int(i) for i in chosen]
+
+
+def overlay_png(prediction: Prediction, path: Path) -> Path:
+    """A montage of the slices `prediction.windowed` holds (`tile_indices`), liver tinted red."""
     from PIL import Image
 
-    with_liver = np.flatnonzero(prediction.mask.reshape(len(prediction.mask), -1).any(axis=1))
-    chosen = with_liver if len(with_liver) else np.array([len(prediction.mask) // 2])
-    chosen = chosen[np.unique(np.linspace(0, len(chosen) - 1, min(max_tiles, len(chosen))).round().astype(int))]
     tiles = []
-    for i in chosen:
+    for i in sorted(prediction.windowed):
         grey = prediction.windowed[i].astype(np.float32)
         rgb = np.stack([grey] * 3, axis=-1)
         liver = prediction.mask[i].astype(bool)

@@ -17,6 +17,9 @@ Which reader decodes which file (decided from the header by `choose_reader`, rec
 """
 from __future__ import annotations
 
+import weakref
+from typing import Sequence
+
 import numpy as np
 import pydicom
 
@@ -52,27 +55,35 @@ def _stored_range(header: pydicom.Dataset) -> tuple[float, float]:
     return (-(2.0 ** (bits - 1)) if signed else 0.0), 2.0 ** bits - 1
 
 
-def read_hu(series: Series):
-    """A `tf.data.Dataset` of (hu float32 [rows, cols], reader code int32) per slice, in series order.
+def read_hu(series: Series, indices: Sequence[int] | None = None):
+    """A `tf.data.Dataset` of (hu float32 [rows, cols], reader code int32) per slice, in series order, of the
+    slices at `indices` (default: all).
 
-    The reader code indexes READERS: tfio, pydicom by choice, or pydicom after tfio returned nothing.
+    The reader code indexes READERS: tfio, pydicom by choice, or pydicom after tfio returned nothing. Each
+    file's bytes are handed to the decoder as its slice is read, not gathered into one tensor of the series.
     """
     import tensorflow as tf
     import tensorflow_io as tfio
 
     rows, cols = series.shape
     names = [s.name for s in series.slices]
+    chosen = np.arange(len(series.slices)) if indices is None else np.asarray(indices, np.int64).reshape(-1)
+    source = weakref.ref(series)  # TensorFlow keeps the functions below after the reading: not the files' bytes
+
+    def file_bytes(index):  # bytes as they are: TensorFlow keeps a reference to an object array it is given
+        return source().slices[int(index)].data
 
     def pydicom_hu(index):
         i = int(index)
-        return hu_from_dataset(read_dataset(series.slices[i].data, names[i]), names[i]).astype(np.float32)
+        return hu_from_dataset(read_dataset(source().slices[i].data, names[i]), names[i]).astype(np.float32)
 
     def via_pydicom(index, code):
         hu = tf.numpy_function(pydicom_hu, [index], tf.float32, stateful=False)
         return tf.reshape(hu, [rows, cols]), tf.constant(code, tf.int32)
 
-    def decode(index, contents, use_tfio, low, steps, slope, intercept):
+    def decode(index, use_tfio, low, steps, slope, intercept):
         def via_tfio():
+            contents = tf.reshape(tf.numpy_function(file_bytes, [index], tf.string, stateful=False), [])
             x = tfio.image.decode_dicom_image(contents, dtype=tf.float32, scale="auto", on_error="lossy")
             decoded = tf.equal(tf.size(x), rows * cols)
 
@@ -84,11 +95,10 @@ def read_hu(series: Series):
 
         return tf.cond(use_tfio, via_tfio, lambda: via_pydicom(index, 1))
 
-    headers = [s.header for s in series.slices]
+    headers = [series.slices[i].header for i in chosen]
     ranges = np.array([_stored_range(h) for h in headers], np.float32).reshape(-1, 2)
     slope_intercept = np.array([rescale(h) for h in headers], np.float32).reshape(-1, 2)
-    columns = (np.arange(len(headers), dtype=np.int64), [s.data for s in series.slices],
-               np.array([choose_reader(h) == "tfio" for h in headers]),
+    columns = (chosen, np.array([choose_reader(h) == "tfio" for h in headers], bool),
                ranges[:, 0], ranges[:, 1], slope_intercept[:, 0], slope_intercept[:, 1])
     return tf.data.Dataset.from_tensor_slices(columns).map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                                                            deterministic=True)

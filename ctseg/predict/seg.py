@@ -79,7 +79,7 @@ def _segmentation(hd, series: Series, mask: np.ndarray, segment, model: ServedMo
 
     return hd.seg.Segmentation(
         source_images=[_with_type2_study_attributes(s.header, s.name) for s in series.slices],
-        pixel_array=mask.astype(bool),
+        pixel_array=mask,  # uint8 0/1 as it is: highdicom copies it frame by frame anyway
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
         series_instance_uid=generate_uid(),

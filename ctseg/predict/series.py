@@ -62,6 +62,11 @@ class Series:
         rows, cols = geometry.in_plane_flips(self.slices[0].header)
         return tuple(axis for axis, flip in ((1, rows), (2, cols)) if flip)
 
+    def headers_only(self) -> "Series":
+        """The series without its files' bytes (the input's size): what the outputs need once the model has
+        read the pixels."""
+        return dataclasses.replace(self, slices=tuple(SliceFile(s.name, b"", s.header) for s in self.slices))
+
     @property
     def geometry_notes(self) -> tuple[str, ...]:
         """What predict did about the series' geometry, for summary.json."""

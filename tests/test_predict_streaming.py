@@ -78,3 +78,12 @@ def test_reading_keeps_no_reference_to_the_series(small_phantom):
     del series
     gc.collect()
     assert gone() is None, "the reader's functions, which TensorFlow keeps, still hold the files' bytes"
+
+
+def test_the_dataset_keeps_its_series_while_it_is_read(small_phantom):
+    """A series no one else holds (`read_hu(load_series(...))`) is read whole, also through a derived dataset:
+    the reader's functions hold it weakly, the dataset strongly."""
+    expected = len(P.load_series(small_phantom / "3Dircadb1.2").slices)
+    batched = P.read_hu(P.load_series(small_phantom / "3Dircadb1.2")).batch(4)
+    gc.collect()
+    assert sum(len(code) for _, code in batched) == expected

@@ -100,5 +100,7 @@ def read_hu(series: Series, indices: Sequence[int] | None = None):
     slope_intercept = np.array([rescale(h) for h in headers], np.float32).reshape(-1, 2)
     columns = (chosen, np.array([choose_reader(h) == "tfio" for h in headers], bool),
                ranges[:, 0], ranges[:, 1], slope_intercept[:, 0], slope_intercept[:, 1])
-    return tf.data.Dataset.from_tensor_slices(columns).map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                                                           deterministic=True)
+    dataset = tf.data.Dataset.from_tensor_slices(columns).map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                                                              deterministic=True)
+    dataset._ctseg_series = series  # the series lives as long as the dataset (and those made from it), not longer
+    return dataset

@@ -215,6 +215,24 @@ def test_prediction_far_above_every_training_volume(data, tmp_path):
     assert "ml: above every training patient (largest " in volume["message"]
 
 
+def test_slices_with_organ_allow_one_slice_of_the_series_and_no_more():
+    """Training patients with the liver on 50-60% of their slices: widened by the curated margin, the range
+    starts at 47.5%; on a 14-slice series one slice lower (42.9%) is what a prediction that misses the
+    liver's last slice gives, two slices lower (35.7%) is another body region."""
+    from ctseg.predict.ood import check_prediction
+
+    rows = [{"patient_id": f"p{i}", "volume_ml": 1500.0, "organ_slice_fraction": f} for i, f in enumerate((0.5, 0.6))]
+    profile = P.Profile(statistics=None, patients=rows, eval_predictions=[])
+
+    def names(fraction, slices):
+        return [f.feature for f in check_prediction(1500.0, fraction, None, profile, slices)]
+
+    assert names(6 / 14, 14) == []
+    assert names(5 / 14, 14) == ["organ_slice_fraction"]
+    assert names(6 / 14, 0) == ["organ_slice_fraction"]       # without the series' length: the margin alone
+    assert names(0.6 + 1 / 14, 14) == [] and names(0.6 + 2 / 14, 14) == ["organ_slice_fraction"]
+
+
 @pytest.fixture(scope="module")
 def trained_model(data) -> Path:
     """The Trainer's UNET at two levels, trained for seconds on the training patients at the examples'

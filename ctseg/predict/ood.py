@@ -205,12 +205,15 @@ def check_input(headers: Sequence, hu_at_model_size: np.ndarray, profile: Profil
 
 
 def _patient_finding(name: str, value: float, rows: list[dict], curated, what: str, unit: str, whose: str,
-                     scale: float = 1.0, only_above: bool = False) -> Optional[Finding]:
+                     scale: float = 1.0, only_above: bool = False, step: float = 0.0) -> Optional[Finding]:
+    """A finding when `value` lies outside the training range widened by the curated margin and by `step`,
+    the smallest change the value can show (a fraction of a series' slices moves in steps of one slice)."""
     values = [r[name] for r in rows if r.get(name) is not None]
     if not values or margin(curated) is None:
         return None
     lo, hi = min(values), max(values)
     allowed = widened(lo, hi, margin(curated))
+    allowed = (allowed[0] - step, allowed[1] + step)
     if only_above:
         allowed = (0.0, allowed[1])
     if allowed[0] <= value <= allowed[1]:
@@ -226,9 +229,11 @@ def _patient_finding(name: str, value: float, rows: list[dict], curated, what: s
 
 
 def check_prediction(volume_ml: float, organ_slice_fraction: float, components_before_cleanup: Optional[int],
-                     profile: Profile) -> list[Finding]:
+                     profile: Profile, slices: int = 0) -> list[Finding]:
     """The prediction against the profile's training patients (volume, slices with organ) and the
-    model's predictions on its eval patients (components before the clean-up)."""
+    model's predictions on its eval patients (components before the clean-up). A series of `slices`
+    slices can differ from the training range by one slice without a finding: on a short series that
+    is a change of several percent that no prediction could avoid."""
     curated = _schema_features(curated_schema())
     organ = profile.organ
     found = [
@@ -236,7 +241,7 @@ def check_prediction(volume_ml: float, organ_slice_fraction: float, components_b
                          "training patient"),
         _patient_finding("organ_slice_fraction", organ_slice_fraction, profile.patients,
                          curated["organ_slice_fraction"], f"{organ} on", "% of slices", "training patient",
-                         scale=100.0),
+                         scale=100.0, step=1.0 / slices if slices else 0.0),
     ]
     if components_before_cleanup is not None:
         found.append(_patient_finding("components_before_cleanup", float(components_before_cleanup),
@@ -274,9 +279,9 @@ class Check:
     def after_model(self, prediction) -> list[Finding]:
         from ctseg.predict.series import volume_ml
 
-        fraction = prediction.slices_with_liver / max(len(prediction.mask), 1)
-        found = check_prediction(volume_ml(prediction.mask, prediction.series), fraction,
-                                 prediction.components_before_cleanup, self.profile)
+        slices = max(len(prediction.mask), 1)
+        found = check_prediction(volume_ml(prediction.mask, prediction.series), prediction.slices_with_liver / slices,
+                                 prediction.components_before_cleanup, self.profile, slices)
         self.findings.extend(found)
         prediction.out_of_distribution = [f.to_json() for f in self.findings]
         if self.require and found:

@@ -275,6 +275,30 @@ def test_heart_rests_on_the_liver_dome_across_the_diaphragm():
     assert touching >= 4, touching
 
 
+def _anterior_notch(liver: np.ndarray) -> int:
+    """Rows by which the liver's anterior outline dips between higher points on either side of it."""
+    cols = np.flatnonzero(liver.any(axis=0))
+    front = -np.argmax(liver[:, cols], axis=0).astype(float)     # higher is more anterior
+    rim = np.minimum(np.maximum.accumulate(front), np.maximum.accumulate(front[::-1])[::-1])
+    return int(np.max(rim - front))
+
+
+def test_medial_segment_joins_the_lobes_under_the_anterior_wall():
+    """Above the hilum the liver's anterior surface runs unbroken from the right lobe across the midline
+    (segment IV joins the lobes), as on real CT; two separate ellipses left a notch of up to a tenth of the
+    body's height there, which taught the model to stop short of a real liver's left lobe."""
+    from ctseg.phantom.anatomy import Anatomy
+
+    notches = []
+    for g in patient_geometries(16, 40, seed=3):
+        a = Anatomy(np.random.default_rng(g.seed + (1,)), 128)
+        body_rows = a.body[3] * 128
+        for s in (0.6, 0.7, 0.8):
+            _, masks = a.render(a.lo + s * (a.hi - a.lo))
+            notches.append(_anterior_notch(masks["liver"]) / body_rows)
+    assert max(notches) <= 0.06, sorted(notches)[-5:]
+
+
 def test_arms_body_position_and_size_vary():
     gs = patient_geometries(40, 16, seed=0)
     assert 0.1 < np.mean([g.arms_down for g in gs]) < 0.6

@@ -150,6 +150,10 @@ class Anatomy:
         self.right_lobe = Shape.wobbly(rng, U(-0.46, -0.38), U(-0.08, 0.06), 0.44, 0.66, U(-0.2, 0.2), 0.07)
         self.left_lobe = Shape.wobbly(rng, 0.0, U(-0.55, -0.42), 0.40, 0.24, U(-0.35, 0.0), 0.10)
         self.left_reach = U(0.55, 1.15)            # how far the left lobe crosses the midline
+        # Segment IV (the medial segment) joins the lobes above the hilum: the liver's anterior surface runs
+        # unbroken under the diaphragm and the anterior wall from the right lobe across the midline.
+        self.medial = Shape.wobbly(rng, U(-0.2, -0.08), U(-0.52, -0.4), U(0.22, 0.3), U(0.2, 0.28),
+                                   U(-0.3, 0.1), 0.08)
         self.caudate = Shape.wobbly(rng, -0.08, 0.12, 0.11, 0.12, 0.0, 0.1)
         self.spleen = Shape.wobbly(rng, U(0.56, 0.66), U(0.25, 0.42), U(0.15, 0.2), U(0.24, 0.32), U(-0.7, -0.3), 0.08)
         self.spleen_span = (lo + U(0.25, 0.45) * span, hi - U(0.0, 0.1))
@@ -188,7 +192,7 @@ class Anatomy:
         # The heart rests on the central tendon of the diaphragm, below the right dome: on the liver's top
         # slices it lies beside the dome, anterior and to the left, separated only by the diaphragm.
         self.heart = Shape.wobbly(rng, U(0.0, 0.15), U(-0.45, -0.3), U(0.38, 0.46), U(0.3, 0.38), U(-0.4, 0.0), 0.05)
-        self.heart_lo = lo + U(0.72, 0.85) * span
+        self.heart_lo = lo + U(0.80, 0.90) * span   # the central tendon lies a few cm below the right dome
         self.heart_hi = self.heart_lo + U(0.4, 0.55)
         self.lung_start = hi - U(0.06, 0.12)
         self.lung_vessels = [Tube((sx * U(0.2, 0.7), U(-0.4, 0.5), self.lung_start + U(-0.05, 0.2)),
@@ -236,6 +240,9 @@ class Anatomy:
         if left > 0:
             shapes.append(dataclasses.replace(self.left_lobe, cx=self.left_lobe.cx - 0.3 + 0.45 * self.left_reach,
                                               rx=self.left_lobe.rx * left, ry=self.left_lobe.ry * min(1.0, left + 0.2)))
+        medial = _bump(s, 0.35, 1.0, 0.6) * self.liver_scale
+        if medial > 0:
+            shapes.append(self.medial.scaled(medial))
         caudate = _bump(s, 0.45, 0.85)
         if caudate > 0:
             shapes.append(self.caudate.scaled(caudate))

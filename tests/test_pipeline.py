@@ -137,9 +137,10 @@ def test_pushed_model_carries_its_training_profile_and_lineage_says_where_it_cam
 
 
 def test_pushed_model_segments_eval_patients_to_their_volume(workdir, data_root, tmp_path):
-    """`ctseg predict` with the pushed model on the eval patients (never trained on): the best-segmented
-    one within 10% of the true volume, every one within 25% (the model over-segments where the liver
-    meets the abdominal wall, whose HU are close to the liver's)."""
+    """`ctseg predict` with the pushed model on the eval patients (never trained on): within 10% of the true
+    volume on average and every one within 15% (the model over-segments by about a pixel around the outline).
+    The average, not the patient with the best Dice: which patient that is flips between phantoms whose
+    volume errors all fall (13.8% and 4.2% before the phantom's segment IV, 11.7% and 2.5% with it)."""
     from ctseg.predict import load_series, predict, volume_ml
 
     work, runs = workdir
@@ -152,9 +153,8 @@ def test_pushed_model_segments_eval_patients_to_their_volume(workdir, data_root,
                           for f in (data_root / patient / "MASKS_DICOM" / "liver").iterdir()])
         true_ml = volume_ml(truth, load_series(data_root / patient))
         errors[patient] = abs(summary["volume_ml"] - true_ml) / true_ml
-    best = max(evaluation["patients"], key=lambda p: p["dice"])["patient_id"]
-    assert errors[best] < 0.10, errors
-    assert max(errors.values()) < 0.25, errors
+    assert np.mean(list(errors.values())) < 0.10, errors
+    assert max(errors.values()) < 0.15, errors
 
 
 def test_predict_masks_are_the_masks_the_evaluator_scored(workdir, data_root):

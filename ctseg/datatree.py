@@ -150,16 +150,19 @@ class ZipTree(Tree):
         object and a running CRC per member)."""
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & ~_PLAIN_FLAGS:
             return None
-        with self._zip._lock:  # the lock zipfile's own readers hold around each seek and read of the shared file
-            fp = self._zip.fp
-            fp.seek(info.header_offset)
-            header = fp.read(_LOCAL_HEADER.size)
-            if len(header) != _LOCAL_HEADER.size:
-                return None
-            signature, name_length, extra_length = _LOCAL_HEADER.unpack(header)
-            name = fp.read(name_length)
-            fp.seek(extra_length, os.SEEK_CUR)
-            raw = fp.read(info.compress_size)
+        try:
+            with self._zip._lock:  # the lock zipfile's own readers hold around each seek and read of the shared file
+                fp = self._zip.fp
+                fp.seek(info.header_offset)
+                header = fp.read(_LOCAL_HEADER.size)
+                if len(header) != _LOCAL_HEADER.size:
+                    return None
+                signature, name_length, extra_length = _LOCAL_HEADER.unpack(header)
+                name = fp.read(name_length)
+                fp.seek(info.header_offset + _LOCAL_HEADER.size + name_length + extra_length)
+                raw = fp.read(info.compress_size)
+        except Exception:  # noqa: BLE001  (a failing read fails again in zipfile, which names it as before)
+            return None
         encoding = "utf-8" if info.flag_bits & 0x800 else (getattr(self._zip, "metadata_encoding", None) or "cp437")
         if signature != b"PK\x03\x04" or name.decode(encoding, "replace") != info.orig_filename:
             return None

@@ -89,6 +89,24 @@ def test_a_local_header_that_disagrees_with_the_directory_is_refused_as_zipfile_
         tree.read("PATIENT_DICOM/image_1")
 
 
+class _FailingReads(io.BytesIO):
+    """A file whose reads fail once `failing` is set (a lost disk or object store under an open archive)."""
+    failing = False
+
+    def read(self, *args):
+        if self.failing:
+            raise OSError(5, "Input/output error")
+        return super().read(*args)
+
+
+def test_a_read_that_fails_is_a_member_error_as_before():
+    f = _FailingReads(_archive(zipfile.ZIP_DEFLATED))
+    tree = datatree.ZipTree(zipfile.ZipFile(f), "test.zip")
+    f.failing = True
+    with pytest.raises(MemberError, match=r"image_0: damaged zip member \(\[Errno 5\] Input/output error\)"):
+        tree.read("PATIENT_DICOM/image_0")
+
+
 def test_each_inner_zip_is_read_from_the_outer_zip_once(small_phantom_zip, monkeypatch):
     """A patient's PATIENT_DICOM.zip and MASKS_DICOM.zip are each inflated into memory once and every slice is
     read from that copy: the outer zip is never re-read per slice."""

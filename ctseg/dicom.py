@@ -13,6 +13,8 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from ctseg import geometry
+
 PathOrFile = Union[str, os.PathLike, BinaryIO, bytes]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -158,7 +160,7 @@ def slice_position_mm(ds: pydicom.Dataset) -> float | None:
         return None
     iop = ds.get("ImageOrientationPatient")
     if iop is not None and len(iop) == 6:
-        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+        normal = geometry.plane_normal(iop[:3], iop[3:])
     else:
         normal = np.array([0.0, 0.0, 1.0])
     return float(np.dot(normal, np.asarray(ipp, float)))

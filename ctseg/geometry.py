@@ -23,6 +23,14 @@ def _cosines(header: pydicom.Dataset) -> Optional[tuple[np.ndarray, np.ndarray]]
     return np.asarray(iop[:3], float), np.asarray(iop[3:], float)
 
 
+def plane_normal(row: Sequence[float], col: Sequence[float]) -> np.ndarray:
+    """row x col, the normal of the plane they span: np.cross's products and differences in its order, so the
+    same float64 values, written out because np.cross costs about 30 µs on two 3-vectors (ingest takes a
+    normal twice a slice)."""
+    (a0, a1, a2), (b0, b1, b2) = (float(v) for v in row), (float(v) for v in col)
+    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
+
+
 def not_axial(header: pydicom.Dataset) -> Optional[str]:
     """Why a slice is not one the model can read as axial (sagittal, coronal, tilted, or axial with rows and
     columns swapped), else None. A slice without ImageOrientationPatient is taken as axial, as ordering does."""
@@ -30,7 +38,7 @@ def not_axial(header: pydicom.Dataset) -> Optional[str]:
     if cosines is None:
         return None
     row, col = cosines
-    normal = np.cross(row, col)
+    normal = plane_normal(row, col)
     size = float(np.linalg.norm(normal))
     if size < 1e-6:
         return f"ImageOrientationPatient {_values(header)} does not describe a plane"

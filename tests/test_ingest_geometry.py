@@ -85,3 +85,23 @@ def test_ingest_quarantines_the_slice_after_a_gap(small_phantom, tmp_path):
     _, quarantined = _ingest(ref, tmp_path)
     assert [Path(q["file"]).name for q in quarantined] == ["image_6"]
     assert "slices missing between image_4 and image_6" in quarantined[0]["reason"]
+
+
+def test_plane_normal_is_np_cross_to_the_last_bit():
+    """The written-out normal gives np.cross's float64 values exactly, so positions, orderings and slice
+    depths stay the same bits (ingest and predict both take it)."""
+    from ctseg.geometry import plane_normal
+
+    rng = np.random.default_rng(0)
+    pairs = [([1.0, 0.0, 0.0], [0.0, 1.0, 0.0]), ([-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]),
+             ([0.99619469809175, 0.0, 0.08715574274766], [0.0, 1.0, 0.0])]
+    pairs += [(list(rng.normal(size=3) * 10.0 ** rng.integers(-3, 4)), list(rng.normal(size=3))) for _ in range(500)]
+    for row, col in pairs:
+        assert plane_normal(row, col).tobytes() == np.cross(np.asarray(row, float), np.asarray(col, float)).tobytes()
+    ds = pydicom.Dataset()
+    ds.ImageOrientationPatient = ["0.9998477", "0.0", "-0.0174524", "0.0", "1.0", "0.0"]
+    ds.ImagePositionPatient = ["-175.5", "-160.25", "-1234.5678"]
+    iop, ipp = np.asarray(ds.ImageOrientationPatient, float), np.asarray(ds.ImagePositionPatient, float)
+    from ctseg.dicom import slice_position_mm
+
+    assert slice_position_mm(ds) == float(np.dot(np.cross(iop[:3], iop[3:]), ipp))

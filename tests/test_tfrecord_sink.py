@@ -42,3 +42,41 @@ def test_a_failed_write_reaches_the_caller(tmp_path):
                 sink.write_encoded_record(handle, os.urandom(1 << 20))
         finally:
             handle.close()
+
+
+def test_records_deflated_apart_join_into_one_gzip_member_in_order(tmp_path):
+    """Records are compressed on several threads and written in order: one gzip member whose content is each
+    record's TFRecord framing, in the order written (large random records finish compressing after the small
+    ones queued behind them)."""
+    import random
+    import struct
+    import zlib
+
+    from ctseg.components.ingest.tfrecord_sink import _masked_crc32c
+
+    rng = random.Random(0)
+    records = [rng.randbytes(rng.choice([0, 1, 100, 300_000])) if k % 3 else bytes(k % 7) * 50_000
+               for k in range(200)]
+    sink = GzipTFRecordSink(str(tmp_path / "data_tfrecord"))
+    path = str(tmp_path / "part.gz")
+    handle = sink.open(path)
+    for record in records:
+        sink.write_encoded_record(handle, record)
+    handle.close()
+
+    data = open(path, "rb").read()
+    inflater = zlib.decompressobj(31)
+    content = inflater.decompress(data)
+    assert inflater.eof and not inflater.unused_data  # one gzip member, its CRC-32 and length checked by zlib
+    framing = b"".join(struct.pack("<Q", len(r)) + _masked_crc32c(struct.pack("<Q", len(r))) + r + _masked_crc32c(r)
+                       for r in records)
+    assert content == framing
+    assert [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")] == records
+
+
+def test_an_empty_file_is_an_empty_gzip_stream(tmp_path):
+    sink = GzipTFRecordSink(str(tmp_path / "data_tfrecord"))
+    path = str(tmp_path / "part.gz")
+    sink.open(path).close()
+    assert gzip.decompress(open(path, "rb").read()) == b""
+    assert list(tf.data.TFRecordDataset(path, compression_type="GZIP")) == []

@@ -8,14 +8,20 @@ import tensorflow as tf
 from ctseg.components.ingest.tfrecord_sink import GZIP_LEVEL, GzipTFRecordSink
 
 
-def test_records_read_back_by_tensorflow_with_their_checksums(tmp_path):
-    records = [b"", b"x", bytes(range(256)) * 300]
+def _written(tmp_path, records) -> str:
+    """`records` written through the sink into one gzip file; its path."""
     sink = GzipTFRecordSink(str(tmp_path / "data_tfrecord"))
     path = str(tmp_path / "part.gz")
     handle = sink.open(path)
     for record in records:
         sink.write_encoded_record(handle, record)
     handle.close()
+    return path
+
+
+def test_records_read_back_by_tensorflow_with_their_checksums(tmp_path):
+    records = [b"", b"x", bytes(range(256)) * 300]
+    path = _written(tmp_path, records)
 
     with open(path, "rb") as f:
         header = f.read(10)
@@ -57,12 +63,7 @@ def test_records_deflated_apart_join_into_one_gzip_member_in_order(tmp_path):
     rng = random.Random(0)
     records = [rng.randbytes(rng.choice([0, 1, 100, 300_000])) if k % 3 else bytes(k % 7) * 50_000
                for k in range(200)]
-    sink = GzipTFRecordSink(str(tmp_path / "data_tfrecord"))
-    path = str(tmp_path / "part.gz")
-    handle = sink.open(path)
-    for record in records:
-        sink.write_encoded_record(handle, record)
-    handle.close()
+    path = _written(tmp_path, records)
 
     data = open(path, "rb").read()
     inflater = zlib.decompressobj(31)

@@ -299,6 +299,54 @@ def test_medial_segment_joins_the_lobes_under_the_anterior_wall():
     assert max(notches) <= 0.06, sorted(notches)[-5:]
 
 
+def test_hepatic_flexure_lies_against_the_liver_tip():
+    """The colon turns under the right lobe's tip (the hepatic flexure): on the liver's lowest slices the colon
+    touches the liver, as on real CT where a fluid- or faeces-filled colon lies where a liver's tip could be."""
+    from scipy import ndimage
+
+    from ctseg.phantom.anatomy import Anatomy
+
+    touching = []
+    for g in patient_geometries(12, 40, seed=3):
+        a = Anatomy(np.random.default_rng(g.seed + (1,)), 128)
+        heights = a.lo + np.linspace(0.02, 0.25, 8) * (a.hi - a.lo)
+        near = [(ndimage.binary_dilation(a.render(t)[1]["liver"], iterations=2) & a.colon_mask(t)).any()
+                for t in heights]
+        touching.append(any(near))
+    assert np.mean(touching) >= 0.9, touching
+
+
+def test_the_liver_tip_runs_down_the_lateral_wall():
+    """The right lobe's inferior tip (segment VI) lies against the lateral abdominal wall with the colon medial
+    to it, as on real CT; a tip shrunk towards the middle of the lobe left the lateral wall to the colon."""
+    from ctseg.phantom.anatomy import Anatomy
+
+    gaps = []
+    for g in patient_geometries(12, 40, seed=5):
+        a = Anatomy(np.random.default_rng(g.seed + (1,)), 128)
+        labels, masks = a.render(a.lo + 0.12 * (a.hi - a.lo))
+        cols = np.flatnonzero(masks["liver"].any(axis=0))
+        inside = np.flatnonzero((labels == LABEL["visceral_fat"]).any(axis=0))  # the cavity; liver may cover its edge
+        gaps.append((cols.min() - inside.min()) / (a.body[2] * 64) if len(cols) else 1.0)
+    assert np.median(gaps) <= 0.08 and max(gaps) <= 0.2, np.round(gaps, 3)
+
+
+def test_faeces_are_mottled_with_gas():
+    """Faeces in the colon hold bubbles of gas (a few per cent to a fifth of the content here); a liver never does."""
+    from ctseg.phantom.anatomy import Anatomy
+
+    fractions = []
+    for g in patient_geometries(12, 40, seed=4):
+        a = Anatomy(np.random.default_rng(g.seed + (1,)), 128)
+        for t in np.linspace(a.lo - 0.3, a.lo + 0.2, 6):
+            labels, _ = a.render(t)
+            colon = a.colon_mask(t)
+            faeces, gas = (colon & (labels == LABEL["bowel_content"])).sum(), (colon & (labels == LABEL["gas"])).sum()
+            if faeces > 50:
+                fractions.append(gas / (gas + faeces))
+    assert len(fractions) >= 10 and 0.02 < np.median(fractions) < 0.4, fractions
+
+
 def test_arms_body_position_and_size_vary():
     gs = patient_geometries(40, 16, seed=0)
     assert 0.1 < np.mean([g.arms_down for g in gs]) < 0.6

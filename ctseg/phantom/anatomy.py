@@ -115,6 +115,23 @@ class Tube:
         f = (t - t0) / (t1 - t0)
         return Shape(x0 + f * (x1 - x0), y0 + f * (y1 - y0), self.radius, self.radius * 1.1)
 
+    def sections(self, t: float, height_per_width: float = 0.6) -> list[Shape]:
+        """The tube as a solid cylinder cut at height t: circles along the part of its axis within a radius of
+        t, so a segment that runs across the body (a flexure) shows as a band, not a single circle.
+        `height_per_width`: body units in t units (t = 1 is about 25 cm, a body half-width about 15)."""
+        (x0, y0, t0), (x1, y1, t1) = self.p0, self.p1
+        reach = self.radius * height_per_width
+        if not min(t0, t1) - reach < t < max(t0, t1) + reach:
+            return []
+        count = max(2, int(np.ceil(np.hypot(x1 - x0, y1 - y0) / (0.4 * self.radius))) + 1)
+        out = []
+        for f in np.linspace(0.0, 1.0, count):
+            depth = 1 - ((t0 + f * (t1 - t0) - t) / reach) ** 2
+            if depth > 0:
+                r = self.radius * float(np.sqrt(depth))
+                out.append(Shape(x0 + f * (x1 - x0), y0 + f * (y1 - y0), r, r * 1.1))
+        return out
+
 
 @dataclasses.dataclass
 class Lesion:
@@ -187,6 +204,7 @@ class Anatomy:
                                        r * U(0.6, 1.4) * 0.5, str(rng.choice(["lesion_hypo", "lesion_hypo",
                                                                                "lesion_hyper", "cyst"]))))
         self.bowel = self._bowel(rng)
+        self.colon, self.stool_gas = self._colon(rng)
         self.ribs = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(9, 14)))
         self.rib_start = lo + U(0.2, 0.45) * span
         # The heart rests on the central tendon of the diaphragm, below the right dome: on the liver's top
@@ -212,14 +230,11 @@ class Anatomy:
                             r * rng.uniform(0.95, 1.25) / by, rng.uniform(-0.3, 0.3), 0.05)
 
     def _bowel(self, rng) -> list[Tube]:
-        """Loops of small bowel and colon below and beside the liver, each with a wall and a content."""
+        """Loops of small bowel below and beside the liver, each with a wall and a content (gas, fluid, chyme or
+        collapsed: a collapsed loop is all enhancing wall)."""
         U = rng.uniform
         top = self.lo + 0.6 * (self.hi - self.lo)
-        loops = [Tube((-0.62, U(-0.1, 0.2), T_BOTTOM + 0.3),
-                      (U(-0.6, -0.45), U(-0.1, 0.2), self.lo + 0.25 * (self.hi - self.lo)), U(0.1, 0.15)),
-                 Tube((0.65, U(0.0, 0.3), T_BOTTOM + 0.3), (0.62, U(0.0, 0.3), top), U(0.08, 0.12)),
-                 Tube((U(-0.5, -0.2), U(-0.7, -0.5), self.lo + 0.2), (U(0.2, 0.5), U(-0.7, -0.5), self.lo + 0.3),
-                      U(0.08, 0.13))]
+        loops = []
         # about 200 segments per unit of height, as in the abdomen: the pelvis is as full of bowel
         for _ in range(int(rng.integers(90, 130) * (top - T_BOTTOM) / 0.55)):
             x, y, t = U(-0.6, 0.6), U(-0.8, 0.35), U(T_BOTTOM, top)
@@ -229,13 +244,45 @@ class Anatomy:
             tube.tissue = str(rng.choice(["gas", "fluid", "bowel_content", "bowel_wall"], p=[0.15, 0.3, 0.25, 0.3]))
         return loops
 
+    def _colon(self, rng) -> tuple[list[Tube], list[Lesion]]:
+        """The colon and the gas mottling its faeces. The ascending colon runs up the right flank to the liver's
+        inferior surface, where the hepatic flexure turns forward and medially under the right lobe's tip into
+        the transverse colon; the descending colon runs down the left flank. The colon is rarely collapsed:
+        its content is faeces (soft tissue and fat densities with bubbles of gas), fluid or gas."""
+        U = rng.uniform
+        span = self.hi - self.lo
+        flexure = (U(-0.68, -0.55), U(-0.05, 0.2), self.lo + U(0.0, 0.15) * span)   # under the right lobe's tip
+        transverse = (U(-0.4, -0.2), U(-0.7, -0.5), flexure[2] + U(0.03, 0.08))
+        radius = U(0.1, 0.15)
+        colon = [Tube((-0.62, U(-0.1, 0.2), T_BOTTOM + 0.3), flexure, radius),
+                 Tube(flexure, transverse, radius * U(0.8, 1.0)),
+                 Tube(transverse, (U(0.2, 0.5), U(-0.7, -0.5), transverse[2] + U(0.05, 0.12)), U(0.08, 0.13)),
+                 Tube((0.65, U(0.0, 0.3), T_BOTTOM + 0.3), (0.62, U(0.0, 0.3), self.lo + 0.6 * span), U(0.08, 0.12))]
+        bubbles = []
+        for tube in colon:
+            tube.tissue = str(rng.choice(["bowel_content", "fluid", "gas"], p=[0.7, 0.15, 0.15]))
+            if tube.tissue != "bowel_content":
+                continue
+            for _ in range(rng.integers(15, 40)):
+                f, a, r = U(0, 1), U(0, 2 * np.pi), U(0.0, 0.55) * tube.radius
+                (x0, y0, t0), (x1, y1, t1) = tube.p0, tube.p1
+                size = U(0.012, 0.035)
+                bubbles.append(Lesion(x0 + f * (x1 - x0) + r * np.cos(a), y0 + f * (y1 - y0) + r * np.sin(a),
+                                      t0 + f * (t1 - t0), size, size * U(0.5, 1.0), "gas"))
+        return colon, bubbles
+
     def liver_shapes(self, t: float) -> list[Shape]:
         s = (t - self.lo) / (self.hi - self.lo)
         if not 0 < s < 1:
             return []
         width = min(1.0, (s / 0.3) ** 0.6) * (np.sqrt(max(0.0, 1 - ((s - 0.75) / 0.25) ** 2)) if s > 0.75 else 1.0)
         k = self.liver_scale * width
-        shapes = [self.right_lobe.scaled(k, 0.1 * (1 - width))]
+        lobe = self.right_lobe
+        if s < 0.3:   # the inferior tip (segment VI) runs down the lateral wall: narrow across, long front to back
+            rx, ry = lobe.rx * k, lobe.ry * self.liver_scale * np.sqrt(width)
+            shapes = [dataclasses.replace(lobe, cx=lobe.cx - lobe.rx * self.liver_scale + rx, rx=rx, ry=ry)]
+        else:
+            shapes = [lobe.scaled(k, 0.1 * (1 - width))]
         left = _bump(s, 0.4, 1.02, 0.7) * self.left_reach * self.liver_scale
         if left > 0:
             shapes.append(dataclasses.replace(self.left_lobe, cx=self.left_lobe.cx - 0.3 + 0.45 * self.left_reach,
@@ -270,6 +317,17 @@ class Anatomy:
             if s is not None:
                 wall_mask = c.paint("bowel_wall", s, within=cavity)
                 c.paint(tube.tissue, s.scaled(0.7), within=wall_mask)
+        sections = [(tube.tissue, s) for tube in self.colon for s in tube.sections(t)]
+        wall = np.zeros_like(cavity)
+        for _, s in sections:      # all walls first: where segments join, one lumen runs into the next
+            wall |= c.paint("bowel_wall", s, within=cavity)
+        lumen = np.zeros_like(cavity)
+        for tissue, s in sections:  # a thin wall: the content reaches within a few millimetres of the fat
+            lumen |= c.paint(tissue, s.scaled(max(0.0, 1 - 0.025 / s.rx)), within=wall)
+        for bubble in self.stool_gas:
+            s = bubble.at(t)
+            if s is not None:
+                c.paint("gas", s, within=lumen & (c.labels == LABEL["bowel_content"]))
         self._pelvis(c, t, cavity)
         masks: dict[str, np.ndarray] = {}
         for name, shape, (klo, khi) in zip(("rightkidney", "leftkidney"), self.kidneys, self.kidney_spans):
@@ -343,6 +401,15 @@ class Anatomy:
         if scale <= 0:
             return np.zeros((self.n, self.n), bool)
         return c.paint("myocardium", self.heart.scaled(scale))
+
+    def colon_mask(self, t: float) -> np.ndarray:
+        """Where the colon (wall and content) lies at height t, for tests and benches."""
+        c = Canvas(self.n, self.body, t)
+        out = np.zeros((self.n, self.n), bool)
+        for tube in self.colon:
+            for s in tube.sections(t):
+                out |= c.paint("bowel_wall", s)
+        return out
 
     def _chest(self, c: Canvas, t: float, cavity: np.ndarray) -> None:
         """Lung bases and lungs with their vessels, the heart in its pericardial fat, the mediastinum."""

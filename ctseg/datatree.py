@@ -138,7 +138,8 @@ class ZipTree(Tree):
         if data is not None:
             return data
         try:
-            return self._zip.read(info)
+            with self._zip.open(info) as member:  # read(n), unlike read(), inflates at most n bytes at a time
+                return member.read(info.file_size + 1)
         except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
             raise MemberError(self.location(path), f"damaged zip member ({e})") from e
 
@@ -168,8 +169,9 @@ class ZipTree(Tree):
             return None
         if len(raw) != info.compress_size:
             return None
-        try:
-            data = raw if info.compress_type == zipfile.ZIP_STORED else zlib.decompress(raw, -15, info.file_size)
+        try:  # inflating no further than the declared size: a member that lies about it cannot fill memory
+            data = raw if info.compress_type == zipfile.ZIP_STORED else \
+                zlib.decompressobj(-15).decompress(raw, info.file_size + 1)
         except zlib.error:
             return None
         if len(data) != info.file_size or zlib.crc32(data) != info.CRC:

@@ -89,6 +89,33 @@ def test_a_local_header_that_disagrees_with_the_directory_is_refused_as_zipfile_
         tree.read("PATIENT_DICOM/image_1")
 
 
+def test_a_member_that_inflates_past_its_declared_size_is_refused_without_inflating_it():
+    """A zip bomb that declares a small size (so that no size or ratio limit stops it) is read no further than
+    the size it declares, in both readers, and named as damaged by the CRC check."""
+    import struct
+    import tracemalloc
+
+    name = "PATIENT_DICOM/image_0"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(name, b"\0" * (64 << 20))            # deflates to about 64 KiB
+    data = bytearray(buf.getvalue())
+    info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo(name)
+    struct.pack_into("<I", data, info.header_offset + 22, 50_000)                      # the local header's size
+    central = data.rindex(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, 50_000)                                 # the directory's size
+    tree = _tree(bytes(data))
+    tracemalloc.start()
+    try:
+        assert tree._read_whole(tree._zip.getinfo(name)) is None
+        with pytest.raises(MemberError, match=r"image_0: damaged zip member \(Bad CRC-32"):
+            tree.read(name)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak >> 20} MiB held while refusing a member of 48 KiB declared"
+
+
 class _FailingReads(io.BytesIO):
     """A file whose reads fail once `failing` is set (a lost disk or object store under an open archive)."""
     failing = False

@@ -109,11 +109,15 @@ class Tube:
     tissue: str = ""
 
     def at(self, t: float) -> Shape | None:
-        (x0, y0, t0), (x1, y1, t1) = self.p0, self.p1
+        t0, t1 = self.p0[2], self.p1[2]
         if not min(t0, t1) <= t <= max(t0, t1) or t0 == t1:
             return None
-        f = (t - t0) / (t1 - t0)
-        return Shape(x0 + f * (x1 - x0), y0 + f * (y1 - y0), self.radius, self.radius * 1.1)
+        x, y, _ = self.point((t - t0) / (t1 - t0))
+        return Shape(x, y, self.radius, self.radius * 1.1)
+
+    def point(self, f: float) -> tuple[float, float, float]:
+        """(x, y, t) a fraction f of the way along the axis from p0 to p1."""
+        return tuple(a + f * (b - a) for a, b in zip(self.p0, self.p1))
 
     def sections(self, t: float, height_per_width: float = 0.6) -> list[Shape]:
         """The tube as a solid cylinder cut at height t: circles along the part of its axis within a radius of
@@ -126,10 +130,11 @@ class Tube:
         count = max(2, int(np.ceil(np.hypot(x1 - x0, y1 - y0) / (0.4 * self.radius))) + 1)
         out = []
         for f in np.linspace(0.0, 1.0, count):
-            depth = 1 - ((t0 + f * (t1 - t0) - t) / reach) ** 2
+            x, y, tf = self.point(f)
+            depth = 1 - ((tf - t) / reach) ** 2
             if depth > 0:
                 r = self.radius * float(np.sqrt(depth))
-                out.append(Shape(x0 + f * (x1 - x0), y0 + f * (y1 - y0), r, r * 1.1))
+                out.append(Shape(x, y, r, r * 1.1))
         return out
 
 
@@ -265,10 +270,9 @@ class Anatomy:
                 continue
             for _ in range(rng.integers(15, 40)):
                 f, a, r = U(0, 1), U(0, 2 * np.pi), U(0.0, 0.55) * tube.radius
-                (x0, y0, t0), (x1, y1, t1) = tube.p0, tube.p1
+                x, y, t = tube.point(f)
                 size = U(0.012, 0.035)
-                bubbles.append(Lesion(x0 + f * (x1 - x0) + r * np.cos(a), y0 + f * (y1 - y0) + r * np.sin(a),
-                                      t0 + f * (t1 - t0), size, size * U(0.5, 1.0), "gas"))
+                bubbles.append(Lesion(x + r * np.cos(a), y + r * np.sin(a), t, size, size * U(0.5, 1.0), "gas"))
         return colon, bubbles
 
     def liver_shapes(self, t: float) -> list[Shape]:
@@ -317,7 +321,7 @@ class Anatomy:
             if s is not None:
                 wall_mask = c.paint("bowel_wall", s, within=cavity)
                 c.paint(tube.tissue, s.scaled(0.7), within=wall_mask)
-        sections = [(tube.tissue, s) for tube in self.colon for s in tube.sections(t)]
+        sections = self.colon_sections(t)
         wall = np.zeros_like(cavity)
         for _, s in sections:      # all walls first: where segments join, one lumen runs into the next
             wall |= c.paint("bowel_wall", s, within=cavity)
@@ -402,13 +406,16 @@ class Anatomy:
             return np.zeros((self.n, self.n), bool)
         return c.paint("myocardium", self.heart.scaled(scale))
 
+    def colon_sections(self, t: float) -> list[tuple[str, Shape]]:
+        """(content tissue, outer wall shape) of each of the colon's cross-sections at height t."""
+        return [(tube.tissue, s) for tube in self.colon for s in tube.sections(t)]
+
     def colon_mask(self, t: float) -> np.ndarray:
         """Where the colon (wall and content) lies at height t, for tests and benches."""
         c = Canvas(self.n, self.body, t)
         out = np.zeros((self.n, self.n), bool)
-        for tube in self.colon:
-            for s in tube.sections(t):
-                out |= c.paint("bowel_wall", s)
+        for _, s in self.colon_sections(t):
+            out |= c.paint("bowel_wall", s)
         return out
 
     def _chest(self, c: Canvas, t: float, cavity: np.ndarray) -> None:

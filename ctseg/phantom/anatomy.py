@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import ndimage
 
 from ctseg.phantom.tissues import LABEL
 
@@ -78,6 +79,13 @@ class Canvas:
         else:
             inside = rho2 < 1.0
         return (rows, cols), inside
+
+    def region_mask(self, s: Shape) -> np.ndarray:
+        """The shape's full-size mask, painting nothing."""
+        box, inside = self.region(s)
+        out = np.zeros((self.n, self.n), bool)
+        out[box] = inside
+        return out
 
     def paint(self, tissue: str, s: Shape, within: np.ndarray | None = None) -> np.ndarray:
         """Paints the shape (optionally only where `within` is true); returns its full-size mask."""
@@ -314,6 +322,18 @@ class Anatomy:
                                                              ry=inner.ry - self.wall - 0.02, cy=-0.01), within=wall)
         self._spine_and_back(c, t, c.labels != LABEL["air"])
         self._ribs(c, t)
+        # Organs are solid and do not overlap: the liver fills the room its neighbours leave, so its visceral
+        # surface carries their impressions (renal, colic, gastric) instead of a convex outline cut through them.
+        # A neighbour lying mostly inside the liver's outline would be a tunnel through it: the liver displaces
+        # that one, as it displaces the mobile small bowel.
+        shapes = self.liver_shapes(t)
+        outline = np.zeros_like(cavity)
+        for shape in shapes:
+            outline |= c.region_mask(shape)
+        neighbours = np.zeros_like(cavity)
+
+        def beside_liver(organ: np.ndarray) -> np.ndarray:
+            return organ if (organ & outline).sum() < 0.5 * organ.sum() else np.zeros_like(organ)
         if t > self.lung_start:
             self._chest(c, t, cavity)
         for tube in self.bowel:
@@ -324,7 +344,9 @@ class Anatomy:
         sections = self.colon_sections(t)
         wall = np.zeros_like(cavity)
         for _, s in sections:      # all walls first: where segments join, one lumen runs into the next
-            wall |= c.paint("bowel_wall", s, within=cavity)
+            section = c.paint("bowel_wall", s, within=cavity)
+            wall |= section
+            neighbours |= beside_liver(section)
         lumen = np.zeros_like(cavity)
         for tissue, s in sections:  # a thin wall: the content reaches within a few millimetres of the fat
             lumen |= c.paint(tissue, s.scaled(max(0.0, 1 - 0.025 / s.rx)), within=wall)
@@ -339,37 +361,49 @@ class Anatomy:
             if k > 0:
                 ks = shape.scaled(k)
                 masks[name] = c.paint("kidney_cortex", ks, within=cavity)
+                # retroperitoneal and fixed: the kidney and the fat behind it always indent the liver, which
+                # never reaches behind a kidney
+                neighbours |= cavity & (masks[name] | c.region_mask(dataclasses.replace(ks, cy=ks.cy + ks.ry)))
                 c.paint("kidney_medulla", ks.scaled(0.6), within=cavity)
                 c.paint("visceral_fat", Shape(ks.cx - np.sign(ks.cx) * ks.rx * 0.5, ks.cy, ks.rx * 0.35, ks.ry * 0.3))
         for tube in self.pancreas:
             s = tube.at(t)
             if s is not None:
-                c.paint("pancreas", s, within=cavity)
+                neighbours |= beside_liver(c.paint("pancreas", s, within=cavity))
         sp = _bump(t, *self.spleen_span, 0.6)
         if sp > 0:
             masks["spleen"] = c.paint("spleen", self.spleen.scaled(sp), within=cavity)
+            neighbours |= beside_liver(masks["spleen"])
         st = _bump(t, *self.stomach_span, 0.5)
         if st > 0:
             shift = (t - self.stomach_span[0]) / (self.stomach_span[1] - self.stomach_span[0])
             shape = self.stomach.scaled(st, 0.1 * shift, 0.2 * shift)
             wall_mask = c.paint("bowel_wall", shape, within=cavity)
+            neighbours |= beside_liver(wall_mask)
             lumen = c.paint("bowel_content" if self.stomach_food else "fluid", shape.scaled(0.85), within=wall_mask)
             level = shape.cy - shape.ry * 0.85 * (1 - 2 * self.stomach_air)
             c.paint_mask("gas", lumen & (c.axis[:, None] < oy + level * by))
         self._heart(c, t, cavity)
         aorta = self.aorta if t > self.pelvis_top else None   # it divides into the iliac arteries at L4
         if aorta is not None:
-            c.paint("blood_artery", aorta)
+            neighbours |= beside_liver(c.paint("blood_artery", aorta))
         ivc_in_reach = t < self.heart_lo + 0.04           # the IVC ends in the right atrium
         if ivc_in_reach:
             c.paint("blood_vein", self.ivc)
         liver = np.zeros((self.n, self.n), bool)
-        shapes = self.liver_shapes(t)
+        room = cavity & ~neighbours
         if t > self.lo + 0.55 * (self.hi - self.lo):
             for shape in shapes:   # the diaphragm: a thin muscle band over the upper liver
-                c.paint("muscle", shape.scaled(1.0 + 0.03 / max(shape.rx, shape.ry)), within=cavity)
+                c.paint("muscle", shape.scaled(1.0 + 0.03 / max(shape.rx, shape.ry)), within=room)
+        # Muscle lies between bone and liver (the diaphragm and intercostals inside the ribs, the crura in front
+        # of the vertebrae): about 3 mm of it keeps the liver off the bone, as on real CT.
+        bone = np.isin(c.labels, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])
+        beside_bone = ndimage.binary_dilation(bone, iterations=max(1, round(0.02 * self.body[2] * self.n / 2)))
         for shape in shapes:
-            liver |= c.paint("liver", shape, within=cavity)
+            c.paint("muscle", shape, within=room & beside_bone)
+        room &= ~beside_bone
+        for shape in shapes:
+            liver |= c.paint("liver", shape, within=room)
         if liver.any():
             for tube in self.portal:
                 s = tube.at(t)

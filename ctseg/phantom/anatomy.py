@@ -397,11 +397,12 @@ class Anatomy:
                 c.paint("muscle", shape.scaled(1.0 + 0.03 / max(shape.rx, shape.ry)), within=room)
         # Muscle lies between bone and liver (the diaphragm and intercostals inside the ribs, the crura in front
         # of the vertebrae): about 3 mm of it keeps the liver off the bone, as on real CT.
-        bone = np.isin(c.labels, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])
-        beside_bone = ndimage.binary_dilation(bone, iterations=max(1, round(0.02 * self.body[2] * self.n / 2)))
-        for shape in shapes:
-            c.paint("muscle", shape, within=room & beside_bone)
-        room &= ~beside_bone
+        if shapes:
+            bone = np.isin(c.labels, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])
+            beside_bone = ndimage.binary_dilation(bone, iterations=max(1, round(0.02 * self.body[2] * self.n / 2)))
+            for shape in shapes:
+                c.paint("muscle", shape, within=room & beside_bone)
+            room &= ~beside_bone
         for shape in shapes:
             liver |= c.paint("liver", shape, within=room)
         if liver.any():

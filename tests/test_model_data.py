@@ -149,6 +149,25 @@ def test_intensity_augmentations_change_the_image_only():
     assert BACKGROUND_HU < blurred[6, 7] < ORGAN_HU
 
 
+def test_low_resolution_coarsens_the_image_not_the_mask():
+    hu, mask = _organ_slice()
+    stripes = np.where(np.arange(SIZE) % 2, 100.0, 0.0).astype(np.float32) * np.ones((SIZE, 1), np.float32)
+    batch = tf.constant(np.stack([hu + stripes] * 8)[..., None])
+    masks = tf.constant(np.stack([mask] * 8)[..., None])
+    same, same_mask = augment._low_resolution(batch, masks, min_scale=1.0)
+    np.testing.assert_allclose(same.numpy(), batch.numpy(), atol=1e-3)  # scale 1: the grid itself
+    tf.random.set_seed(8)
+    coarse, coarse_mask = [t.numpy() for t in augment._low_resolution(batch, masks, min_scale=0.5)]
+    np.testing.assert_array_equal(coarse_mask, masks.numpy())
+    assert coarse.min() >= batch.numpy().min() - 1e-3 and coarse.max() <= batch.numpy().max() + 1e-3
+    # one-pixel stripes do not survive a coarser grid: neighbouring columns are no longer 100 HU apart
+    column_steps = np.abs(np.diff(coarse[:, 0, :, 0], axis=1)).mean(axis=1)
+    assert (column_steps < 90).all(), column_steps
+    assert len({round(float(v), 2) for v in column_steps}) > 4  # each slice drew its own scale
+    tf.random.set_seed(9)
+    _assert_aligned(*_augment(_config(low_resolution_probability=1.0), hu, mask), min_agreement=0.95)
+
+
 def test_stacked_neighbours_move_with_the_slice():
     """2.5D: every channel of a slice stack gets the same geometric transform as the mask."""
     hu, mask = _organ_slice()
@@ -176,6 +195,8 @@ def test_augmentation_settings_are_checked():
         UnetConfig.from_custom_config({"elastic_probability": 1.5})
     with pytest.raises(CtsegError, match="max_scale"):
         UnetConfig.from_custom_config({"max_scale": 1.0})
+    with pytest.raises(CtsegError, match="min_resolution_scale"):
+        UnetConfig.from_custom_config({"min_resolution_scale": 0.0})
 
 
 def test_training_stream_is_balanced_batched_and_repeats(records):

@@ -2,7 +2,7 @@
 
 Each slice of a batch draws its own transforms, each with its probability in the config, applied in
 this order to the previous one's output: flip; rotation and zoom (one resampling); elastic
-deformation; HU scale and shift; blur; median filter; noise. Geometric transforms move every channel
+deformation; HU scale and shift; blur; median filter; a coarser pixel; noise. Geometric transforms move every channel
 (a 2.5D slice stack) and the mask together; the mask stays binary. A transform runs only on the
 slices that drew it. On a GPU this costs little next to the UNET's own step, and the CPU only reads,
 parses, balances and batches.
@@ -126,6 +126,22 @@ def _noise(hu, mask, min_std_hu: float, max_std_hu: float):
     return hu + tf.random.normal(tf.shape(hu)) * _per_slice(std, hu), mask
 
 
+def _low_resolution(hu, mask, min_scale: float):
+    """The slice as a coarser pixel grid shows it: resampled to `scale` (drawn per slice in [min_scale, 1]) of its
+    pixels per side by nearest neighbour and back by bilinear interpolation, the mask unchanged, as a smaller
+    matrix, a smoother kernel or a thick reconstruction resampled by a viewer shows a liver (nnU-Net's
+    SimulateLowResolutionTransform: scale 0.5-1, p 0.25)."""
+    n, h, w = tf.shape(hu)[0], tf.shape(hu)[1], tf.shape(hu)[2]
+    scale = tf.reshape(tf.random.uniform([n], min(min_scale, 1.0), 1.0), [-1, 1, 1])
+    rows, cols = tf.meshgrid(tf.range(tf.cast(h, tf.float32)), tf.range(tf.cast(w, tf.float32)), indexing="ij")
+    last_row, last_col = tf.cast(h - 1, tf.float32), tf.cast(w - 1, tf.float32)
+    # the coarse grid's pixel j covers 1/scale fine pixels, centred at (j + 0.5) / scale - 0.5
+    coarse = _nearest(hu, tf.clip_by_value((rows + 0.5) / scale - 0.5, 0.0, last_row),
+                      tf.clip_by_value((cols + 0.5) / scale - 0.5, 0.0, last_col))
+    return _bilinear(coarse, tf.clip_by_value((rows + 0.5) * scale - 0.5, 0.0, last_row),
+                     tf.clip_by_value((cols + 0.5) * scale - 0.5, 0.0, last_col)), mask
+
+
 def _hu_scale(hu, mask, max_scale: float):
     """Contrast scaled by 1 ± `max_scale` about water (0 HU), per slice: contrast phase, kVp, calibration."""
     return hu * _per_slice(tf.random.uniform([tf.shape(hu)[0]], 1.0 - max_scale, 1.0 + max_scale), hu), mask
@@ -160,6 +176,8 @@ def augment_batch(hu, mask, config: UnetConfig):
     hu, mask = _on_drawn(c.hu_shift_probability, lambda h, m: _hu_shift(h, m, c.max_hu_shift), hu, mask)
     hu, mask = _on_drawn(c.blur_probability, lambda h, m: _blur(h, m, c.max_blur_sigma_px), hu, mask)
     hu, mask = _on_drawn(c.median_probability, _median, hu, mask)
+    hu, mask = _on_drawn(c.low_resolution_probability, lambda h, m: _low_resolution(h, m, c.min_resolution_scale),
+                         hu, mask)
     hu, mask = _on_drawn(c.noise_probability, lambda h, m: _noise(h, m, c.noise_std_min_hu, c.noise_std_hu),
                          hu, mask)
     return (hu if stacked else hu[..., 0]), mask[..., 0]

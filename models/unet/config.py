@@ -57,6 +57,8 @@ class UnetConfig:
     blur_probability: float = 0.2
     max_blur_sigma_px: float = 1.0
     median_probability: float = 0.2
+    low_resolution_probability: float = 0.0
+    min_resolution_scale: float = 0.5
     noise_probability: float = 0.3
     noise_std_min_hu: float = 5.0
     noise_std_hu: float = 25.0
@@ -111,6 +113,8 @@ class UnetConfig:
         probabilities.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                               if f.name.endswith("_probability")})
         problems += [f"{k} = {v} is not in [0, 1]" for k, v in probabilities.items() if not 0.0 <= v <= 1.0]
+        if not 0.0 < self.min_resolution_scale <= 1.0:
+            problems.append(f"min_resolution_scale = {self.min_resolution_scale} must be in (0, 1]")
         for k in ("max_scale", "max_hu_scale"):
             if not 0.0 <= getattr(self, k) < 1.0:
                 problems.append(f"{k} = {getattr(self, k)} must be in [0, 1)")

@@ -25,7 +25,9 @@
     one resampling; elastic_probability (elastic_max_px: a smooth displacement field);
     hu_scale_probability (1 ± max_hu_scale about 0 HU) and hu_shift_probability (± max_hu_shift HU):
     contrast phase and calibration; blur_probability (Gaussian, sigma up to max_blur_sigma_px) and
-    median_probability (3x3): reconstruction kernel; noise_probability (Gaussian of a sigma drawn in
+    median_probability (3x3): reconstruction kernel; low_resolution_probability (a pixel grid coarser by a
+    scale drawn in [min_resolution_scale, 1] per side, nearest down and bilinear up): matrix, kernel, thick
+    slices; noise_probability (Gaussian of a sigma drawn in
     [noise_std_min_hu, noise_std_hu]): dose
   early_stopping_patience  epochs without val_loss improvement before stopping (best weights kept)
   shuffle_buffer, seed

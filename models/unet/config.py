@@ -47,7 +47,9 @@ class UnetConfig:
     rotate_probability: float = 0.3
     max_rotation_degrees: float = 10.0
     scale_probability: float = 0.3
-    max_scale: float = 0.15
+    # Zoom 0.7-1.3 (nnU-Net's default scaling is 0.7-1.4): the field of view and the patient's size set how big a
+    # liver is on the model's 128 px, and a narrow zoom taught where a liver usually ends (docs/BENCHMARKS.md, run P).
+    max_scale: float = 0.3
     elastic_probability: float = 0.2
     elastic_max_px: float = 3.0
     hu_scale_probability: float = 0.3
@@ -57,7 +59,9 @@ class UnetConfig:
     blur_probability: float = 0.2
     max_blur_sigma_px: float = 1.0
     median_probability: float = 0.2
-    low_resolution_probability: float = 0.0
+    # A coarser pixel grid on a quarter of the slices, as nnU-Net does: real series come at 3 mm voxels or noisy
+    # 512 px, the phantom always as a smooth 512-to-128 px resampling (docs/BENCHMARKS.md, run Q).
+    low_resolution_probability: float = 0.25
     min_resolution_scale: float = 0.5
     noise_probability: float = 0.3
     noise_std_min_hu: float = 5.0

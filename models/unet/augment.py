@@ -2,9 +2,9 @@
 
 Each slice of a batch draws its own transforms, each with its probability in the config, applied in
 this order to the previous one's output: flip; rotation and zoom (one resampling); elastic
-deformation; HU scale and shift; blur; median filter; a coarser pixel; noise. Geometric transforms move every channel
-(a 2.5D slice stack) and the mask together; the mask stays binary. A transform runs only on the
-slices that drew it. On a GPU this costs little next to the UNET's own step, and the CPU only reads,
+deformation; HU scale and shift; blur; median filter; a coarser pixel grid; noise. Geometric transforms
+move every channel (a 2.5D slice stack) and the mask together; the mask stays binary. A transform runs
+only on the slices that drew it. On a GPU this costs little next to the UNET's own step, and the CPU only reads,
 parses, balances and batches.
 """
 from __future__ import annotations

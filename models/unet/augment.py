@@ -49,12 +49,10 @@ def _affine(hu, mask, max_degrees, max_scale):
     n = tf.shape(hu)[0]
     angle = tf.random.uniform([n], -1.0, 1.0) * max_degrees * (math.pi / 180.0)
     zoom = 1.0 + tf.random.uniform([n], -1.0, 1.0) * max_scale
-    size = tf.shape(hu)[1:3]
-    cy, cx = (tf.cast(size[0], tf.float32) - 1.0) / 2.0, (tf.cast(size[1], tf.float32) - 1.0) / 2.0
+    rows, cols = _pixel_grid(hu)
+    cy, cx = rows[-1, 0] / 2.0, cols[0, -1] / 2.0
     cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom  # output pixel -> input pixel
     transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy], 1)
-    rows, cols = tf.meshgrid(tf.range(tf.cast(size[0], tf.float32)), tf.range(tf.cast(size[1], tf.float32)),
-                             indexing="ij")
     at = [tf.reshape(transform[:, k], [-1, 1, 1]) for k in range(6)]
     source_cols = at[0] * cols + at[1] * rows + at[2]
     source_rows = at[3] * cols + at[4] * rows + at[5]
@@ -62,6 +60,12 @@ def _affine(hu, mask, max_degrees, max_scale):
     # Bilinear weights sum to 1, so reading 0 outside (hu - air) is filling hu with each slice's own air.
     hu = _bilinear(hu - air, source_rows, source_cols) + air
     return hu, _nearest(mask, source_rows, source_cols)
+
+
+def _pixel_grid(image):
+    """(H, W) float row and column indices of the pixels of `image` (N, H, W, C)."""
+    size = tf.shape(image)[1:3]
+    return tf.meshgrid(tf.range(tf.cast(size[0], tf.float32)), tf.range(tf.cast(size[1], tf.float32)), indexing="ij")
 
 
 def _read(image, rows, cols):
@@ -131,15 +135,17 @@ def _low_resolution(hu, mask, min_scale: float):
     pixels per side by nearest neighbour and back by bilinear interpolation, the mask unchanged, as a smaller
     matrix, a smoother kernel or a thick reconstruction resampled by a viewer shows a liver (nnU-Net's
     SimulateLowResolutionTransform: scale 0.5-1, p 0.25)."""
-    n, h, w = tf.shape(hu)[0], tf.shape(hu)[1], tf.shape(hu)[2]
-    scale = tf.reshape(tf.random.uniform([n], min(min_scale, 1.0), 1.0), [-1, 1, 1])
-    rows, cols = tf.meshgrid(tf.range(tf.cast(h, tf.float32)), tf.range(tf.cast(w, tf.float32)), indexing="ij")
-    last_row, last_col = tf.cast(h - 1, tf.float32), tf.cast(w - 1, tf.float32)
+    scale = tf.reshape(tf.random.uniform([tf.shape(hu)[0]], min(min_scale, 1.0), 1.0), [-1, 1, 1])
+    rows, cols = _pixel_grid(hu)
+
+    def on_grid(position):
+        """(N, H, W) rows and columns `position` maps each pixel to, kept inside the image."""
+        return (tf.clip_by_value(position(rows), 0.0, rows[-1, 0]),
+                tf.clip_by_value(position(cols), 0.0, cols[0, -1]))
+
     # the coarse grid's pixel j covers 1/scale fine pixels, centred at (j + 0.5) / scale - 0.5
-    coarse = _nearest(hu, tf.clip_by_value((rows + 0.5) / scale - 0.5, 0.0, last_row),
-                      tf.clip_by_value((cols + 0.5) / scale - 0.5, 0.0, last_col))
-    return _bilinear(coarse, tf.clip_by_value((rows + 0.5) * scale - 0.5, 0.0, last_row),
-                     tf.clip_by_value((cols + 0.5) * scale - 0.5, 0.0, last_col)), mask
+    coarse = _nearest(hu, *on_grid(lambda i: (i + 0.5) / scale - 0.5))
+    return _bilinear(coarse, *on_grid(lambda i: (i + 0.5) * scale - 0.5)), mask
 
 
 def _hu_scale(hu, mask, max_scale: float):

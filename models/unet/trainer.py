@@ -27,8 +27,7 @@
     contrast phase and calibration; blur_probability (Gaussian, sigma up to max_blur_sigma_px) and
     median_probability (3x3): reconstruction kernel; low_resolution_probability (a pixel grid coarser by a
     scale drawn in [min_resolution_scale, 1] per side, nearest down and bilinear up): matrix, kernel, thick
-    slices; noise_probability (Gaussian of a sigma drawn in
-    [noise_std_min_hu, noise_std_hu]): dose
+    slices; noise_probability (Gaussian of a sigma drawn in [noise_std_min_hu, noise_std_hu]): dose
   early_stopping_patience  epochs without val_loss improvement before stopping (best weights kept)
   shuffle_buffer, seed
   jit_compile              compile the train step with XLA (default false; docs/BENCHMARKS.md says why)

@@ -5,7 +5,7 @@ scans stop at the lung bases; its two heart probes are tight chest crops padded 
 scanner writes). The phantom's chest-abdomen protocol puts the heart on the diaphragm beside the liver
 dome, so on unseen phantom patients of that protocol this bench measures what issue-level goals ask
 of real scans: ml of heart labelled liver (the phantom knows where its heart is), the liver's Dice and
-the predicted/true volume, after the same 3D clean-up `ctseg predict` applies.
+the predicted/true volume, after the same clean-up `ctseg predict` applies.
 
     .venv/bin/python -m bench.phantom_heart --model out/serving [--patients 4 --seed 11 --size 256]
 """
@@ -19,10 +19,12 @@ import numpy as np
 
 def heart_scores(model, geometry, size: int) -> dict:
     """One patient rendered in memory at `size` px, segmented slice by slice in position order."""
+    import tensorflow as tf
+
     from ctseg.components.evaluation.metrics import dice
     from ctseg.phantom import PatientPhantom
     from ctseg.phantom.physics import upsample
-    from ctseg.postprocess import binarize, clean_volume
+    from ctseg.postprocess import clean_volume, gate_probabilities, source_mask
 
     phantom = PatientPhantom(geometry, size)
     slices = [phantom.slice(i) for i in range(geometry.num_slices)]
@@ -30,7 +32,9 @@ def heart_scores(model, geometry, size: int) -> dict:
     liver = np.stack([s.masks["liver"] for s in slices])
     heart = np.stack([upsample(phantom.anatomy.heart_mask(phantom._t(i)).astype(np.float32), size) > 0.5
                       for i in range(geometry.num_slices)])
-    predicted = clean_volume(binarize(model.series_probabilities(hu))).astype(bool)
+    small = np.asarray(tf.image.resize(hu[..., None], model.size, antialias=True))[..., 0]  # as predict reads it
+    gated = gate_probabilities(model.series_probabilities(small), small)
+    predicted = clean_volume(source_mask(gated, hu.shape[1:])).astype(bool)
     voxel_ml = (geometry.spacing_mm * 512 / size) ** 2 * geometry.thickness_mm / 1000   # written at 512 px
     return {"patient": geometry.patient_id, "phase": geometry.phase, "slices": geometry.num_slices,
             "dice": round(dice(predicted, liver), 4),

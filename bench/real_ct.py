@@ -383,8 +383,8 @@ def cases(totalsegmentator: Path | None, dcmqi: Path | None, scratch: Path):
         ref = totalsegmentator / "tests" / "reference_files"
         labels = ref / "example_seg_dicom.nii.gz"
         yield Case("TotalSegmentator example_ct_dicom (20 real DICOM slices, 512x512)", "ts-dicom",
-                   ref / "example_ct_dicom", lambda s: reference_from_nifti(s, labels),
-                   lambda s: labels_on_series(s, labels))
+                   ref / "example_ct_dicom", lambda s, labels=labels: reference_from_nifti(s, labels),
+                   lambda s, labels=labels: labels_on_series(s, labels))
         for ct, seg, short, what in (
                 ("example_ct", "example_seg_fast_force_split", "ts-112", "112 slices, 3 mm, abdomen to pelvis"),
                 ("example_ct_sm", "example_seg", "ts-30", "30 slices, 3 mm, through the liver")):

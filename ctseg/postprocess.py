@@ -1,9 +1,10 @@
 """From the model's per-slice probabilities to one patient's liver mask: threshold, resize, 3D clean-up.
 
 The evaluator and `ctseg predict` both go through these functions, so the mask a user gets is the
-mask that was scored. The clean-up uses what a per-slice network cannot know: the liver is one
+mask that was scored. The clean-up uses what a per-slice network cannot know or see: the liver is one
 connected organ in 3D (stray islands on ribs, spleen or bowel are false positives) and a solid one
-(vessels and lesions inside it belong to the liver mask, as IRCAD draws it).
+(vessels and lesions inside it belong to the liver mask, as IRCAD draws it), and its tissue has HU that
+the network's window shows (contrast-filled blood above it, a heart chamber in the arterial phase, is not).
 """
 from __future__ import annotations
 
@@ -13,22 +14,33 @@ import numpy as np
 
 from ctseg.serving import is_organ
 
+# Liver parenchyma's HU in any phase and condition: above fat, which even a severely fatty liver stays
+# above, and below 260 HU, where the model's input window (centre 60, width 400) saturates. The liver itself
+# enhances to at most ~130-170 HU (docs/PHANTOM.md's table: portal phase 95-130, hyperdense lesions up to
+# 170); what lies above is bone, calcium, metal and contrast-filled blood (arterial 220-450 HU), all of
+# which the network sees as one white, so it cannot tell a bright heart chamber beside the dome from liver.
+PARENCHYMA_HU = (-50.0, 260.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class Cleanup:
-    """What the 3D clean-up does: keep only the largest 26-connected component of the volume, then fill
-    holes slice by slice (a hole enclosed in 3D is enclosed in every slice through it, so this also
-    fills those)."""
+    """What the clean-up does: first zero the probability of pixels whose HU at the model's size lie outside
+    `PARENCHYMA_HU` (what cannot be liver tissue, decided by physics where the network's window is blind),
+    then keep only the largest 26-connected component of the thresholded volume, then fill holes slice by
+    slice (a hole enclosed in 3D is enclosed in every slice through it, so this also fills those, and it
+    gives back the bright vessels, calcifications and lesions inside the liver that the first step took)."""
+    parenchyma_hu: bool = True
     largest_component: bool = True
     fill_holes: bool = True
 
     @classmethod
     def off(cls) -> "Cleanup":
-        return cls(largest_component=False, fill_holes=False)
+        return cls(**{f.name: False for f in dataclasses.fields(cls)})
 
     @classmethod
     def parse(cls, text: str) -> "Cleanup":
-        """'on' (default), 'off', or a comma list of 'largest_component' and 'fill_holes'."""
+        """'on' (default), 'off', or a comma list of its steps ('parenchyma_hu', 'largest_component',
+        'fill_holes')."""
         text = (text or "on").strip().lower()
         if text in ("on", "true", "1", "default"):
             return cls()
@@ -47,6 +59,25 @@ class Cleanup:
 
 def binarize(probabilities: np.ndarray) -> np.ndarray:
     return is_organ(np.asarray(probabilities)).astype(np.uint8)
+
+
+def outside_parenchyma(hu: np.ndarray, hu_range: tuple[float, float] = PARENCHYMA_HU) -> np.ndarray:
+    """Pixels whose HU cannot be liver parenchyma (`PARENCHYMA_HU`)."""
+    hu = np.asarray(hu)
+    return (hu < hu_range[0]) | (hu > hu_range[1])
+
+
+def gate_probabilities(probabilities: np.ndarray, hu_at_model_size: np.ndarray,
+                       cleanup: Cleanup = Cleanup()) -> np.ndarray:
+    """The model's (N, h, w) probabilities with those of pixels outside parenchyma's HU set to 0, when `cleanup`
+    says so; `hu_at_model_size` are the HU the model read (the same pixels). Before the resize to the source
+    size, so a gated pixel's neighbourhood fades out as the threshold would have drawn it."""
+    probabilities = np.asarray(probabilities, np.float32)
+    if not cleanup.parenchyma_hu:
+        return probabilities
+    if np.shape(hu_at_model_size) != probabilities.shape:
+        raise ValueError(f"HU {np.shape(hu_at_model_size)} and probabilities {probabilities.shape} differ in shape")
+    return np.where(outside_parenchyma(hu_at_model_size), np.float32(0), probabilities)
 
 
 CHUNK_SLICES = 32  # slices the clean-up works on at a time: its working memory is a chunk's, not the series'

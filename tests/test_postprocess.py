@@ -82,13 +82,41 @@ def test_clean_volume_steps_and_parsing():
     cleaned = postprocess.clean_volume(volume)
     assert cleaned[0, 0, 0] == 0 and cleaned[4, 16, 16] == 1
     only_fill = postprocess.Cleanup.parse("fill_holes")
-    assert (only_fill.largest_component, only_fill.fill_holes) == (False, True)
-    assert str(postprocess.Cleanup.parse("on")) == "largest_component,fill_holes"
+    assert (only_fill.parenchyma_hu, only_fill.largest_component, only_fill.fill_holes) == (False, False, True)
+    assert str(postprocess.Cleanup.parse("on")) == "parenchyma_hu,largest_component,fill_holes"
     assert str(postprocess.Cleanup.parse("off")) == "off"
+    assert str(postprocess.Cleanup.parse("largest_component, parenchyma_hu")) == "parenchyma_hu,largest_component"
     with pytest.raises(ValueError, match="largest_component"):
         postprocess.Cleanup.parse("largest")
     with pytest.raises(ValueError, match="volume"):
         postprocess.clean_volume(np.ones((4, 4)))
+
+
+def test_the_hu_gate_drops_what_the_window_cannot_show_and_the_fill_gives_back_what_lies_inside():
+    """A liver (110 HU) touching, across the diaphragm, a heart chamber full of arterial contrast (350 HU)
+    that the model calls liver; a contrast-filled vessel (300 HU) inside the liver that the model misses;
+    a fat rim (-100 HU) the model draws on the liver's edge. At the model's size, as the evaluator has it."""
+    hu = np.full((6, 48, 48), 40.0, np.float32)
+    liver = ball(hu.shape, (3, 24, 16), 12, spacing=(4.0, 1.0, 1.0)).astype(bool)
+    chamber = ball(hu.shape, (3, 24, 36), 9, spacing=(4.0, 1.0, 1.0)).astype(bool) & ~liver
+    rim = ball(hu.shape, (3, 24, 16), 14, spacing=(4.0, 1.0, 1.0)).astype(bool) & ~liver & ~chamber
+    vessel = np.zeros_like(liver)
+    vessel[2:5, 22:26, 14:18] = True
+    hu[liver], hu[chamber], hu[rim], hu[vessel] = 110.0, 350.0, -100.0, 300.0
+    probabilities = np.where(liver | chamber | rim, 0.9, 0.02).astype(np.float32)
+    probabilities[vessel] = 0.2
+    assert postprocess.clean_volume(postprocess.binarize(probabilities))[chamber].all()  # joined: one component
+
+    gated = postprocess.gate_probabilities(probabilities, hu)
+    assert gated[chamber | rim | vessel].max() == 0
+    assert np.array_equal(gated[liver & ~vessel], probabilities[liver & ~vessel])
+    mask = postprocess.clean_volume(postprocess.binarize(gated)).astype(bool)
+    assert np.array_equal(mask, liver)                           # the enclosed vessel filled back
+    assert postprocess.outside_parenchyma(np.array([-51.0, -50.0, 260.0, 261.0])).tolist() == [True, False, False, True]
+    unchanged = postprocess.gate_probabilities(probabilities, hu, postprocess.Cleanup(parenchyma_hu=False))
+    assert np.array_equal(unchanged, probabilities)
+    with pytest.raises(ValueError, match="shape"):
+        postprocess.gate_probabilities(probabilities, hu[:, :24])
 
 
 def test_assd_of_known_shapes():
@@ -158,7 +186,8 @@ def test_score_patient_cleans_up_and_scores_at_the_source_resolution():
     summary = scoring.summarize([on], postprocess.Cleanup())
     row = summary["patients"][0]
     assert row["source_dice"] == pytest.approx(summary["source_resolution"]["mean_patient_dice"])
-    assert row["dice"] > row["dice_before_cleanup"] and summary["cleanup"] == "largest_component,fill_holes"
+    assert row["dice"] > row["dice_before_cleanup"]
+    assert summary["cleanup"] == "parenchyma_hu,largest_component,fill_holes"
 
 
 def test_examples_without_a_source_mask_still_score_at_model_size():

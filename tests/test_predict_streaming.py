@@ -31,21 +31,24 @@ def series(small_phantom):
     return P.load_series(small_phantom / "3Dircadb1.1")
 
 
-def _whole_series_call(series: P.Series, served) -> np.ndarray:
-    """Probabilities at the model's size of one call over every slice (nothing chunked)."""
+def _small_hu(series: P.Series, served) -> np.ndarray:
+    """Every slice's HU at the model's size, facing as the model was trained."""
     hu = np.stack([hu.numpy() for hu, _ in P.read_hu(series)])
     if series.flip_axes:
         hu = np.flip(hu, series.flip_axes)
-    small = tf.image.resize(hu[..., None], served.size, antialias=True)[..., 0]
-    return np.asarray(served(small))
+    return tf.image.resize(hu[..., None], served.size, antialias=True)[..., 0].numpy()
+
+
+def _whole_series_call(series: P.Series, served) -> np.ndarray:
+    """Probabilities at the model's size of one call over every slice (nothing chunked)."""
+    return np.asarray(served(_small_hu(series, served)))
 
 
 def test_chunks_overlap_so_each_slice_sees_its_neighbours(series, model_2_5d):
     count = len(series.slices)
     assert count > CHUNK and count % CHUNK, "the chunks must split the series, the last one short"
     whole = _whole_series_call(series, model_2_5d)
-    hu = np.stack([hu.numpy() for hu, _ in P.read_hu(series)])
-    small = tf.image.resize(hu[..., None], model_2_5d.size, antialias=True)[..., 0].numpy()
+    small = _small_hu(series, model_2_5d)
     starts = [start for start, _ in model_2_5d.chunk_probabilities(small, CHUNK)]
     assert starts == list(range(0, count, CHUNK))
     # one call gives the same numbers up to float rounding (the kernels depend on the batch's size)
@@ -57,7 +60,8 @@ def test_chunks_overlap_so_each_slice_sees_its_neighbours(series, model_2_5d):
 @pytest.mark.parametrize("cleanup", [postprocess.Cleanup.off(), postprocess.Cleanup()], ids=str)
 def test_streamed_masks_are_those_of_one_call_over_the_series(series, model_2_5d, cleanup):
     whole = _whole_series_call(series, model_2_5d)
-    expected = np.flip(postprocess.clean_volume(postprocess.source_mask(whole, series.shape), cleanup),
+    gated = postprocess.gate_probabilities(whole, _small_hu(series, model_2_5d), cleanup)
+    expected = np.flip(postprocess.clean_volume(postprocess.source_mask(gated, series.shape), cleanup),
                        series.flip_axes)
     streamed = P.predict_series(series, model_2_5d, batch_size=CHUNK, cleanup=cleanup)
     assert streamed.mask.dtype == np.uint8 and streamed.mask.shape == (len(series.slices), *series.shape)

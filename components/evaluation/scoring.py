@@ -65,14 +65,15 @@ def score_patient(patient_id: str, slices: PatientSlices, probabilities: np.ndar
     probabilities = np.asarray(probabilities, np.float32)
     truth = np.stack(slices.ordered(slices.mask))
     raw = postprocess.binarize(probabilities)
-    cleaned = postprocess.clean_volume(raw, cleanup)
+    gated = postprocess.gate_probabilities(probabilities, np.stack(slices.ordered(slices.hu)), cleanup)
+    cleaned = postprocess.clean_volume(postprocess.binarize(gated), cleanup)
     source = assd = None
     shapes = set(slices.source_shape)
     packed = slices.ordered(slices.source_mask)
     if all(packed) and len(shapes) == 1:
         shape = shapes.pop()
         source_truth = np.stack([features.unpack_mask(p, shape) for p in packed])
-        predicted = postprocess.clean_volume(postprocess.source_mask(probabilities, shape), cleanup)
+        predicted = postprocess.clean_volume(postprocess.source_mask(gated, shape), cleanup)
         source = _counts(predicted, source_truth)
         spacing = (float(np.median(slices.thickness_mm)), float(np.median(slices.spacing_mm)),
                    float(np.median(slices.spacing_mm)))

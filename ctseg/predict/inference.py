@@ -50,7 +50,8 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
                    before_model: Optional[Callable[[np.ndarray], None]] = None) -> Prediction:
     """Runs the model on the series (HU resized to the trained size, the slices in position order so a
     2.5D model sees each slice's neighbours, probabilities resized back, organ where `serving.is_organ`),
-    then cleans the patient's mask up in 3D, as the evaluator scores it (`ctseg.postprocess`).
+    then cleans the patient's mask up (HU outside parenchyma's, then in 3D), as the evaluator scores it
+    (`ctseg.postprocess`).
     `before_model` gets the series' HU at the model's size before the model runs (the input check).
     `batch_size` slices are read, and sent to the model, at a time."""
     import tensorflow as tf
@@ -75,7 +76,8 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
     at_model_size = np.empty((count, *model.size), np.uint8)
     for start, probabilities in model.chunk_probabilities(small, batch_size):
         at_model_size[start:start + len(probabilities)] = postprocess.binarize(probabilities)
-        mask[start:start + len(probabilities)] = postprocess.source_mask(probabilities, series.shape)
+        gated = postprocess.gate_probabilities(probabilities, small[start:start + len(probabilities)], cleanup)
+        mask[start:start + len(probabilities)] = postprocess.source_mask(gated, series.shape)
     del small
     components = count_components(at_model_size)
     mask = np.flip(postprocess.clean_volume(mask, cleanup, in_place=True), series.flip_axes)

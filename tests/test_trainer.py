@@ -185,3 +185,21 @@ def test_a_few_patients_train_for_min_epoch_steps_an_epoch():
     assert trainer.training_schedule(config, 100, lambda: 15) == (25, 4)
     with pytest.raises(CtsegError, match="min_epoch_steps"):
         UnetConfig.from_custom_config({"min_epoch_steps": -1})
+
+
+def test_weight_average_is_the_mean_of_the_epochs_it_keeps():
+    """Epochs 0-3 on a one-weight regression: the trained weights become the mean of epochs 2 and 3's."""
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.Input((1,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.05), loss="mse")
+    seen = []
+    record = tf.keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(model.get_weights()))
+    x = np.linspace(-1, 1, 32, dtype=np.float32)[:, None]
+    model.fit(x, 3 * x + 1, epochs=4, batch_size=8, verbose=0, shuffle=False,
+              callbacks=[record, trainer.WeightAverage(first_epoch=2)])
+    for got, *epochs in zip(model.get_weights(), *seen):
+        np.testing.assert_allclose(got, (epochs[2] + epochs[3]) / 2, rtol=1e-6)
+        assert not np.allclose(got, epochs[3])
+    assert trainer.UnetConfig.from_custom_config({"average_weights_from": 0.5}).average_weights_from == 0.5
+    with pytest.raises(CtsegError, match="average_weights_from"):
+        trainer.UnetConfig.from_custom_config({"average_weights_from": 1.0})

@@ -66,6 +66,9 @@ class UnetConfig:
     noise_probability: float = 0.3
     noise_std_min_hu: float = 5.0
     noise_std_hu: float = 25.0
+    # Stochastic weight averaging (SWA, Izmailov et al. 2018; SWAD, Cha et al. 2021, for shifted domains): the mean
+    # of the weights at the end of each epoch from this fraction of the epochs on is the trained model (0: off).
+    average_weights_from: float = 0.0
     early_stopping_patience: int = 10
     shuffle_buffer: int = 1024
     seed: int = 0
@@ -117,6 +120,9 @@ class UnetConfig:
         probabilities.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                               if f.name.endswith("_probability")})
         problems += [f"{k} = {v} is not in [0, 1]" for k, v in probabilities.items() if not 0.0 <= v <= 1.0]
+        if not 0.0 <= self.average_weights_from < 1.0:
+            problems.append(f"average_weights_from {self.average_weights_from} must be in [0, 1): the fraction of the "
+                            "epochs after which their weights are averaged (0: off)")
         if not 0.0 < self.min_resolution_scale <= 1.0:
             problems.append(f"min_resolution_scale = {self.min_resolution_scale} must be in (0, 1]")
         for k in ("max_scale", "max_hu_scale"):

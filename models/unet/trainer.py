@@ -28,6 +28,8 @@
     median_probability (3x3): reconstruction kernel; low_resolution_probability (a pixel grid coarser by a
     scale drawn in [min_resolution_scale, 1] per side, nearest down and bilinear up): matrix, kernel, thick
     slices; noise_probability (Gaussian of a sigma drawn in [noise_std_min_hu, noise_std_hu]): dose
+  average_weights_from     the trained model is the mean of the weights at the end of each epoch from this
+                           fraction of the epochs on (stochastic weight averaging; default 0: the last epoch's)
   early_stopping_patience  epochs without val_loss improvement before stopping (best weights kept)
   shuffle_buffer, seed
   jit_compile              compile the train step with XLA (default false; docs/BENCHMARKS.md says why)
@@ -119,8 +121,36 @@ class SlicesPerSecond(tf.keras.callbacks.Callback):
         log.warning("epoch %d: %.1f training slices/s (%d slices in %.2f s)", epoch + 1, rate, self.slices, seconds)
 
 
-def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: bool, global_batch: int, steps: int):
+class WeightAverage(tf.keras.callbacks.Callback):
+    """The uniform mean of the weights at the end of each epoch from `first_epoch` (0-based) on replaces the
+    trained weights when training ends (stochastic weight averaging): a flatter point of the loss surface than
+    any one epoch's, which generalises better to data unlike the training data."""
+
+    def __init__(self, first_epoch: int):
+        super().__init__()
+        self.first_epoch, self.count, self.mean = first_epoch, 0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.first_epoch:
+            return
+        weights = self.model.get_weights()
+        self.count += 1
+        if self.mean is None:
+            self.mean = [w.astype("float64") for w in weights]
+        else:
+            for mean, w in zip(self.mean, weights):
+                mean += (w - mean) / self.count
+
+    def on_train_end(self, logs=None):
+        if self.count:
+            self.model.set_weights([m.astype(w.dtype) for m, w in zip(self.mean, self.model.get_weights())])
+            log.warning("weights averaged over the last %d epochs", self.count)
+
+
+def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: bool, global_batch: int, steps: int,
+               epochs: int):
     monitor = "val_loss" if has_eval else "loss"
+    averaging = [WeightAverage(math.ceil(config.average_weights_from * epochs))] if config.average_weights_from else []
     return [
         SlicesPerSecond(global_batch, steps),
         tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
@@ -128,7 +158,7 @@ def _callbacks(fn_args: tfx.components.FnArgs, config: UnetConfig, has_eval: boo
                                            monitor=monitor, save_best_only=True, save_weights_only=True),
         tf.keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping_patience,
                                          restore_best_weights=True),
-    ]
+    ] + averaging
 
 
 def export_model(model: tf.keras.Model, config: UnetConfig, export_dir: str) -> None:
@@ -180,6 +210,6 @@ def run_fn(fn_args: tfx.components.FnArgs, devices=None):
         model = _build_model(config, total_steps=epochs * train_steps)
     model.fit(train_ds, epochs=epochs, steps_per_epoch=train_steps, validation_data=eval_ds,
               validation_steps=eval_steps, verbose=2,
-              callbacks=_callbacks(fn_args, config, has_eval, batch_size, train_steps))
+              callbacks=_callbacks(fn_args, config, has_eval, batch_size, train_steps, epochs))
     export_model(model, config, fn_args.serving_model_dir)
     profile.profile_trained_model(fn_args.serving_model_dir, fn_args.train_files, fn_args.eval_files)

@@ -19,8 +19,6 @@ import numpy as np
 
 def heart_scores(model, geometry, size: int) -> dict:
     """One patient rendered in memory at `size` px, segmented slice by slice in position order."""
-    import tensorflow as tf
-
     from ctseg.components.evaluation.metrics import dice
     from ctseg.phantom import PatientPhantom
     from ctseg.phantom.physics import upsample
@@ -32,7 +30,7 @@ def heart_scores(model, geometry, size: int) -> dict:
     liver = np.stack([s.masks["liver"] for s in slices])
     heart = np.stack([upsample(phantom.anatomy.heart_mask(phantom._t(i)).astype(np.float32), size) > 0.5
                       for i in range(geometry.num_slices)])
-    small = np.asarray(tf.image.resize(hu[..., None], model.size, antialias=True))[..., 0]  # as predict reads it
+    small = np.asarray(model.at_model_size(hu))  # as predict reads it
     gated = gate_probabilities(model.series_probabilities(small), small)
     predicted = clean_volume(source_mask(gated, hu.shape[1:])).astype(bool)
     voxel_ml = (geometry.spacing_mm * 512 / size) ** 2 * geometry.thickness_mm / 1000   # written at 512 px

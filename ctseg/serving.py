@@ -114,8 +114,14 @@ class ServedModel:
         size = tuple(size or hu.shape[1:3])
         if size == self.size:
             return self(hu)
-        small = tf.image.resize(hu[..., None], self.size, antialias=True)[..., 0]  # ingest's kernel
-        return tf.image.resize(self(small)[..., None], size)[..., 0]
+        return tf.image.resize(self(self.at_model_size(hu))[..., None], size)[..., 0]
+
+    def at_model_size(self, hu):
+        """HU slices (N, h, w) resized to the trained size with ingest's antialiased kernel, as a tensor: what the
+        model reads, and what the clean-up's HU gate (`postprocess.gate_probabilities`) compares."""
+        import tensorflow as tf
+
+        return tf.image.resize(tf.cast(hu, tf.float32)[..., None], self.size, antialias=True)[..., 0]
 
     def segment(self, hu, size: tuple[int, int] | None = None):
         """uint8 0/1 organ mask at the slices' own size."""

@@ -42,6 +42,10 @@ class PatientSlices:
     def ordered(self, values: list) -> list:
         return [values[i] for i in np.argsort(self.slice_index, kind="stable")]
 
+    def hu_volume(self) -> np.ndarray:
+        """float32 (slices, h, w) HU at the model size in slice order: what the model reads and the HU gate compares."""
+        return np.stack(self.ordered(self.hu)).astype(np.float32)
+
 
 @dataclasses.dataclass
 class PatientScore:
@@ -65,7 +69,7 @@ def score_patient(patient_id: str, slices: PatientSlices, probabilities: np.ndar
     probabilities = np.asarray(probabilities, np.float32)
     truth = np.stack(slices.ordered(slices.mask))
     raw = postprocess.binarize(probabilities)
-    gated = postprocess.gate_probabilities(probabilities, np.stack(slices.ordered(slices.hu)), cleanup)
+    gated = postprocess.gate_probabilities(probabilities, slices.hu_volume(), cleanup)
     cleaned = postprocess.clean_volume(postprocess.binarize(gated), cleanup)
     source = assd = None
     shapes = set(slices.source_shape)
@@ -142,8 +146,7 @@ def evaluate(batches: Iterable[dict], models: dict[str, ProbabilityFn], cleanup:
         scores = []
         for pid in sorted(patients):
             slices = patients[pid]
-            hu = np.stack(slices.ordered(slices.hu)).astype(np.float32)
-            score = score_patient(pid, slices, probabilities_of(hu), cleanup)
+            score = score_patient(pid, slices, probabilities_of(slices.hu_volume()), cleanup)
             scores.append(score)
             shown[pid][2][name] = score.cleaned[shown[pid][3]]
         summaries[name] = summarize(scores, cleanup)

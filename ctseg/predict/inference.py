@@ -64,8 +64,7 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
         try:
             for hu, code in read_hu(series).batch(batch_size).prefetch(1):
                 facing = tf.reverse(hu, series.flip_axes) if series.flip_axes else hu  # as the model was trained
-                resized = tf.image.resize(facing[..., None], model.size, antialias=True)  # ingest's kernel
-                small[len(codes):len(codes) + len(code)] = resized[..., 0].numpy()
+                small[len(codes):len(codes) + len(code)] = model.at_model_size(facing).numpy()
                 codes.extend(int(c) for c in code.numpy())
                 bar.update(len(code))
         except tf.errors.OpError as e:  # a pydicom decode failure inside the reader names its file

@@ -25,10 +25,11 @@ PARENCHYMA_HU = (-50.0, 260.0)
 @dataclasses.dataclass(frozen=True)
 class Cleanup:
     """What the clean-up does: first zero the probability of pixels whose HU at the model's size lie outside
-    `PARENCHYMA_HU` (what cannot be liver tissue, decided by physics where the network's window is blind),
-    then keep only the largest 26-connected component of the thresholded volume, then fill holes slice by
-    slice (a hole enclosed in 3D is enclosed in every slice through it, so this also fills those, and it
-    gives back the bright vessels, calcifications and lesions inside the liver that the first step took)."""
+    `PARENCHYMA_HU` (what cannot be liver tissue, decided by physics where the network's window is blind) or
+    that lie beside a denser one (`beside_denser`: partial volume, and the liver's clearance from bone), then
+    keep only the largest 26-connected component of the thresholded volume, then fill holes slice by slice (a
+    hole enclosed in 3D is enclosed in every slice through it, so this also fills those, and it gives back the
+    bright vessels, calcifications and lesions inside the liver, with their rims, that the first step took)."""
     parenchyma_hu: bool = True
     largest_component: bool = True
     fill_holes: bool = True
@@ -67,17 +68,33 @@ def outside_parenchyma(hu: np.ndarray, hu_range: tuple[float, float] = PARENCHYM
     return (hu < hu_range[0]) | (hu > hu_range[1])
 
 
+def beside_denser(hu_at_model_size: np.ndarray, hu_range: tuple[float, float] = PARENCHYMA_HU) -> np.ndarray:
+    """Pixels of (N, h, w) slices next to one denser than parenchyma (the 8 neighbours in the slice).
+
+    Partial volume makes a bone's edge pixels read as soft tissue, and the liver keeps clear of bone: the
+    diaphragm and intercostal muscles lie between it and the ribs, the crura between it and the spine. One
+    pixel of the model's 128 px grid is 2.3-3.9 mm; of the real references' liver voxels, at most 0.04% lie
+    within 3 mm of bone (docs/BENCHMARKS.md, "Clear of bone")."""
+    from scipy import ndimage
+
+    hu = np.asarray(hu_at_model_size)
+    in_slice = np.ones((1,) * (hu.ndim - 2) + (3, 3), bool)
+    return ndimage.binary_dilation(hu > hu_range[1], structure=in_slice)
+
+
 def gate_probabilities(probabilities: np.ndarray, hu_at_model_size: np.ndarray,
                        cleanup: Cleanup = Cleanup()) -> np.ndarray:
-    """The model's (N, h, w) probabilities with those of pixels outside parenchyma's HU set to 0, when `cleanup`
-    says so; `hu_at_model_size` are the HU the model read (the same pixels). Before the resize to the source
-    size, so a gated pixel's neighbourhood fades out as the threshold would have drawn it."""
+    """The model's (N, h, w) probabilities with those of pixels outside parenchyma's HU, or beside one denser
+    (`beside_denser`), set to 0 when `cleanup` says so; `hu_at_model_size` are the HU the model read (the same
+    pixels). Before the resize to the source size, so a gated pixel's neighbourhood fades out as the threshold
+    would have drawn it."""
     probabilities = np.asarray(probabilities, np.float32)
     if not cleanup.parenchyma_hu:
         return probabilities
     if np.shape(hu_at_model_size) != probabilities.shape:
         raise ValueError(f"HU {np.shape(hu_at_model_size)} and probabilities {probabilities.shape} differ in shape")
-    return np.where(outside_parenchyma(hu_at_model_size), np.float32(0), probabilities)
+    gate = outside_parenchyma(hu_at_model_size) | beside_denser(hu_at_model_size)
+    return np.where(gate, np.float32(0), probabilities)
 
 
 CHUNK_SLICES = 32  # slices the clean-up works on at a time: its working memory is a chunk's, not the series'

@@ -365,9 +365,6 @@ def test_the_model_serving_is_not_blessed_or_pushed_again(history):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known open failure, bound unchanged: on the phantom with scan protocols, arms "
-                   "and an off-centre body the clean-up lifts the window rule by 0.028-0.029 (0.603 to 0.631), "
-                   "not 0.05 (docs/BENCHMARKS.md); passes again, and fails as strict, once it does")
 def test_cleanup_removes_what_the_window_alone_takes_besides_the_liver(workspace):
     """The HU window alone also takes spleen, kidneys and vessels: keeping the largest 3D component
     (and filling holes) must lift its Dice, at model size and at the source resolution."""

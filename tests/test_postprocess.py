@@ -1,6 +1,7 @@
 """3D clean-up (ctseg.postprocess), ASSD, the source-size mask in the example, and per-patient scoring."""
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from ctseg import features, postprocess
 from ctseg.components.evaluation import metrics, scoring
@@ -109,10 +110,16 @@ def test_the_hu_gate_drops_what_the_window_cannot_show_and_the_fill_gives_back_w
 
     gated = postprocess.gate_probabilities(probabilities, hu)
     assert gated[chamber | rim | vessel].max() == 0
-    assert np.array_equal(gated[liver & ~vessel], probabilities[liver & ~vessel])
+    in_slice = np.ones((1, 3, 3), bool)
+    beside = liver & ndimage.binary_dilation(chamber | vessel, structure=in_slice)  # partial volume
+    assert beside.sum() > 0 and gated[beside].max() == 0
+    assert np.array_equal(gated[liver & ~vessel & ~beside], probabilities[liver & ~vessel & ~beside])
     mask = postprocess.clean_volume(postprocess.binarize(gated)).astype(bool)
-    assert np.array_equal(mask, liver)                           # the enclosed vessel filled back
+    next_to_chamber = liver & ndimage.binary_dilation(chamber, structure=in_slice)
+    assert np.array_equal(mask, liver & ~next_to_chamber)        # the enclosed vessel and its ring filled back
     assert postprocess.outside_parenchyma(np.array([-51.0, -50.0, 260.0, 261.0])).tolist() == [True, False, False, True]
+    assert postprocess.beside_denser(np.array([[[40.0, 260.0, 40.0, 40.0]]])).tolist() == [[[False] * 4]]
+    assert postprocess.beside_denser(np.array([[[40.0, 261.0, 40.0, 40.0]]])).tolist() == [[[True, True, True, False]]]
     unchanged = postprocess.gate_probabilities(probabilities, hu, postprocess.Cleanup(parenchyma_hu=False))
     assert np.array_equal(unchanged, probabilities)
     with pytest.raises(ValueError, match="shape"):

@@ -2,10 +2,11 @@
 
 Beam's `WriteToTFRecord` compresses at gzip level 6 and computes TFRecord's CRC32C with crcmod in
 pure Python; this sink writes the same format (any TFRecord reader with GZIP compression reads it)
-at level 1 with run-length matching and the hardware CRC32C, and compresses records on every core: each
-record is deflated on its own (run-length matching finds nothing across records anyway) and ends on a
-sync flush, so the pieces, written in order by one thread, join into one gzip stream as pigz joins its
-blocks. zlib releases the GIL, so compressing overlaps the decoding of the next slices.
+with ISA-L's deflate (the `isal` package: zlib's API and format at about a third of zlib's CPU) and the
+hardware CRC32C, and compresses records on every core: each record is deflated on its own (ISA-L's level 1
+matches within a record) and ends on a sync flush, so the pieces, written in order by one thread, join
+into one gzip stream as pigz joins its blocks. ISA-L releases the GIL while it deflates and checksums
+(python-isal 1.2.0 and later, its CHANGELOG), so compressing overlaps the decoding of the next slices.
 """
 from __future__ import annotations
 
@@ -14,17 +15,16 @@ import os
 import queue
 import struct
 import threading
-import zlib
 
 import google_crc32c
 from apache_beam import coders
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
+from isal import isal_zlib
 
-GZIP_LEVEL = 1  # a third of the CPU of Beam's default level 6, and files under 5% larger on CT slices
-# Run-length matching only: on CT slices (noisy int16, 0/1 masks) 40% less CPU than level 1's default
-# matcher for files about 6% larger.
-GZIP_STRATEGY = zlib.Z_RLE
+# ISA-L's level 1: on CT slice examples a third of the CPU of zlib's level 1 with run-length matching (the sink's
+# setting before) and files 6% smaller (docs/BENCHMARKS.md, "Ingest").
+GZIP_LEVEL = 1
 # What zlib writes for level 1 with wbits 31: magic, deflate, no flags, no time, XFL 4 (fastest), OS 3 (Unix).
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\x03"
 _QUEUED_RECORDS = 32  # records compressing or waiting to be written (about 7 MB of 256 px slice examples)
@@ -45,8 +45,8 @@ def _compressing_pool() -> concurrent.futures.ThreadPoolExecutor:
 def _deflated(pieces: tuple[bytes, ...]) -> bytes:
     """One record as raw deflate ending on a sync flush (byte-aligned, not final): pieces of this kind joined
     in order are one deflate stream."""
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, 8, GZIP_STRATEGY)
-    return b"".join([*map(compressor.compress, pieces), compressor.flush(zlib.Z_SYNC_FLUSH)])
+    compressor = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
+    return b"".join([*map(compressor.compress, pieces), compressor.flush(isal_zlib.Z_SYNC_FLUSH)])
 
 
 class _BackgroundGzipFile:
@@ -73,7 +73,7 @@ class _BackgroundGzipFile:
                 try:
                     self._raw.write(deflated.result())
                     for piece in pieces:
-                        self._crc = zlib.crc32(piece, self._crc)
+                        self._crc = isal_zlib.crc32(piece, self._crc)
                         self._size += len(piece)
                 except BaseException as e:  # kept for close(); later records are drained, not written
                     self._error = e
@@ -89,7 +89,7 @@ class _BackgroundGzipFile:
         try:
             if self._error is not None:
                 raise self._error
-            final = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+            final = isal_zlib.compressobj(GZIP_LEVEL, isal_zlib.DEFLATED, -isal_zlib.MAX_WBITS)
             self._raw.write(final.flush() + struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
         finally:
             self._raw.close()

@@ -25,9 +25,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ctseg.cpu_kernels import prefer_onednn  # noqa: E402
 from ctseg.quiet import silence  # noqa: E402
 
 silence(False)
+prefer_onednn()
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -6,6 +6,7 @@ import importlib
 import logging
 import sys
 
+from ctseg.cpu_kernels import prefer_onednn
 from ctseg.errors import CtsegError
 from ctseg.quiet import silence
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     silence("-v" in argv or "--verbose" in argv)
+    prefer_onednn()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "  %(name)s: %(message)s")

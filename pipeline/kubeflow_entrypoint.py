@@ -4,8 +4,8 @@ It runs TFX 1.15.1's own v2 entrypoint (tfx/orchestration/kubeflow/v2/container/
 after correcting the executor input for what the open-source KFP backend hands a container, and
 cleans up after it what the KFP launcher would trip on in the next step. Around it: the `s3://`
 filesystem registered and its variables completed (ctseg.object_stores), Beam's DirectRunner given
-one worker per core of the pod's CPU limit, and the process ended without the native teardown that
-aborts after S3 use. The compiled spec selects it
+one worker per core of the pod's CPU limit, oneDNN's CPU kernels (ctseg.cpu_kernels), and the process
+ended without the native teardown that aborts after S3 use. The compiled spec selects it
 through `KubeflowV2DagRunnerConfig(default_commands=ENTRYPOINT_COMMAND)`. KFP source references are
 to kubeflow/pipelines at tag 2.5.0 (the same code in 2.0.5 unless said otherwise).
 """
@@ -18,6 +18,7 @@ from typing import Any
 from absl import app, logging
 
 from ctseg import object_stores
+from ctseg.cpu_kernels import prefer_onednn
 
 ENTRYPOINT_MODULE = "ctseg.pipeline.kubeflow_entrypoint"
 ENTRYPOINT_COMMAND = ["python", "-m", ENTRYPOINT_MODULE]
@@ -144,6 +145,7 @@ def _parse_flags(argv: list[str]):
 
 
 def main(parsed_argv) -> None:
+    prefer_onednn()  # before TFX loads TensorFlow: a CPU-only pod trains on oneDNN's kernels
     from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entrypoint
 
     args, beam_args = parsed_argv

@@ -2,9 +2,11 @@
 one ingested phantom for the tests that need slice examples, and the project as an installed wheel."""
 import os
 
+from ctseg.cpu_kernels import prefer_onednn
 from ctseg.quiet import silence
 
 silence(verbose=bool(os.environ.get("CTSEG_VERBOSE")))
+prefer_onednn()  # the kernels `ctseg` trains and predicts with
 
 import dataclasses  # noqa: E402
 import importlib.util  # noqa: E402

@@ -213,7 +213,10 @@ def test_kfp_metadata_layout(kfp_run):
     logs = store.get_artifacts_by_type("system.Artifact")
     assert len(logs) == len(records)
     log_uri = records["Trainer"].executor_input["outputs"]["artifacts"][EXECUTOR_LOGS]["artifacts"][0]["uri"]
-    assert b"Starting executor" in kfp_run["objects"].read(kfp_run["objects"].key(log_uri))
+    trainer_log = kfp_run["objects"].read(kfp_run["objects"].key(log_uri))
+    assert b"Starting executor" in trainer_log
+    # The pod's environment has no TF_ENABLE_ONEDNN_OPTS: the entrypoint turns oneDNN on before TFX loads TensorFlow.
+    assert b"oneDNN kernels on" in trainer_log, trainer_log[-2000:]
 
 
 def store_state(name: str) -> int:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Callable
 import tensorflow as tf
 
 from ctseg import profile, serving
+from ctseg.cpu_kernels import onednn_in_use
 from ctseg.models.unet import data
 from ctseg.models.unet.augment import augmenting
 from ctseg.models.unet.config import UnetConfig
@@ -90,7 +91,9 @@ def describe_training(strategy: tf.distribute.Strategy, config: UnetConfig, glob
     if isinstance(strategy, tf.distribute.MirroredStrategy):
         devices = ", ".join(strategy.extended.worker_devices)
     else:
-        devices = f"{tf.config.list_logical_devices()[0].name} (no GPU found; {os.cpu_count() or 1} CPU threads)"
+        onednn = {True: "on", False: "off", None: "unknown"}[onednn_in_use()]
+        devices = (f"{tf.config.list_logical_devices()[0].name} (no GPU found; {os.cpu_count() or 1} CPU threads, "
+                   f"oneDNN kernels {onednn})")
     replicas = strategy.num_replicas_in_sync
     return (f"training on {devices} with {type(strategy).__name__}: {replicas} replica(s), global batch "
             f"{global_batch} ({global_batch // replicas} per replica), policy "

@@ -402,3 +402,19 @@ def test_feet_first_numbering(tmp_path):
     assert float(first.ImagePositionPatient[2]) < float(last.ImagePositionPatient[2])
     lung = [np.mean((hu_from_dataset(d) < -700) & (hu_from_dataset(d) > -950)) for d in (first, last)]
     assert lung[1] > lung[0] + 0.05, lung
+
+
+@pytest.mark.slow  # two fresh worker processes
+def test_patients_written_on_worker_processes_are_the_same_files(tmp_path):
+    """`make run` writes its phantom on a process per core; each patient draws from its own seed, so the files are
+    the same bytes as those written in one process, in the folder form and in the zip form."""
+    kw = dict(patients=3, slices=4, size=32, seed=3)
+    one, two = write_phantom(tmp_path / "one", workers=1, **kw), write_phantom(tmp_path / "two", workers=2, **kw)
+
+    def files(root):
+        return {f.relative_to(root).as_posix(): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+    assert files(one) == files(two)
+    assert {name.split("/")[0] for name in files(one)} == {f"3Dircadb1.{k}" for k in (1, 2, 3)}
+    zipped = [write_phantom(tmp_path / f"z{w}.zip", workers=w, as_zip=True, **kw).read_bytes() for w in (1, 2)]
+    assert zipped[0] == zipped[1]

@@ -106,14 +106,48 @@ def _zip_bytes(entries: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+# Below this many 512 px slice-equivalents the phantom is written in this process: a worker's start-up (a fresh
+# interpreter importing numpy and pydicom, about a second) would cost more than it saves.
+PARALLEL_MIN_SLICES_512 = 64
+
+
+def _patient_files(g: PatientGeometry, size: int, seed: int, out: Path | None) -> dict[str, bytes]:
+    """One patient rendered: its files written under `out` (folder form, returns {}) or, with `out` None, its
+    PATIENT_DICOM.zip and MASKS_DICOM.zip by their path in the published archive."""
+    per_patient: dict[str, bytes] = {}
+    for _, files in render_patient(g, size, seed):
+        if out is None:
+            per_patient.update(files)
+            continue
+        for rel, data in files.items():
+            path = out / g.patient_id / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    return {f"3Dircadb1/{g.patient_id}/{part}.zip": _zip_bytes({k: v for k, v in per_patient.items()
+                                                               if k.startswith(part + "/")})
+            for part in ("PATIENT_DICOM", "MASKS_DICOM")} if out is None else {}
+
+
+def _phantom_workers(geometries: list[PatientGeometry], size: int) -> int:
+    """A process per core (at most one per patient) when the phantom is big enough to pay for starting them."""
+    work = sum(g.num_slices for g in geometries) * (size / 512) ** 2
+    if work < PARALLEL_MIN_SLICES_512:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, len(geometries)))
+
+
 def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60, size: int = 512,
                   seed: int = 0, as_zip: bool = False, progress: bool = False, phases: tuple[str, ...] = PHASES,
-                  noise_hu: tuple[float, float] = (8.0, 25.0), protocols: tuple[str, ...] = tuple(PROTOCOLS)) -> Path:
+                  noise_hu: tuple[float, float] = (8.0, 25.0), protocols: tuple[str, ...] = tuple(PROTOCOLS),
+                  workers: int | None = None) -> Path:
     """Writes the phantom; returns the dataset folder, or the outer zip with `as_zip`.
 
     `phases`, `noise_hu` and `protocols` narrow the contrast phases, noise levels and scan ranges
     patients draw from (default: all three phases, 8-25 HU, abdomen, abdomen-pelvis and
     chest-abdomen scans, as real scans vary); a narrower phantom is an easier one.
+    Patients are rendered on `workers` processes (default: one per core for a phantom of more than a few
+    dozen 512 px slices); each patient draws from its own seed, so the files are the same bytes either way.
 
     Folder form: OUT/3Dircadb1.<k>/PATIENT_DICOM/image_<i> and OUT/3Dircadb1.<k>/MASKS_DICOM/<organ>/image_<i>.
     Zip form: OUT (or OUT/3Dircadb1.zip when OUT is not a .zip path) holding
@@ -123,28 +157,29 @@ def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60
         raise ValueError("need at least 1 patient, 1 slice and a size of 16 pixels")
     out = Path(out)
     geometries = patient_geometries(patients, slices, seed, phases=phases, noise_hu=noise_hu, protocols=protocols)
-    total = sum(g.num_slices for g in geometries)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=total, unit="slice", desc="phantom")
+        bar = tqdm(total=sum(g.num_slices for g in geometries), unit="slice", desc="phantom")
+    target = None if as_zip else out
+    workers = _phantom_workers(geometries, size) if workers is None else workers
     outer: dict[str, bytes] = {}
-    for g in geometries:
-        per_patient: dict[str, bytes] = {}
-        for _, files in render_patient(g, size, seed):
-            if as_zip:
-                per_patient.update(files)
-            else:
-                for rel, data in files.items():
-                    path = out / g.patient_id / rel
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(data)
+    if workers <= 1:
+        for g in geometries:
+            outer.update(_patient_files(g, size, seed, target))
             if bar:
-                bar.update(1)
-        if as_zip:
-            for part in ("PATIENT_DICOM", "MASKS_DICOM"):
-                inner = {k: v for k, v in per_patient.items() if k.startswith(part + "/")}
-                outer[f"3Dircadb1/{g.patient_id}/{part}.zip"] = _zip_bytes(inner)
+                bar.update(g.num_slices)
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        # spawn, not fork: the caller may hold TensorFlow's or Beam's threads, which a forked child inherits broken
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = {pool.submit(_patient_files, g, size, seed, target): g for g in geometries}
+            for job in concurrent.futures.as_completed(jobs):
+                outer.update(job.result())
+                if bar:
+                    bar.update(jobs[job].num_slices)
     if bar:
         bar.close()
     if not as_zip:

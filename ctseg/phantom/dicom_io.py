@@ -10,7 +10,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pydicom
@@ -111,21 +111,26 @@ def _zip_bytes(entries: dict[str, bytes]) -> bytes:
 PARALLEL_MIN_SLICES_512 = 64
 
 
-def _patient_files(g: PatientGeometry, size: int, seed: int, out: Path | None) -> dict[str, bytes]:
+def _patient_files(g: PatientGeometry, size: int, seed: int, out: Path | None,
+                   on_slice: Callable[[], object] | None = None) -> dict[str, bytes]:
     """One patient rendered: its files written under `out` (folder form, returns {}) or, with `out` None, its
-    PATIENT_DICOM.zip and MASKS_DICOM.zip by their path in the published archive."""
+    PATIENT_DICOM.zip and MASKS_DICOM.zip by their path in the published archive. `on_slice` runs after each slice."""
     per_patient: dict[str, bytes] = {}
     for _, files in render_patient(g, size, seed):
         if out is None:
             per_patient.update(files)
-            continue
-        for rel, data in files.items():
-            path = out / g.patient_id / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+        else:
+            for rel, data in files.items():
+                path = out / g.patient_id / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        if on_slice:
+            on_slice()
+    if out is not None:
+        return {}
     return {f"3Dircadb1/{g.patient_id}/{part}.zip": _zip_bytes({k: v for k, v in per_patient.items()
                                                                if k.startswith(part + "/")})
-            for part in ("PATIENT_DICOM", "MASKS_DICOM")} if out is None else {}
+            for part in ("PATIENT_DICOM", "MASKS_DICOM")}
 
 
 def _phantom_workers(geometries: list[PatientGeometry], size: int) -> int:
@@ -165,10 +170,8 @@ def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60
     workers = _phantom_workers(geometries, size) if workers is None else workers
     outer: dict[str, bytes] = {}
     if workers <= 1:
-        for g in geometries:
-            outer.update(_patient_files(g, size, seed, target))
-            if bar:
-                bar.update(g.num_slices)
+        for g in geometries:  # in this process the bar advances a slice at a time
+            outer.update(_patient_files(g, size, seed, target, on_slice=bar.update if bar else None))
     else:
         import concurrent.futures
         import multiprocessing

@@ -100,6 +100,20 @@ def test_median_filters_the_image_not_the_mask():
     assert out_hu[2, 2] == BACKGROUND_HU
 
 
+@pytest.mark.parametrize("shape", [(3, 17, 23, 3), (1, 3, 3, 1), (2, 128, 128, 1)])
+def test_median3x3_equals_tensorflow_addons_median_filter(shape):
+    """The sorting network gives exactly tfa's median (ties, plateaus and edges included)."""
+    import tensorflow_addons as tfa
+
+    from ctseg.models.unet.augment import median3x3
+
+    rng = np.random.default_rng(sum(shape))
+    image = rng.normal(40.0, 200.0, shape).astype(np.float32)
+    image[0, : shape[1] // 2] = np.round(image[0, : shape[1] // 2] / 300.0) * 300.0  # many equal values
+    np.testing.assert_array_equal(median3x3(tf.constant(image)).numpy(),
+                                  tfa.image.median_filter2d(tf.constant(image), filter_shape=3).numpy())
+
+
 def test_rotation_moves_image_and_mask_together():
     hu, mask = _organ_slice()
     tf.random.set_seed(1)

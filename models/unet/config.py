@@ -15,8 +15,8 @@ from ctseg.errors import CtsegError
 PRESETS: dict[str, dict[str, Any]] = {
     # A few CPU minutes on the 128 px phantom; 12 base filters beat 8 on the phantom and on real CT at 1.1x the
     # training time (docs/BENCHMARKS.md, "Capacity and schedule"); 20 epochs of at least 40 batches (800 steps)
-    # scored as 25 (1,000) did on real CT in three seeds and better on the low-contrast abdomen, in 4/5 the time
-    # ("20 epochs or 25").
+    # scored as 25 (1,000) did on real CT in four seeds, and within one seed's noise on the low-contrast abdomen, in
+    # 4/5 the time ("20 epochs or 25").
     "small": dict(image_size=128, depth=4, base_filters=12, dropout=0.1, batch_size=16, epochs=20),
     # The blog post's network: 256 px, 32..256 filters per level and 512 in the bottleneck, dropout 0.5.
     "full": dict(image_size=256, depth=4, base_filters=32, dropout=0.5, batch_size=16, epochs=40),

@@ -2,9 +2,9 @@
 
 Each transform of `ctseg.models.unet.augment` runs on a batch of CT-like slice stacks in which every slice draws
 it (one `tf.function` per transform, after a warm-up call); then the whole `augment_batch` with the default
-probabilities, and, as the baseline measured in the same run, the network's own train step without augmentation
-on the same batch (`trainer._build_model` with every probability 0). Reported per item: the median over `--rounds`
-of wall and process-CPU milliseconds a batch, and the ratio to that train step. tensorflow-addons'
+probabilities, and, as the baseline measured in the same run, the network's own train step on the same batch (the
+UNET compiled without the augmenting train step, as `bench.train` builds it). Reported per item: the median over
+`--rounds` of wall and process-CPU milliseconds a batch, and the ratio to that train step. tensorflow-addons'
 `median_filter2d` (what the median was until 0b9cd54) is timed beside `median3x3` for reference.
 
     .venv/bin/python -m bench.augment [--preset small] [--calls 20] [--rounds 3] [--out result.json]
@@ -12,7 +12,6 @@ of wall and process-CPU milliseconds a batch, and the ratio to that train step. 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import time
@@ -35,8 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     import tensorflow_addons as tfa
 
     from ctseg.models.unet import augment as A
-    from ctseg.models.unet import trainer
     from ctseg.models.unet.config import UnetConfig
+    from ctseg.models.unet.model import build_unet, compile_model
 
     config = UnetConfig.from_custom_config({"preset": args.preset})
     rng = np.random.default_rng(0)
@@ -57,10 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         "noise": lambda h, m: A._noise(h, m, c.noise_std_min_hu, c.noise_std_hu),
         "augment_batch, default probabilities": lambda h, m: A.augment_batch(h, m[..., 0], c),
     }
-    no_augmentation = dataclasses.replace(config, **{f.name: 0.0 for f in dataclasses.fields(config)
-                                                      if f.name.endswith("_probability")
-                                                      and f.name != "keep_empty_probability"})
-    model = trainer._build_model(no_augmentation, total_steps=1000)
+    model = compile_model(build_unet(config), config, decay_steps=1000)  # as bench.train's "no augmentation"
     batches = tf.data.Dataset.from_tensors((hu, mask[..., 0])).repeat()
     timed = {name: (lambda f=tf.function(fn): f(hu, mask)[0].numpy()) for name, fn in transforms.items()}
     timed["train step without augmentation (baseline)"] = lambda: model.train_on_batch(hu, mask[..., 0])

@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ctseg.cpu_kernels import usable_cores
 from ctseg.quiet import silence
 
 BARE, SEED, FOLDER, ZIP = ("bare pydicom.dcmread loop", "seed: tf.data + tfio decode_dicom_image",
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"TFX Beam-executor set-up, once per component run and not timed above: {setup_s:.1f} s")
     if args.out:
         Path(args.out).write_text(json.dumps({"pairs": [timings[BARE][0][0], timings[BARE][1][0]], "rates": rates,
-                                              "cores": len(os.sched_getaffinity(0)),
+                                              "cores": usable_cores(),
                                               "load_average": os.getloadavg()}, indent=1) + "\n")
     return rates
 

@@ -1,4 +1,4 @@
-"""TensorFlow's CPU kernels: oneDNN's convolutions instead of Eigen's.
+"""The CPU: the cores this process may use, and TensorFlow's CPU kernels (oneDNN's convolutions instead of Eigen's).
 
 TensorFlow 2.15 turns oneDNN on by itself on Linux only for CPUs with AVX512-VNNI, AVX512-BF16, AVX-VNNI
 or AMX (`DefaultOneDnnPolicy` in tensorflow/core/util/port.cc); on the AVX2 CPUs of most laptops and CI
@@ -10,6 +10,11 @@ from __future__ import annotations
 import os
 
 ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def prefer_onednn() -> None:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
+from ctseg.cpu_kernels import usable_cores
 from ctseg.errors import CtsegError
 
 S3_SCHEME = "s3://"
@@ -124,6 +125,6 @@ def cgroup_cpu_limit(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None
 
 def pod_cpu_count(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     """Cores this process may use: the CPU limit rounded up, never more than the CPUs it is pinned to."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    available = usable_cores()
     limit = cgroup_cpu_limit(cgroup_root)
     return max(1, min(available, math.ceil(limit))) if limit else max(1, available)

@@ -25,6 +25,7 @@ from tfx.types import artifact_utils
 
 from ctseg import geometry, ircad
 from ctseg.components.ingest.tfrecord_sink import GzipTFRecordSink
+from ctseg.cpu_kernels import usable_cores
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
 from ctseg.features import check_image_size, slice_example
@@ -169,7 +170,7 @@ def decode_threads() -> int:
     """Threads that decode one patient's slices and build its examples: one per core this process may use.
     Reading, inflating, resizing and copying pixels release the GIL, so threads use a local run's cores
     without the start-up of worker processes."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cores()
 
 
 def _ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int,

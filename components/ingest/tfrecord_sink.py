@@ -22,6 +22,8 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from isal import isal_zlib
 
+from ctseg.cpu_kernels import usable_cores
+
 # ISA-L's level 1: on CT slice examples a third of the CPU of zlib's level 1 with run-length matching (the sink's
 # setting before) and files 6% smaller (docs/BENCHMARKS.md, "Ingest").
 GZIP_LEVEL = 1
@@ -37,8 +39,8 @@ def _compressing_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None or _pool[0] != os.getpid():  # a forked worker makes its own
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            _pool = (os.getpid(), concurrent.futures.ThreadPoolExecutor(cores, thread_name_prefix="gzip-tfrecord"))
+            _pool = (os.getpid(), concurrent.futures.ThreadPoolExecutor(usable_cores(),
+                                                                        thread_name_prefix="gzip-tfrecord"))
         return _pool[1]
 
 

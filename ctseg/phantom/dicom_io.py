@@ -17,6 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from ctseg.cpu_kernels import usable_cores
 from ctseg.dicom import CT_IMAGE_STORAGE
 from ctseg.phantom.render import PROTOCOLS, PatientGeometry, PatientPhantom, patient_geometries
 from ctseg.phantom.tissues import PHASES
@@ -138,8 +139,7 @@ def _phantom_workers(geometries: list[PatientGeometry], size: int) -> int:
     work = sum(g.num_slices for g in geometries) * (size / 512) ** 2
     if work < PARALLEL_MIN_SLICES_512:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, len(geometries)))
+    return max(1, min(usable_cores(), len(geometries)))
 
 
 def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60, size: int = 512,

@@ -100,11 +100,41 @@ def test_unet_shape_and_levels():
     assert out.shape == (3, 32, 32) and ((out >= 0) & (out <= 1)).all()
 
 
+def test_every_conv_is_normalised_before_its_relu():
+    model = build_unet(TINY)  # instance normalisation is the default
+    convs = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2D)
+             and not isinstance(layer, tf.keras.layers.Conv2DTranspose) and layer.name != "probability"]
+    norms = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.GroupNormalization)]
+    assert len(convs) == len(norms) == 2 * (2 * 2 + 1)  # two convs a level down and up, two in the bottleneck
+    assert not any(conv.use_bias for conv in convs)  # the norm's offset stands in for the bias
+    assert all(norm.groups == norm.input_shape[-1] for norm in norms)  # a group a channel: instance normalisation
+    assert all(model.get_layer(conv.name.replace("conv", "relu")).input.node.layer is model.get_layer(
+        conv.name.replace("conv", "norm")) for conv in convs)
+
+
+def test_instance_normalisation_standardises_each_channel_of_each_slice_on_its_own():
+    """Per slice, not per batch: a slice's features do not depend on the slices it is batched with, in training
+    as in serving (batch normalisation's would, while it trains)."""
+    model = build_unet(UnetConfig.from_custom_config({"image_size": 32, "depth": 2, "base_filters": 4}))
+    first = tf.keras.Model(model.input, model.get_layer("down0_norm1").output)
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40, 60, (2, 32, 32, 3)).astype(np.float32)
+    hu[1] = 2.0 * hu[1] + 100.0
+    together = first(hu, training=True).numpy()
+    np.testing.assert_allclose(together.mean(axis=(1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(together.std(axis=(1, 2)), 1.0, atol=1e-2)
+    np.testing.assert_allclose(first(hu[:1], training=True).numpy()[0], together[0], atol=1e-4)
+    np.testing.assert_allclose(first(hu[1:], training=False).numpy()[0], together[1], atol=1e-4)
+
+
 def test_full_preset_is_the_blog_network():
     config = UnetConfig.from_custom_config({"preset": "full"})
     assert (config.image_size, config.depth, config.base_filters, config.dropout) == (256, 4, 32, 0.5)
+    assert config.normalization == "none"
+    assert not [layer for layer in build_unet(config).layers if isinstance(layer, tf.keras.layers.GroupNormalization)]
     assert UnetConfig.from_custom_config({"preset": "full", "image_size": 128}).image_size == 128
     assert UnetConfig.from_custom_config(None) == UnetConfig()
+    assert UnetConfig().normalization == "instance"
 
 
 def test_jit_compile_is_a_knob_off_by_default():
@@ -120,6 +150,7 @@ def test_jit_compile_is_a_knob_off_by_default():
     ({"keep_empty_probability": 1.5}, "keep_empty_probability"),
     ({"batch_size": "many"}, "wrong type"),
     ({"jit_compile": "false"}, r"\['jit_compile'\] must be true or false"),
+    ({"normalization": "layer"}, "normalization 'layer' must be one of"),
 ])
 def test_bad_custom_config_is_a_clear_error(custom, words):
     with pytest.raises(CtsegError, match=words):

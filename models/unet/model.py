@@ -59,10 +59,21 @@ class ContextStack(tf.keras.layers.Layer):
         return {**super().get_config(), "context_slices": self.context_slices}
 
 
-def _double_conv(x, filters: int, name: str):
+def _double_conv(x, filters: int, name: str, normalization: str = "none"):
+    """Two 3x3 convs with ReLU; with instance normalisation, conv → norm → ReLU (the norm's offset replaces the
+    conv's bias)."""
     for i in (1, 2):
-        x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
+        if normalization == "none":
+            x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
+                                       kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
+            continue
+        x = tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
                                    kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
+        # One group a channel: instance normalisation. float32 under mixed precision (a variance in float16 loses
+        # its digits).
+        x = tf.keras.layers.GroupNormalization(groups=filters, epsilon=1e-5, dtype="float32",
+                                               name=f"{name}_norm{i}")(x)
+        x = tf.keras.layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 
 
@@ -79,17 +90,17 @@ def build_unet(config: UnetConfig) -> tf.keras.Model:
         x = tf.keras.layers.Reshape((size, size, 1), name="channel")(x)
     skips = []
     for level in range(config.depth):
-        x = _double_conv(x, config.base_filters * 2 ** level, f"down{level}")
+        x = _double_conv(x, config.base_filters * 2 ** level, f"down{level}", config.normalization)
         skips.append(x)
         x = tf.keras.layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
         x = tf.keras.layers.Dropout(config.dropout, name=f"down{level}_dropout")(x)
-    x = _double_conv(x, config.base_filters * 2 ** config.depth, "bottleneck")
+    x = _double_conv(x, config.base_filters * 2 ** config.depth, "bottleneck", config.normalization)
     for level in reversed(range(config.depth)):
         filters = config.base_filters * 2 ** level
         x = tf.keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", name=f"up{level}_transpose")(x)
         x = tf.keras.layers.Concatenate(name=f"up{level}_concat")([x, skips[level]])
         x = tf.keras.layers.Dropout(config.dropout, name=f"up{level}_dropout")(x)
-        x = _double_conv(x, filters, f"up{level}")
+        x = _double_conv(x, filters, f"up{level}", config.normalization)
     x = tf.keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="probability")(x)
     probabilities = tf.keras.layers.Reshape((size, size), dtype="float32", name="probabilities")(x)
     return tf.keras.Model(hu, probabilities, name="unet")

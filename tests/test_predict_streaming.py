@@ -62,8 +62,9 @@ def test_streamed_masks_are_those_of_one_call_over_the_series(series, model_2_5d
     """The gating, resizing and clean-up of the stream equal theirs over the whole series at once. The probabilities
     are the chunks' (equal to one call's within float rounding, the test above): a pixel within rounding of the
     threshold may fall either side of it, as one did with the instance-normalised network."""
-    whole = model_2_5d.series_probabilities(_small_hu(series, model_2_5d), CHUNK)
-    gated = postprocess.gate_probabilities(whole, _small_hu(series, model_2_5d), cleanup)
+    small = _small_hu(series, model_2_5d)
+    whole = model_2_5d.series_probabilities(small, CHUNK)
+    gated = postprocess.gate_probabilities(whole, small, cleanup)
     expected = np.flip(postprocess.clean_volume(postprocess.source_mask(gated, series.shape), cleanup),
                        series.flip_axes)
     streamed = P.predict_series(series, model_2_5d, batch_size=CHUNK, cleanup=cleanup)

@@ -62,18 +62,16 @@ class ContextStack(tf.keras.layers.Layer):
 def _double_conv(x, filters: int, name: str, normalization: str = "none"):
     """Two 3x3 convs with ReLU; with instance normalisation, conv → norm → ReLU (the norm's offset replaces the
     conv's bias)."""
+    plain = normalization == "none"
     for i in (1, 2):
-        if normalization == "none":
-            x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
-                                       kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
-            continue
-        x = tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+        x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="relu" if plain else None, use_bias=plain,
                                    kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
-        # One group a channel: instance normalisation. float32 under mixed precision (a variance in float16 loses
-        # its digits).
-        x = tf.keras.layers.GroupNormalization(groups=filters, epsilon=1e-5, dtype="float32",
-                                               name=f"{name}_norm{i}")(x)
-        x = tf.keras.layers.ReLU(name=f"{name}_relu{i}")(x)
+        if not plain:
+            # One group a channel: instance normalisation. float32 under mixed precision (a variance in float16 loses
+            # its digits).
+            x = tf.keras.layers.GroupNormalization(groups=filters, epsilon=1e-5, dtype="float32",
+                                                   name=f"{name}_norm{i}")(x)
+            x = tf.keras.layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 
 

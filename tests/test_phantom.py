@@ -9,6 +9,7 @@ import pytest
 from ctseg.cli import main
 from ctseg.dicom import hu_from_dataset, mask_from_dataset, read_dataset
 from ctseg.phantom import ORGAN_MASKS, PatientPhantom, patient_geometries, write_phantom
+from ctseg.phantom.dicom_io import SLICES_PER_JOB
 from ctseg.phantom.render import MIXED
 from ctseg.phantom.tissues import LABEL, PHASES, TABLE
 
@@ -406,9 +407,11 @@ def test_feet_first_numbering(tmp_path):
 
 @pytest.mark.slow  # two fresh worker processes
 def test_patients_written_on_worker_processes_are_the_same_files(tmp_path):
-    """`make run` writes its phantom on a process per core; each patient draws from its own seed, so the files are
-    the same bytes as those written in one process, in the folder form and in the zip form."""
-    kw = dict(patients=3, slices=4, size=32, seed=3)
+    """`make run` writes its phantom on a process per core, folders in runs of SLICES_PER_JOB slices (a patient's
+    slices on both workers here); each slice draws from its own seed, so the files are the same bytes as those
+    written in one process, in the folder form and in the zip form."""
+    kw = dict(patients=3, slices=24, size=32, seed=3)
+    assert max(g.num_slices for g in patient_geometries(3, 24, 3)) > SLICES_PER_JOB
     one, two = write_phantom(tmp_path / "one", workers=1, **kw), write_phantom(tmp_path / "two", workers=2, **kw)
 
     def files(root):

@@ -30,17 +30,15 @@ def _uid(*parts) -> str:
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
-def _dataset(g: PatientGeometry, size: int, index: int, pixels: np.ndarray, *, seed: int,
-             series: str, is_mask: bool) -> Dataset:
+def _series_header(g: PatientGeometry, size: int, *, seed: int, series: str, is_mask: bool) -> Dataset:
+    """What every file of one series shares; `_at_slice` fills in the rest."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = _uid(seed, g.patient_id, series, index)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.is_little_endian, ds.is_implicit_VR = True, False
     ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "CT"
     ds.Manufacturer = "ctseg synthetic phantom"
     ds.PatientName = g.patient_id
@@ -50,10 +48,7 @@ def _dataset(g: PatientGeometry, size: int, index: int, pixels: np.ndarray, *, s
     ds.SeriesInstanceUID = _uid(seed, g.patient_id, series)
     ds.SeriesDescription = series
     ds.SeriesNumber = 2 if is_mask else 1
-    ds.InstanceNumber = index + 1
-    ds.ImagePositionPatient = [0.0, 0.0, round(index * g.thickness_mm, 3)]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.SliceLocation = ds.ImagePositionPatient[2]
     ds.PixelSpacing = [g.spacing_mm, g.spacing_mm]
     ds.SliceThickness = g.thickness_mm
     ds.Rows = ds.Columns = size
@@ -63,7 +58,6 @@ def _dataset(g: PatientGeometry, size: int, index: int, pixels: np.ndarray, *, s
     if is_mask:
         ds.BitsAllocated = ds.BitsStored = 8
         ds.HighBit = 7
-        ds.PixelData = pixels.astype(np.uint8).tobytes()
     else:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = (16, 16, 15) if g.signed_storage else (16, 12, 11)
         ds.RescaleIntercept = 0.0 if g.signed_storage else HU_INTERCEPT
@@ -73,8 +67,28 @@ def _dataset(g: PatientGeometry, size: int, index: int, pixels: np.ndarray, *, s
         if g.phase != "native":
             ds.ContrastBolusAgent = "IV iodinated contrast"
         ds.ImageComments = f"contrast phase: {g.phase}"
-        ds.PixelData = pixels.astype("<i2" if g.signed_storage else "<u2").tobytes()
     return ds
+
+
+def _at_slice(header: Dataset, g: PatientGeometry, index: int, pixels: np.ndarray, *, seed: int) -> Dataset:
+    """The series' header made slice `index`'s dataset, in place (a series' files are written one at a time)."""
+    is_mask = header.SeriesNumber == 2
+    header.file_meta.MediaStorageSOPInstanceUID = _uid(seed, g.patient_id, header.SeriesDescription, index)
+    header.SOPInstanceUID = header.file_meta.MediaStorageSOPInstanceUID
+    header.InstanceNumber = index + 1
+    header.ImagePositionPatient = [0.0, 0.0, round(index * g.thickness_mm, 3)]
+    header.SliceLocation = header.ImagePositionPatient[2]
+    if is_mask:
+        header.PixelData = pixels.astype(np.uint8).tobytes()
+    else:
+        header.PixelData = pixels.astype("<i2" if g.signed_storage else "<u2").tobytes()
+    return header
+
+
+def _dataset(g: PatientGeometry, size: int, index: int, pixels: np.ndarray, *, seed: int,
+             series: str, is_mask: bool) -> Dataset:
+    """One file's dataset on its own (the simple phantom; `render_patient` keeps each series' header)."""
+    return _at_slice(_series_header(g, size, seed=seed, series=series, is_mask=is_mask), g, index, pixels, seed=seed)
 
 
 def _to_bytes(ds: Dataset) -> bytes:
@@ -83,17 +97,26 @@ def _to_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def render_patient(g: PatientGeometry, size: int, seed: int) -> Iterator[tuple[int, dict[str, bytes]]]:
-    """Yields (slice index, {relative IRCAD path: DICOM bytes}) for one patient, image_0 the most inferior."""
+def render_patient(g: PatientGeometry, size: int, seed: int,
+                   slices: range | None = None) -> Iterator[tuple[int, dict[str, bytes]]]:
+    """Yields (slice index, {relative IRCAD path: DICOM bytes}) for one patient's `slices` (default all), image_0
+    the most inferior. Each slice draws from its own seed, so any range gives the same files as the whole."""
     phantom = PatientPhantom(g, size)
-    for i in range(g.num_slices):
+    headers: dict[str, Dataset] = {}
+
+    def header(series: str, is_mask: bool) -> Dataset:
+        if series not in headers:
+            headers[series] = _series_header(g, size, seed=seed, series=series, is_mask=is_mask)
+        return headers[series]
+
+    for i in range(g.num_slices) if slices is None else slices:
         rendered = phantom.slice(i)
         stored = np.rint(rendered.hu if g.signed_storage else rendered.hu - HU_INTERCEPT)
-        image = _dataset(g, size, i, stored, seed=seed, series="PATIENT_DICOM", is_mask=False)
+        image = _at_slice(header("PATIENT_DICOM", False), g, i, stored, seed=seed)
         files = {f"PATIENT_DICOM/image_{i}": _to_bytes(image)}
         for organ, m in rendered.masks.items():
-            files[f"MASKS_DICOM/{organ}/image_{i}"] = _to_bytes(
-                _dataset(g, size, i, m.astype(np.uint8) * 255, seed=seed, series=f"MASKS_DICOM/{organ}", is_mask=True))
+            mask = _at_slice(header(f"MASKS_DICOM/{organ}", True), g, i, m.astype(np.uint8) * 255, seed=seed)
+            files[f"MASKS_DICOM/{organ}/image_{i}"] = _to_bytes(mask)
         yield i, files
 
 
@@ -113,11 +136,12 @@ PARALLEL_MIN_SLICES_512 = 64
 
 
 def _patient_files(g: PatientGeometry, size: int, seed: int, out: Path | None,
-                   on_slice: Callable[[], object] | None = None) -> dict[str, bytes]:
-    """One patient rendered: its files written under `out` (folder form, returns {}) or, with `out` None, its
-    PATIENT_DICOM.zip and MASKS_DICOM.zip by their path in the published archive. `on_slice` runs after each slice."""
+                   on_slice: Callable[[], object] | None = None, slices: range | None = None) -> dict[str, bytes]:
+    """One patient rendered: its files written under `out` (folder form, returns {}; `slices` may pick a part of
+    them) or, with `out` None, its PATIENT_DICOM.zip and MASKS_DICOM.zip by their path in the published archive.
+    `on_slice` runs after each slice."""
     per_patient: dict[str, bytes] = {}
-    for _, files in render_patient(g, size, seed):
+    for _, files in render_patient(g, size, seed, slices):
         if out is None:
             per_patient.update(files)
         else:
@@ -140,6 +164,17 @@ def _phantom_workers(geometries: list[PatientGeometry], size: int) -> int:
     if work < PARALLEL_MIN_SLICES_512:
         return 1
     return max(1, min(usable_cores(), len(geometries)))
+
+
+SLICES_PER_JOB = 16
+
+
+def _work_units(geometries: list[PatientGeometry], as_zip: bool) -> list[tuple[PatientGeometry, range]]:
+    """Jobs for the workers, longest first: a zip holds a whole patient; folders are written in runs of
+    SLICES_PER_JOB slices, so the workers finish together instead of one rendering the last long scan alone."""
+    step = max(g.num_slices for g in geometries) if as_zip else SLICES_PER_JOB
+    units = [(g, range(lo, min(lo + step, g.num_slices))) for g in geometries for lo in range(0, g.num_slices, step)]
+    return sorted(units, key=lambda unit: -len(unit[1]))
 
 
 def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60, size: int = 512,
@@ -178,11 +213,12 @@ def write_phantom(out: str | os.PathLike, *, patients: int = 3, slices: int = 60
 
         # spawn, not fork: the caller may hold TensorFlow's or Beam's threads, which a forked child inherits broken
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = {pool.submit(_patient_files, g, size, seed, target): g for g in geometries}
+            jobs = {pool.submit(_patient_files, g, size, seed, target, slices=part): len(part)
+                    for g, part in _work_units(geometries, as_zip)}
             for job in concurrent.futures.as_completed(jobs):
                 outer.update(job.result())
                 if bar:
-                    bar.update(jobs[job].num_slices)
+                    bar.update(jobs[job])
     if bar:
         bar.close()
     if not as_zip:

@@ -183,8 +183,8 @@ def test_a_few_patients_train_for_min_epoch_steps_an_epoch():
     assert trainer.training_schedule(one_pass_only, None, lambda: 15) == (25, 15)
     assert trainer.training_schedule(config, 7, lambda: pytest.fail("the data need not be read")) == (7, 1)
     assert trainer.training_schedule(config, 100, lambda: 15) == (25, 4)
-    # the default phantom's 27 batches a pass: 20 epochs of 40, 800 steps (docs/BENCHMARKS.md, "20 epochs or 25")
-    assert trainer.training_schedule(UnetConfig.from_custom_config({}), None, lambda: 27) == (20, 40)
+    # the default phantom's 27 batches a pass: 18 epochs of 40, 720 steps (docs/BENCHMARKS.md, "18 epochs")
+    assert trainer.training_schedule(UnetConfig.from_custom_config({}), None, lambda: 27) == (18, 40)
     with pytest.raises(CtsegError, match="min_epoch_steps"):
         UnetConfig.from_custom_config({"min_epoch_steps": -1})
 

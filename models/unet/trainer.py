@@ -2,7 +2,7 @@
 `run_fn='ctseg.models.unet.trainer.run_fn'`), in the style of TFX's penguin example.
 
 `custom_config` keys (all optional; a `preset` sets the defaults, explicit keys override it):
-  preset                   'small' (default: 128 px, depth 4, 12 base filters, dropout 0.1, 20 epochs, for CPUs)
+  preset                   'small' (default: 128 px, depth 4, 12 base filters, dropout 0.1, 18 epochs, for CPUs)
                            or 'full' (256 px, depth 4, 32..512 filters, dropout 0.5, 40 epochs: the blog post's net,
                            for GPUs)
   image_size               input height = width in pixels; must equal ingest's image_size
@@ -12,7 +12,7 @@
                            the served model takes consecutive slices and stacks them itself
   window_center, window_width   CT window in HU applied inside the model (default liver window 60/400)
   epochs, batch_size, learning_rate   Adam training; batch_size is per replica
-  min_epoch_steps          batches an epoch, at least (default 40, 800 in 20 epochs): a pass over a few
+  min_epoch_steps          batches an epoch, at least (default 40, 720 in 18 epochs): a pass over a few
                            patients is lengthened to it, so they train long enough to learn the contrast,
                            not only where livers usually lie (0: one pass an epoch)
   dice_weight, bce_weight  loss = dice_weight * soft Dice loss + bce_weight * binary cross-entropy (bce_weight 0:

@@ -135,7 +135,10 @@ class Tube:
         reach = self.radius * height_per_width
         if not min(t0, t1) - reach < t < max(t0, t1) + reach:
             return []
-        count = max(2, int(np.ceil(np.hypot(x1 - x0, y1 - y0) / (0.4 * self.radius))) + 1)
+        # circles close enough along the axis both across (a flexure) and up (the ascending colon), so a
+        # segment shows on every height it spans, not only near its ends
+        count = max(2, int(np.ceil(max(np.hypot(x1 - x0, y1 - y0) / (0.4 * self.radius),
+                                       abs(t1 - t0) / (0.4 * reach)))) + 1)
         out = []
         for f in np.linspace(0.0, 1.0, count):
             x, y, tf = self.point(f)
@@ -266,22 +269,51 @@ class Anatomy:
         span = self.hi - self.lo
         flexure = (U(-0.68, -0.55), U(-0.05, 0.2), self.lo + U(0.0, 0.15) * span)   # under the right lobe's tip
         transverse = (U(-0.4, -0.2), U(-0.7, -0.5), flexure[2] + U(0.03, 0.08))
-        radius = U(0.1, 0.15)
-        colon = [Tube((-0.62, U(-0.1, 0.2), T_BOTTOM + 0.3), flexure, radius),
-                 Tube(flexure, transverse, radius * U(0.8, 1.0)),
-                 Tube(transverse, (U(0.2, 0.5), U(-0.7, -0.5), transverse[2] + U(0.05, 0.12)), U(0.08, 0.13)),
-                 Tube((0.65, U(0.0, 0.3), T_BOTTOM + 0.3), (0.62, U(0.0, 0.3), self.lo + 0.6 * span), U(0.08, 0.12))]
+        radius, rising_y = U(0.1, 0.15), U(-0.1, 0.2)
+        turn = radius * U(0.8, 1.0)
+        transverse_end = (U(0.2, 0.5), U(-0.7, -0.5), transverse[2] + U(0.05, 0.12))
+        transverse_radius = U(0.08, 0.13)
+        falling_y, falling_top_y, falling_radius = U(0.0, 0.3), U(0.0, 0.3), U(0.08, 0.12)
+        # The ascending and descending colon are fixed to the posterior wall in the paracolic gutters: they lie
+        # against the flank muscles from the caecum up, and only at the flexure does the colon turn medially
+        # under the liver's tip, so below the liver the right flank holds colon, not fat.
+        gutter = (-self._beside_wall(rising_y, radius), rising_y, self.lo - 0.02)
+        colon = [Tube((gutter[0], rising_y, T_BOTTOM + 0.3), gutter, radius),
+                 Tube(flexure, transverse, turn),
+                 Tube(transverse, transverse_end, transverse_radius),
+                 Tube((self._beside_wall(falling_y, falling_radius), falling_y, T_BOTTOM + 0.3),
+                      (self._beside_wall(falling_top_y, falling_radius), falling_top_y, self.lo + 0.6 * span),
+                      falling_radius)]
         bubbles = []
         for tube in colon:
             tube.tissue = str(rng.choice(["bowel_content", "fluid", "gas"], p=[0.7, 0.15, 0.15]))
-            if tube.tissue != "bowel_content":
-                continue
-            for _ in range(rng.integers(15, 40)):
-                f, a, r = U(0, 1), U(0, 2 * np.pi), U(0.0, 0.55) * tube.radius
-                x, y, t = tube.point(f)
-                size = U(0.012, 0.035)
-                bubbles.append(Lesion(x + r * np.cos(a), y + r * np.sin(a), t, size, size * U(0.5, 1.0), "gas"))
+            bubbles += self._stool_gas(rng, tube)
+        # The turn from the gutter to the flexure holds what the ascending colon holds; its bubbles come from a
+        # generator of its own, so every other draw of the patient stays as it was.
+        rise = Tube(gutter, flexure, radius, colon[0].tissue)
+        bubbles += self._stool_gas(rng.spawn(1)[0], rise)
+        colon.insert(1, rise)
         return colon, bubbles
+
+    @staticmethod
+    def _stool_gas(rng, tube: Tube) -> list[Lesion]:
+        """Bubbles of gas mottling faeces along a colon segment (none in fluid or gas)."""
+        if tube.tissue != "bowel_content":
+            return []
+        U = rng.uniform
+        bubbles = []
+        for _ in range(rng.integers(15, 40)):
+            f, a, r = U(0, 1), U(0, 2 * np.pi), U(0.0, 0.55) * tube.radius
+            x, y, t = tube.point(f)
+            size = U(0.012, 0.035)
+            bubbles.append(Lesion(x + r * np.cos(a), y + r * np.sin(a), t, size, size * U(0.5, 1.0), "gas"))
+        return bubbles
+
+    def _beside_wall(self, y: float, radius: float) -> float:
+        """|x| of a tube of `radius` at depth y whose side touches the abdominal wall's inner surface."""
+        a = 1 - self.subcut - self.wall
+        b = a - 0.02
+        return a * float(np.sqrt(max(0.0, 1 - ((y + 0.01) / b) ** 2))) - radius
 
     def liver_shapes(self, t: float) -> list[Shape]:
         s = (t - self.lo) / (self.hi - self.lo)

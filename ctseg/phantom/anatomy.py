@@ -309,11 +309,15 @@ class Anatomy:
             bubbles.append(Lesion(x + r * np.cos(a), y + r * np.sin(a), t, size, size * U(0.5, 1.0), "gas"))
         return bubbles
 
+    def _cavity(self) -> Shape:
+        """The abdominal cavity inside the wall muscle (body units), which `render` fills with visceral fat."""
+        inner = Shape(0.0, 0.0, 1.0, 1.0).scaled(1 - self.subcut)
+        return dataclasses.replace(inner, rx=inner.rx - self.wall, ry=inner.ry - self.wall - 0.02, cy=-0.01)
+
     def _beside_wall(self, y: float, radius: float) -> float:
-        """|x| of a tube of `radius` at depth y whose side touches the abdominal wall's inner surface."""
-        a = 1 - self.subcut - self.wall
-        b = a - 0.02
-        return a * float(np.sqrt(max(0.0, 1 - ((y + 0.01) / b) ** 2))) - radius
+        """|x| of a tube of `radius` at depth y whose side touches the cavity's edge (`_cavity`, not rotated)."""
+        cavity = self._cavity()
+        return cavity.rx * float(np.sqrt(max(0.0, 1 - ((y - cavity.cy) / cavity.ry) ** 2))) - radius
 
     def liver_shapes(self, t: float) -> list[Shape]:
         s = (t - self.lo) / (self.hi - self.lo)
@@ -350,8 +354,7 @@ class Anatomy:
         c.paint("fat", body.scaled(1 - 0.02 / bx))
         inner = body.scaled(1 - self.subcut)
         wall = c.paint("muscle", dataclasses.replace(inner, cy=0.02, ry=inner.ry * 0.98))
-        cavity = c.paint("visceral_fat", dataclasses.replace(inner, rx=inner.rx - self.wall,
-                                                             ry=inner.ry - self.wall - 0.02, cy=-0.01), within=wall)
+        cavity = c.paint("visceral_fat", self._cavity(), within=wall)
         self._spine_and_back(c, t, c.labels != LABEL["air"])
         self._ribs(c, t)
         # Organs are solid and do not overlap: the liver fills the room its neighbours leave, so its visceral

@@ -3,7 +3,9 @@ functions the executor calls per slice (open the patient's series, read the imag
 build and serialize the example, frame the record with its CRC32C, deflate it as the sink does), timed with the
 process's CPU clock on the extracted folder and on the nested `3Dircadb1.zip` of the same phantom. The fastest of
 `--repeat` passes counts per stage. What this leaves out is Beam's own cost and the threads' hand-offs: the
-component's CPU per pair in `bench.ingest` minus the total here.
+component's CPU per pair in `bench.ingest` minus the total here. The `floor` line times the bare read
+(`pydicom.dcmread(path).pixel_array` of both files, as `bench.ingest` does) and the resize alone on the same
+folder: what the resize, the example and the deflate cost before any parse, against the bare read.
 
     .venv/bin/python -m bench.ingest_stages [--patients 3] [--slices 90] [--size 512] [--image-size 256] [--repeat 3]
 """
@@ -57,6 +59,27 @@ def stage_times(root: Path, organ: str, image_size: int) -> tuple[int, dict[str,
     return pairs, spent
 
 
+def bare_read_and_resize(root: Path, organ: str, image_size: int) -> tuple[int, float, float]:
+    """(slice pairs, CPU seconds of `pydicom.dcmread(path).pixel_array` on every image and mask: `bench.ingest`'s
+    bare read, CPU seconds of the antialiased resize alone on the images' stored pixels): the floor under the
+    stages above."""
+    import pydicom
+
+    from ctseg import dicom
+
+    images = sorted(root.glob("*/PATIENT_DICOM/image_*"))
+    start = time.process_time()
+    stored = []
+    for image in images:
+        stored.append(pydicom.dcmread(image).pixel_array)
+        pydicom.dcmread(image.parents[1] / "MASKS_DICOM" / organ / image.name).pixel_array
+    read = time.process_time() - start
+    start = time.process_time()
+    for pixels in stored:
+        dicom.resize_hu(pixels, image_size)
+    return len(images), read, time.process_time() - start
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=3)
@@ -82,6 +105,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{form:6s} {pairs} pairs, CPU ms a pair: " + ", ".join(
                 f"{stage} {1000 * best[stage] / pairs:.3f}" for stage in STAGES)
                   + f"; total {1000 * sum(best.values()) / pairs:.3f}", flush=True)
+            if form == "folder":
+                bare_read_and_resize(root, "liver", args.image_size)
+                floors = [bare_read_and_resize(root, "liver", args.image_size) for _ in range(args.repeat)]
+                read, resize = min(f[1] for f in floors), min(f[2] for f in floors)
+                least = resize + best["example"] + best["deflate"]
+                print(f"floor  {pairs} pairs, CPU ms a pair: bare read (dcmread(path).pixel_array, image and mask) "
+                      f"{1000 * read / pairs:.3f}, the resize alone {1000 * resize / pairs:.3f}; resize + example + "
+                      f"deflate {least / read:.2f}x the bare read, the whole pair {sum(best.values()) / read:.2f}x",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -60,24 +60,22 @@ def stage_times(root: Path, organ: str, image_size: int) -> tuple[int, dict[str,
 
 
 def bare_read_and_resize(root: Path, organ: str, image_size: int) -> tuple[int, float, float]:
-    """(slice pairs, CPU seconds of `pydicom.dcmread(path).pixel_array` on every image and mask: `bench.ingest`'s
-    bare read, CPU seconds of the antialiased resize alone on the images' stored pixels): the floor under the
-    stages above."""
+    """(slice pairs, CPU seconds of `bench.ingest`'s bare read on every pair, CPU seconds of the antialiased resize
+    alone on the images' stored pixels): the floor under the stages above."""
     import pydicom
 
+    from bench.ingest import bare_pydicom, pairs_of
     from ctseg import dicom
 
-    images = sorted(root.glob("*/PATIENT_DICOM/image_*"))
+    pairs = pairs_of(root, organ)
     start = time.process_time()
-    stored = []
-    for image in images:
-        stored.append(pydicom.dcmread(image).pixel_array)
-        pydicom.dcmread(image.parents[1] / "MASKS_DICOM" / organ / image.name).pixel_array
+    bare_pydicom(pairs)
     read = time.process_time() - start
+    stored = [pydicom.dcmread(image).pixel_array for image, _ in pairs]
     start = time.process_time()
     for pixels in stored:
         dicom.resize_hu(pixels, image_size)
-    return len(images), read, time.process_time() - start
+    return len(pairs), read, time.process_time() - start
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -108,7 +108,9 @@ def _raw_pixels(ds: pydicom.Dataset) -> np.ndarray | None:
             return None
         bits, signed = ds.get("BitsAllocated"), ds.get("PixelRepresentation")
         rows, columns, data = ds.get("Rows"), ds.get("Columns"), ds.get("PixelData")
-        if bits not in (8, 16) or signed not in (0, 1) or "BitsStored" not in ds or not isinstance(data, bytes):
+        if bits not in (8, 16) or signed not in (0, 1) or "BitsStored" not in ds:
+            return None
+        if not isinstance(data, (bytes, memoryview)):   # memoryview: `ctseg.dicom_header`'s view of the file
             return None
         count = int(rows) * int(columns)
     except (ValueError, TypeError, KeyError, AttributeError):

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from ctseg import dicom, geometry
+from ctseg import dicom, dicom_header, geometry
 
 HU_RANGE = (-32768.0, 32767.0)  # what the int16 example holds; anything outside would be clipped silently
 
@@ -36,9 +36,31 @@ def _facing(ds, pixels: np.ndarray) -> np.ndarray:
     return pixels[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
 
 
+def _header(data: bytes, location: str):
+    """The few values ingest reads straight from the bytes (`ctseg.dicom_header`), or pydicom's whole parse for
+    anything that reader leaves to it."""
+    return dicom_header.parse(data) or dicom.read_dataset(data, location)
+
+
+def _decoded(decode, data: bytes, location: str, size: int):
+    """`decode` of the parsed file; a header value pydicom keeps as text that is no number (a RescaleSlope of "x")
+    is a DicomError naming the file, as any other unusable file, not a bare ValueError that ends the run."""
+    ds = _header(data, location)
+    try:
+        return decode(ds, location, size)
+    except dicom.DicomError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise dicom.DicomError(location, f"a header value cannot be read ({type(e).__name__}: {e})") from e
+
+
 def decode_slice(data: bytes, location: str, size: int) -> CtSlice:
     """DICOM bytes → HU resized to (size, size); a DicomError naming `location` when the file is unusable."""
-    ds = dicom.read_dataset(data, location)
+    return _decoded(ct_slice, data, location, size)
+
+
+def ct_slice(ds, location: str, size: int) -> CtSlice:
+    """A parsed slice (pydicom Dataset or `dicom_header.RawHeader`) → HU resized to (size, size)."""
     not_a_slice = dicom.not_single_frame(ds) or _not_an_axial_slice(ds)
     if not_a_slice:
         raise dicom.DicomError(location, not_a_slice)
@@ -65,7 +87,11 @@ class Mask:
 def decode_mask(data: bytes, location: str, size: int) -> Mask:
     """Mask DICOM bytes → binary (non-zero → 1) mask resized by nearest neighbour; odd stored values are
     counted, not rejected."""
-    ds = dicom.read_dataset(data, location)
+    return _decoded(mask_slice, data, location, size)
+
+
+def mask_slice(ds, location: str, size: int) -> Mask:
+    """A parsed mask (pydicom Dataset or `dicom_header.RawHeader`) → binary mask resized to (size, size)."""
     stored = _facing(ds, dicom.pixel_array(ds, location))
     source = (stored != 0).astype(np.uint8)
     return Mask(dicom.resize_mask(source, size), dicom.distinct_values(stored), stored.shape, source)

@@ -28,7 +28,7 @@ from ctseg.components.ingest.tfrecord_sink import GzipTFRecordSink
 from ctseg.cpu_kernels import usable_cores
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
-from ctseg.features import check_image_size, slice_example
+from ctseg.features import check_image_size, serialized_slice_example
 from ctseg.knobs import parse_split_ratios
 
 EXAMPLES_KEY = "examples"
@@ -220,9 +220,10 @@ def _ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int,
 
 
 def _serialized_example(patient_id: str, slice_index: int, ct: ircad.CtSlice, mask: ircad.Mask) -> bytes:
-    return slice_example(hu=ct.hu, mask=mask.mask, patient_id=patient_id, slice_index=slice_index,
-                         spacing_mm=ct.spacing_mm, thickness_mm=ct.thickness_mm, source_shape=ct.source_shape,
-                         mask_distinct_values=mask.distinct_values, source_mask=mask.source).SerializeToString()
+    return serialized_slice_example(hu=ct.hu, mask=mask.mask, patient_id=patient_id, slice_index=slice_index,
+                                    spacing_mm=ct.spacing_mm, thickness_mm=ct.thickness_mm,
+                                    source_shape=ct.source_shape, mask_distinct_values=mask.distinct_values,
+                                    source_mask=mask.source)
 
 
 def _read_json_lines(pattern: str) -> list[dict]:

@@ -46,6 +46,10 @@ Where the error goes, per case (volumes in ml by predict's own `volume_ml`):
   TotalSegmentator's "total" task has no lesion label); "other". Where the liver reaches the scan's top
   slice (`dome_in_scan` false: every case here) the "dome" is the top of the scan, not the anatomical
   dome.
+* The reference's outline: the median HU of the reference liver in rings by in-plane depth under its outline
+  (0-1.5, 1.5-3, 3-6, 6-10 mm, deeper). On an outline drawn on the liver's edge the outer ring is liver with
+  partial volume; on one drawn outside it, fat: dcmqi-3's SEG is drawn 2-4 mm outside the parenchyma, so its
+  volume ratios read about a tenth low for a correct outline (docs/BENCHMARKS.md).
 * Heart labelled liver: predicted liver inside the heart label, for a case whose label map shows the
   heart; none of the three TotalSegmentator cases does (their top slices reach the lung bases).
 
@@ -84,6 +88,8 @@ MISS_PLACES = ("dome", "border", "hypodense", "other")
 DOME_FRACTION = 0.15
 BORDER_MM = 3.0
 HYPODENSE_BELOW_MEDIAN_HU = 20.0
+RING_EDGES_MM = (0.0, 1.5, 3.0, 6.0, 10.0)
+RING_NAMES = ("0-1.5 mm", "1.5-3 mm", "3-6 mm", "6-10 mm", "over 10 mm")
 PROBE_FIELD_OF_VIEW_MM = 360.0
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -258,14 +264,34 @@ def dome_slices(reference: np.ndarray, z_mm: np.ndarray, fraction: float = DOME_
     return dome
 
 
-def border_voxels(reference: np.ndarray, pixel_mm: tuple[float, float], border_mm: float = BORDER_MM) -> np.ndarray:
-    """Reference liver voxels whose in-plane distance to the nearest pixel outside the liver (the image's
-    edge counting as outside) is at most `border_mm`."""
+def _depth_mm(reference: np.ndarray, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """In-plane distance of each reference liver voxel to the nearest pixel outside the liver (the image's edge
+    counting as outside); 0 outside the liver."""
     from scipy import ndimage
 
     padded = np.pad(reference > 0, ((0, 0), (1, 1), (1, 1)))
-    distance = np.stack([ndimage.distance_transform_edt(s, sampling=pixel_mm) for s in padded])[:, 1:-1, 1:-1]
-    return (reference > 0) & (distance <= border_mm)
+    return np.stack([ndimage.distance_transform_edt(s, sampling=pixel_mm) for s in padded])[:, 1:-1, 1:-1]
+
+
+def border_voxels(reference: np.ndarray, pixel_mm: tuple[float, float], border_mm: float = BORDER_MM) -> np.ndarray:
+    """Reference liver voxels whose in-plane distance to the nearest pixel outside the liver (the image's
+    edge counting as outside) is at most `border_mm`."""
+    return (reference > 0) & (_depth_mm(reference, pixel_mm) <= border_mm)
+
+
+def reference_rings_hu(reference: np.ndarray, hu: np.ndarray, pixel_mm: tuple[float, float]) -> dict:
+    """Median HU of the reference liver in rings by depth under its outline (RING_EDGES_MM, in-plane), and
+    deeper: whether the outline lies on the liver's edge (liver HU with partial volume in the outer ring) or
+    outside it (fat there), which decides what a volume ratio against it means. None for an empty ring."""
+    depth = _depth_mm(reference, pixel_mm)
+    liver = reference > 0
+    edges = (*RING_EDGES_MM, np.inf)
+    rings = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        values = hu[liver & (depth > lo) & (depth <= hi)]
+        rings[f"{lo:g}-{hi:g} mm" if np.isfinite(hi) else f"over {lo:g} mm"] = (
+            round(float(np.median(values)), 1) if values.size else None)
+    return rings
 
 
 def rim_voxels(reference: np.ndarray, pixel_mm: tuple[float, float], rim_mm: float = BORDER_MM) -> np.ndarray:
@@ -329,7 +355,8 @@ def where_the_error_goes(predicted: np.ndarray, reference: np.ndarray, labels: n
            "false_positive_by_structure_ml": None, "false_positive_by_structure_pct": None,
            "heart_in_scan": None, "heart_labelled_liver_ml": None,
            "missed_ml": round(sum(missed.values()), 1), "dome_in_scan": not bool(reference[np.argmax(z_mm)].any()),
-           "missed_by_place_ml": rounded(missed), "missed_by_place_pct": percentages(missed)}
+           "missed_by_place_ml": rounded(missed), "missed_by_place_pct": percentages(missed),
+           "reference_rings_hu": reference_rings_hu(reference, hu, pixel_mm)}
     if labels is not None:
         by_structure = false_positives_by_structure(predicted, reference, labels, ml_per_voxel)
         heart = heart_labelled_liver_ml(predicted, labels, ml_per_voxel)
@@ -463,6 +490,9 @@ def table(rows: list[dict], probes: list[dict]) -> str:
               for place in MISS_PLACES]
     lines.append(line("liver's top inside the scan (the dome is the dome)",
                       ["yes" if r["dome_in_scan"] else "no" for r in rows]))
+    lines.append(line("reference's median HU by depth under its outline: " + " / ".join(RING_NAMES), [
+        " / ".join("-" if r["reference_rings_hu"][n] is None else f"{r['reference_rings_hu'][n]:.0f}"
+                   for n in RING_NAMES) for r in rows]))
     lines.append(line("heart labelled liver, ml", [
         "n/a" if r["heart_in_scan"] is None else "no heart in scan" if not r["heart_in_scan"]
         else f"{r['heart_labelled_liver_ml']:.1f}" for r in rows]))

@@ -270,3 +270,18 @@ def test_a_probe_is_padded_to_a_scanner_field_of_view_without_moving_its_anatomy
     heart = heart_from_nifti(series, _save(tmp_path, "heart", (labels == LIVER_LABEL).astype(np.uint8), affine))
     assert set(np.unique(heart)) == {0, HEART_LABEL}
     assert np.array_equal(heart == HEART_LABEL, images == 100)
+
+
+def test_reference_rings_tell_an_outline_on_the_edge_from_one_drawn_outside_it():
+    from bench.real_ct import RING_NAMES, reference_rings_hu
+
+    yy, xx = np.mgrid[:80, :80]
+    radius = np.hypot(yy - 40, xx - 40)
+    hu = np.where(radius <= 25, 55.0, -100.0)[None]                 # a liver disc of 55 HU in fat
+    on_edge = reference_rings_hu((radius <= 25)[None], hu, (1.0, 1.0))
+    outside = reference_rings_hu((radius <= 28)[None], hu, (1.0, 1.0))   # drawn 3 mm wide
+    assert list(on_edge) == list(RING_NAMES)
+    assert on_edge["0-1.5 mm"] == 55.0 and on_edge["over 10 mm"] == 55.0
+    assert outside["0-1.5 mm"] == -100.0 and outside["1.5-3 mm"] == -100.0 and outside["6-10 mm"] == 55.0
+    coarse = reference_rings_hu((radius <= 25)[None], hu, (3.0, 3.0))    # 3 mm pixels: no 0-1.5 mm ring
+    assert coarse["0-1.5 mm"] is None and coarse["1.5-3 mm"] == 55.0

@@ -175,7 +175,7 @@ class Anatomy:
         shift = min(0.15, 0.99 - bx)
         self.body = (U(-shift, shift), U(-0.12, min(0.05, 0.9 - by)), bx, by)
         self.subcut = U(0.04, 0.16)                # subcutaneous fat thickness (body units)
-        self.wall = U(0.035, 0.06)                 # abdominal wall muscle
+        self.wall = U(0.07, 0.11)                  # abdominal wall muscle: about 9-16 mm, as beside real livers
         self.lo, self.hi = U(0.10, 0.32), U(0.80, 0.90)
         lo, hi = self.lo, self.hi
         span = hi - lo

@@ -89,7 +89,8 @@ DOME_FRACTION = 0.15
 BORDER_MM = 3.0
 HYPODENSE_BELOW_MEDIAN_HU = 20.0
 RING_EDGES_MM = (0.0, 1.5, 3.0, 6.0, 10.0)
-RING_NAMES = ("0-1.5 mm", "1.5-3 mm", "3-6 mm", "6-10 mm", "over 10 mm")
+RING_NAMES = (*(f"{lo:g}-{hi:g} mm" for lo, hi in zip(RING_EDGES_MM, RING_EDGES_MM[1:])),
+              f"over {RING_EDGES_MM[-1]:g} mm")
 PROBE_FIELD_OF_VIEW_MM = 360.0
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -285,12 +286,10 @@ def reference_rings_hu(reference: np.ndarray, hu: np.ndarray, pixel_mm: tuple[fl
     outside it (fat there), which decides what a volume ratio against it means. None for an empty ring."""
     depth = _depth_mm(reference, pixel_mm)
     liver = reference > 0
-    edges = (*RING_EDGES_MM, np.inf)
     rings = {}
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for name, lo, hi in zip(RING_NAMES, RING_EDGES_MM, (*RING_EDGES_MM[1:], np.inf)):
         values = hu[liver & (depth > lo) & (depth <= hi)]
-        rings[f"{lo:g}-{hi:g} mm" if np.isfinite(hi) else f"over {lo:g} mm"] = (
-            round(float(np.median(values)), 1) if values.size else None)
+        rings[name] = round(float(np.median(values)), 1) if values.size else None
     return rings
 
 

@@ -133,18 +133,23 @@ def _dataset(view: memoryview, offset: int, explicit: bool) -> dict:
                 raise _Unexpected   # encapsulated (compressed) or truncated
             values["PixelData"] = view[offset:offset + length]
             return values
-        if length == _UNDEFINED:
-            if vr not in (None, b"SQ"):
-                raise _Unexpected   # UN of undefined length: implicit VR inside explicit
-            offset = _skip_sequence(view, offset, explicit)
-            continue
-        if offset + length > len(view):
-            raise _Unexpected
         wanted = _WANTED.get(tag)
-        if wanted is not None:
-            values[wanted[0]] = _value(view[offset:offset + length], vr, *wanted)
-        offset += length
+        if wanted is not None and length != _UNDEFINED and offset + length <= len(view):
+            values[wanted[0]] = _value(view[offset:offset + length], vr, *wanted[1:])
+        offset = _after(view, offset, vr, length, explicit)
     return values
+
+
+def _after(view: memoryview, offset: int, vr: bytes | None, length: int, explicit: bool) -> int:
+    """Where the element whose value starts at `offset` ends: past its value, or past its sequence of undefined
+    length."""
+    if length != _UNDEFINED:
+        if offset + length > len(view):
+            raise _Unexpected   # truncated
+        return offset + length
+    if vr not in (None, b"SQ"):
+        raise _Unexpected       # UN of undefined length: implicit VR inside explicit
+    return _skip_sequence(view, offset, explicit)
 
 
 def _skip_sequence(view: memoryview, offset: int, explicit: bool) -> int:
@@ -156,23 +161,16 @@ def _skip_sequence(view: memoryview, offset: int, explicit: bool) -> int:
         if tag != _ITEM:
             raise _Unexpected
         if length != _UNDEFINED:
-            offset += length
+            offset = _after(view, offset, None, length, explicit)
             continue
         while True:     # an item of undefined length: its elements up to the item delimiter
             tag, vr, length, offset = _element_header(view, offset, explicit)
             if tag == _ITEM_END:
                 break
-            if length == _UNDEFINED:
-                if vr not in (None, b"SQ"):
-                    raise _Unexpected
-                offset = _skip_sequence(view, offset, explicit)
-            else:
-                offset += length
-        if offset > len(view):
-            raise _Unexpected
+            offset = _after(view, offset, vr, length, explicit)
 
 
-def _value(raw: memoryview, vr: bytes | None, keyword: str, expected_vr: str, multiplicity: int):
+def _value(raw: memoryview, vr: bytes | None, expected_vr: str, multiplicity: int):
     """A value as pydicom converts it; an empty one as None (ctseg reads an empty value as an absent one)."""
     if vr is not None and vr.decode("ascii") != expected_vr:
         raise _Unexpected
@@ -183,8 +181,7 @@ def _value(raw: memoryview, vr: bytes | None, keyword: str, expected_vr: str, mu
     text = _text(raw)
     if not text:
         return None
-    convert = _TEXT[expected_vr]
-    parts = [convert(p.strip()) if expected_vr != "CS" else p.strip() for p in text.split("\\")]
+    parts = [_TEXT[expected_vr](p.strip()) for p in text.split("\\")]
     if multiplicity == 0:
         return parts[0] if len(parts) == 1 else parts
     if len(parts) != multiplicity:

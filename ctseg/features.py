@@ -145,10 +145,11 @@ def serialized_slice_example(**slice_fields) -> bytes:
     for key, kind in FEATURE_TYPES.items():
         value = values[key]
         payload = value if kind == "bytes" else struct.pack("<f", value) if kind == "float" else _varint(int(value))
-        listed = len(payload) + 1 + len(_varint(len(payload)))            # BytesList / FloatList / Int64List
+        value_head = b"\x0a" + _varint(len(payload))
+        listed = len(value_head) + len(payload)                             # BytesList / FloatList / Int64List
         feature = _WIRE_KIND[kind] + _varint(listed)                        # Feature's oneof field
         entry = _WIRE_KEYS[key] + b"\x12" + _varint(len(feature) + listed)  # map entry: key, value
-        head = b"\x0a" + _varint(len(entry) + len(feature) + listed) + entry + feature + b"\x0a" + _varint(len(payload))
+        head = b"\x0a" + _varint(len(entry) + len(feature) + listed) + entry + feature + value_head
         parts += (head, payload)
         total += len(head) + len(payload)
     return b"".join((b"\x0a", _varint(total), *parts))                   # Example.features

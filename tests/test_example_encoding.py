@@ -36,3 +36,15 @@ def test_big_slices_and_the_trainer_parse_read_the_same_tensors():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     decoded = features.decode_example(serialized)
     assert decoded["patient_id"] == "3Dircadb1.17" and decoded["slice_index"] == fields["slice_index"]
+
+
+def test_hu_statistics_of_int16_slices_are_the_exact_moments():
+    """Ingest's int16 slices get their statistics from integer sums: equal to float64's to rounding."""
+    rng = np.random.default_rng(3)
+    hu = np.clip(rng.normal(40, 600, (64, 48)), -1024, 3071).astype(np.int16)
+    stats = features.hu_statistics(hu)
+    exact = hu.astype(np.float64)
+    assert stats == pytest.approx({"hu_min": exact.min(), "hu_max": exact.max(), "hu_mean": exact.mean(),
+                                   "hu_std": exact.std()}, rel=1e-12)
+    assert features.hu_statistics(np.full((4, 4), -1024, np.int16))["hu_std"] == 0.0
+    assert features.hu_statistics(hu.astype(np.float32)) == pytest.approx(stats, rel=1e-5)

@@ -163,6 +163,30 @@ def test_intensity_augmentations_change_the_image_only():
     assert BACKGROUND_HU < blurred[6, 7] < ORGAN_HU
 
 
+def test_shading_ramps_the_hu_across_the_slice_and_leaves_the_mask():
+    """A linear ramp in a random direction, at most `max_shading_hu` from the centre to the edge; mask unchanged."""
+    hu, mask = _organ_slice()
+    tf.random.set_seed(6)
+    batch = tf.constant(np.stack([hu] * 16)[..., None])
+    masks = tf.constant(np.stack([mask] * 16)[..., None].astype(np.float32))
+    shaded, shaded_mask = [t.numpy() for t in augment._shading(batch, masks, max_shading_hu=40.0)]
+    np.testing.assert_array_equal(shaded_mask, masks.numpy())
+    ramps = (shaded - batch.numpy())[..., 0]
+    centre = SIZE // 2
+    assert np.abs(ramps).max() <= 40.0 * np.sqrt(2) + 1e-3  # the corners lie sqrt(2) half-widths out
+    assert np.abs(ramps[:, centre, centre]).max() < 40.0 * 2 / SIZE + 1e-3  # no shift at the centre
+    for ramp in ramps:  # linear: equal steps along rows and along columns
+        for steps in (np.diff(ramp, axis=0), np.diff(ramp, axis=1)):
+            assert np.ptp(steps) < 1e-3
+    directions = np.arctan2(ramps[:, -1, centre] - ramps[:, 0, centre], ramps[:, centre, -1] - ramps[:, centre, 0])
+    assert np.ptp(directions) > np.pi / 2  # the direction is drawn per slice
+    from ctseg.errors import CtsegError
+    with pytest.raises(CtsegError, match="max_shading_hu"):
+        UnetConfig.from_custom_config({"max_shading_hu": -1.0})
+    with pytest.raises(CtsegError, match="shading_probability"):
+        UnetConfig.from_custom_config({"shading_probability": 2.0})
+
+
 def test_low_resolution_coarsens_the_image_not_the_mask():
     hu, mask = _organ_slice()
     stripes = np.where(np.arange(SIZE) % 2, 100.0, 0.0).astype(np.float32) * np.ones((SIZE, 1), np.float32)

@@ -2,7 +2,7 @@
 
 Each slice of a batch draws its own transforms, each with its probability in the config, applied in
 this order to the previous one's output: flip; rotation and zoom (one resampling); elastic
-deformation; HU scale and shift; blur; median filter; a coarser pixel grid; noise. Geometric transforms
+deformation; HU scale and shift; shading; blur; median filter; a coarser pixel grid; noise. Geometric transforms
 move every channel (a 2.5D slice stack) and the mask together; the mask stays binary. A transform runs
 only on the slices that drew it. On a GPU this costs little next to the UNET's own step, and the CPU only reads,
 parses, balances and batches.
@@ -176,6 +176,23 @@ def _hu_shift(hu, mask, max_shift_hu: float):
     return hu + _per_slice(tf.random.uniform([tf.shape(hu)[0]], -max_shift_hu, max_shift_hu), hu), mask
 
 
+def _shading(hu, mask, max_shading_hu: float):
+    """A smooth shading across the slice: HU ramped linearly in a random direction, by up to `max_shading_hu`
+    (drawn per slice) from the image's centre to its edge. CT's beam hardening and scatter leave such low-frequency
+    shading (cupping, the darker band between dense bones: Barrett & Keat, RadioGraphics 2004;24:1679-1691); on
+    real CT the liver's posterior part reads 13-35 HU darker than its anterior part, the phantom's liver is flat
+    (docs/BENCHMARKS.md, "Shading")."""
+    n = tf.shape(hu)[0]
+    angle = tf.random.uniform([n], 0.0, 2.0 * math.pi)
+    amplitude = tf.random.uniform([n], 0.0, max_shading_hu)
+    rows, cols = _pixel_grid(hu)
+    half = tf.maximum(rows[-1, 0], cols[0, -1]) / 2.0
+    y, x = (rows - rows[-1, 0] / 2.0) / half, (cols - cols[0, -1] / 2.0) / half
+    ramp = (tf.reshape(tf.cos(angle), [-1, 1, 1]) * x + tf.reshape(tf.sin(angle), [-1, 1, 1]) * y) * tf.reshape(
+        amplitude, [-1, 1, 1])
+    return hu + ramp[..., None], mask
+
+
 def augment_batch(hu, mask, config: UnetConfig):
     """A batch of float HU slices (B, H, W) or slice stacks (B, H, W, C) and their (B, H, W) masks, each
     slice with its own draw of every transform in `config` (see the module's docstring)."""
@@ -199,6 +216,7 @@ def augment_batch(hu, mask, config: UnetConfig):
     hu, mask = _on_drawn(c.elastic_probability, lambda h, m: _elastic(h, m, c.elastic_max_px), hu, mask)
     hu, mask = _on_drawn(c.hu_scale_probability, lambda h, m: _hu_scale(h, m, c.max_hu_scale), hu, mask)
     hu, mask = _on_drawn(c.hu_shift_probability, lambda h, m: _hu_shift(h, m, c.max_hu_shift), hu, mask)
+    hu, mask = _on_drawn(c.shading_probability, lambda h, m: _shading(h, m, c.max_shading_hu), hu, mask)
     hu, mask = _on_drawn(c.blur_probability, lambda h, m: _blur(h, m, c.max_blur_sigma_px), hu, mask)
     hu, mask = _on_drawn(c.median_probability, _median, hu, mask)
     hu, mask = _on_drawn(c.low_resolution_probability, lambda h, m: _low_resolution(h, m, c.min_resolution_scale),

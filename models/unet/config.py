@@ -64,6 +64,8 @@ class UnetConfig:
     max_hu_scale: float = 0.1
     hu_shift_probability: float = 0.3
     max_hu_shift: float = 30.0
+    shading_probability: float = 0.0
+    max_shading_hu: float = 50.0
     blur_probability: float = 0.2
     max_blur_sigma_px: float = 1.0
     median_probability: float = 0.2
@@ -138,8 +140,8 @@ class UnetConfig:
         for k in ("max_scale", "max_hu_scale"):
             if not 0.0 <= getattr(self, k) < 1.0:
                 problems.append(f"{k} = {getattr(self, k)} must be in [0, 1)")
-        for k in ("max_rotation_degrees", "elastic_max_px", "max_hu_shift", "max_blur_sigma_px", "noise_std_min_hu",
-                  "noise_std_hu", "min_epoch_steps"):
+        for k in ("max_rotation_degrees", "elastic_max_px", "max_hu_shift", "max_shading_hu", "max_blur_sigma_px",
+                  "noise_std_min_hu", "noise_std_hu", "min_epoch_steps"):
             if getattr(self, k) < 0:
                 problems.append(f"{k} = {getattr(self, k)} must not be negative")
         if problems:

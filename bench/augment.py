@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         "elastic": lambda h, m: A._elastic(h, m, c.elastic_max_px),
         "HU scale": lambda h, m: A._hu_scale(h, m, c.max_hu_scale),
         "HU shift": lambda h, m: A._hu_shift(h, m, c.max_hu_shift),
+        "shading": lambda h, m: A._shading(h, m, c.max_shading_hu),
         "blur": lambda h, m: A._blur(h, m, c.max_blur_sigma_px),
         "median (median3x3)": A._median,
         "median (tfa.image.median_filter2d, before 0b9cd54)": lambda h, m: (tfa.image.median_filter2d(h, 3), m),

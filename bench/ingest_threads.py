@@ -2,8 +2,8 @@
 
 `bench.ingest_stages` times each stage on one thread without Beam; `bench.ingest` times the whole component. This
 runs, on the same phantom folders, the executor's per-patient generator (`_ingest_patient`: decode, order, examples)
-driven directly on one decode thread and on one per core, without and with the sink's gzip file (its framing, CRC and
-deflate on a compressing pool of the same size), then the whole component (Beam's DirectRunner around the same), and
+driven directly on one decode thread and on one per core, without and with the sink's gzip file (its writer thread;
+the records come deflated from the decode threads, anything else it would compress on a pool of the same size), then the whole component (Beam's DirectRunner around the same), and
 the bare read. Each on a phantom of `--slices` and of 3x `--slices` a patient; the difference is the margin a long
 run sees. Per pair: CPU ms (user + system, every thread of the process), the system part of it, and the voluntary
 context switches (a thread that waits on another: the hand-offs between the decode, compressing and writing threads).
@@ -40,11 +40,12 @@ def generator(root: Path, image_size: int, threads: int, out: Path | None) -> in
         sink = tfrecord_sink.GzipTFRecordSink(str(out)) if out else None
         gzip_file = tfrecord_sink._BackgroundGzipFile(open(out, "wb"), compressing) if out else None
         for ref in ircad.find_patients(str(root)):
-            for item in executor._ingest_patient(ref, "train", "liver", image_size, decoding):
+            for item in executor._ingest_patient(ref, "train", "liver", image_size, decoding,
+                                                       deflate=out is not None):
                 if isinstance(item, tuple):
                     records += 1
                     if sink:
-                        sink.write_encoded_record(gzip_file, item[1])
+                        sink.write_record(gzip_file, item[1])
         if gzip_file:
             gzip_file.close()
     return records

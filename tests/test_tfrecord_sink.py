@@ -81,3 +81,19 @@ def test_an_empty_file_is_an_empty_gzip_stream(tmp_path):
     sink.open(path).close()
     assert gzip.decompress(open(path, "rb").read()) == b""
     assert list(tf.data.TFRecordDataset(path, compression_type="GZIP")) == []
+
+
+def test_records_deflated_where_they_were_made_are_written_as_they_are(tmp_path):
+    """Ingest hands the sink `DeflatedRecord`s (deflated on its decode threads) between plain records: one gzip
+    stream, every record read back in order with its checksums."""
+    from ctseg.components.ingest.tfrecord_sink import DeflatedRecord, deflate_record
+
+    records = [bytes(range(256)) * (k + 1) for k in range(6)]
+    sink = GzipTFRecordSink(str(tmp_path / "data_tfrecord"))
+    path = str(tmp_path / "part.gz")
+    handle = sink.open(path)
+    for k, record in enumerate(records):
+        sink.write_record(handle, deflate_record(record) if k % 2 else record)
+    handle.close()
+    assert isinstance(deflate_record(b"x"), DeflatedRecord)
+    assert [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")] == records

@@ -24,7 +24,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from ctseg import geometry, ircad
-from ctseg.components.ingest.tfrecord_sink import GzipTFRecordSink
+from ctseg.components.ingest.tfrecord_sink import GzipTFRecordSink, deflate_record
 from ctseg.cpu_kernels import usable_cores
 from ctseg.dicom import DicomError
 from ctseg.errors import CtsegError
@@ -153,8 +153,9 @@ def _summary(pid: str, split: str, slices: int, bad: int, skipped: list[str], wr
                                               "skipped": skipped})
 
 
-def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> Iterator[Any]:
-    """Yields (split, serialized example) per good slice, and tagged quarantine records and one summary.
+def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int, deflate: bool = False) -> Iterator[Any]:
+    """Yields (split, serialized example) per good slice, and tagged quarantine records and one summary; with
+    `deflate`, (split, `DeflatedRecord`): the record's gzip piece made on the decode thread, for the component's sink.
 
     Slices pair by file name (`PATIENT_DICOM/image_N` with `MASKS_DICOM/<organ>/image_N`);
     `slice_index` is the rank by position among the patient's readable images, so a quarantined
@@ -163,7 +164,7 @@ def ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int) -> 
     the summary, not counted. A series zip that cannot be opened quarantines the patient under its name.
     """
     with concurrent.futures.ThreadPoolExecutor(decode_threads(), thread_name_prefix="ingest") as pool:
-        yield from _ingest_patient(ref, split, organ, size, pool)
+        yield from _ingest_patient(ref, split, organ, size, pool, deflate)
 
 
 def decode_threads() -> int:
@@ -174,7 +175,7 @@ def decode_threads() -> int:
 
 
 def _ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int,
-                    pool: concurrent.futures.Executor) -> Iterator[Any]:
+                    pool: concurrent.futures.Executor, deflate: bool = False) -> Iterator[Any]:
     pid = ref.patient_id
     try:
         with ircad.open_patient(ref, organ) as patient:
@@ -211,8 +212,10 @@ def _ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int,
         return
     in_order = sorted(ordered, key=lambda n: ordered[n][0].sort_key)
     ranked = [(index, *ordered[name]) for index, name in enumerate(in_order) if ordered[name][1] is not None]
-    for serialized in pool.map(lambda row: _serialized_example(pid, *row), ranked):
-        yield split, serialized
+    built = (lambda row: deflate_record(_serialized_example(pid, *row))) if deflate else (
+        lambda row: _serialized_example(pid, *row))
+    for record in pool.map(built, ranked):
+        yield split, record
     written, with_organ = len(ranked), sum(int(mask.mask.any()) for _, _, mask in ranked)
     log.info("ingest %s (%s): %d slices written, %d with %s, %d bad of %d, %d operating-system files skipped",
              pid, split, written, with_organ, organ, len(bad), max(len(names), 1), len(skipped))
@@ -280,7 +283,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             results = (pipeline
                        | "Patients" >> beam.Create([(p, split_of[p.patient_id]) for p in patients])
                        | "SpreadPatients" >> beam.Reshuffle()
-                       | "Ingest" >> beam.FlatMap(lambda ref_split: ingest_patient(*ref_split, organ, size))
+                       | "Ingest" >> beam.FlatMap(lambda ref_split: ingest_patient(*ref_split, organ, size, deflate=True))
                        .with_outputs(_QUARANTINE, _SUMMARY, main=EXAMPLES_KEY))
             by_split = results[EXAMPLES_KEY] | "BySplit" >> beam.Partition(
                 lambda kv, _: splits.index(kv[0]), len(splits))

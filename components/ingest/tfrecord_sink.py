@@ -6,7 +6,9 @@ with ISA-L's deflate (the `isal` package: zlib's API and format at about a third
 hardware CRC32C, and compresses records on every core: each record is deflated on its own (ISA-L's level 1
 matches within a record) and ends on a sync flush, so the pieces, written in order by one thread, join
 into one gzip stream as pigz joins its blocks. ISA-L releases the GIL while it deflates and checksums
-(python-isal 1.2.0 and later, its CHANGELOG), so compressing overlaps the decoding of the next slices.
+(python-isal 1.2.0 and later, its CHANGELOG), so compressing overlaps the decoding of the next slices. Ingest
+deflates each record on the decode thread that built it (`deflate_record`) and hands the sink a `DeflatedRecord`;
+other records are compressed on the sink's own pool of threads.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 import queue
 import struct
 import threading
+from typing import NamedTuple
 
 import google_crc32c
 from apache_beam import coders
@@ -42,6 +45,25 @@ def _compressing_pool() -> concurrent.futures.ThreadPoolExecutor:
             _pool = (os.getpid(), concurrent.futures.ThreadPoolExecutor(usable_cores(),
                                                                         thread_name_prefix="gzip-tfrecord"))
         return _pool[1]
+
+
+class DeflatedRecord(NamedTuple):
+    """A record's TFRecord framing and its deflate piece (`deflate_record`), made on the thread that built the record
+    so that the sink only writes it: compressing on another thread cost ingest 0.45 ms of CPU a slice pair more
+    (the record made on one core and read on another, a round trip through a future; docs/BENCHMARKS.md)."""
+    pieces: tuple[bytes, ...]
+    deflated: bytes
+
+
+def framed(record: bytes) -> tuple[bytes, bytes, bytes]:
+    """TFRecord's framing of one record: length and its masked CRC32C, the data, the data's masked CRC32C."""
+    length = struct.pack("<Q", len(record))
+    return length + _masked_crc32c(length), record, _masked_crc32c(record)
+
+
+def deflate_record(record: bytes) -> DeflatedRecord:
+    pieces = framed(record)
+    return DeflatedRecord(pieces, _deflated(pieces))
 
 
 def _deflated(pieces: tuple[bytes, ...]) -> bytes:
@@ -74,7 +96,7 @@ class _BackgroundGzipFile:
             pieces, deflated = item
             if self._error is None:
                 try:
-                    self._raw.write(deflated.result())
+                    self._raw.write(deflated if isinstance(deflated, bytes) else deflated.result())
                     for piece in pieces:
                         self._crc = isal_zlib.crc32(piece, self._crc)
                         self._size += len(piece)
@@ -85,6 +107,11 @@ class _BackgroundGzipFile:
         if self._error is not None:
             raise self._error
         self._queue.put((pieces, (self._compressing or _compressing_pool()).submit(_deflated, pieces)))
+
+    def write_deflated(self, record: DeflatedRecord) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(record)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -108,9 +135,15 @@ class GzipTFRecordSink(filebasedsink.FileBasedSink):
     def open(self, temp_path):
         return _BackgroundGzipFile(super().open(temp_path))
 
+    def write_record(self, file_handle, value):
+        """A `DeflatedRecord` is written as it is; anything else is encoded by the coder and compressed here."""
+        if isinstance(value, DeflatedRecord):
+            file_handle.write_deflated(value)
+        else:
+            super().write_record(file_handle, value)
+
     def write_encoded_record(self, file_handle, encoded_value):
-        length = struct.pack("<Q", len(encoded_value))
-        file_handle.write(length + _masked_crc32c(length), encoded_value, _masked_crc32c(encoded_value))
+        file_handle.write(*framed(encoded_value))
 
 
 def _masked_crc32c(data: bytes) -> bytes:

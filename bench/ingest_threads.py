@@ -3,11 +3,11 @@
 `bench.ingest_stages` times each stage on one thread without Beam; `bench.ingest` times the whole component. This
 runs, on the same phantom folders, the executor's per-patient generator (`_ingest_patient`: decode, order, examples)
 driven directly on one decode thread and on one per core, without and with the sink's gzip file (its writer thread;
-the records come deflated from the decode threads, anything else it would compress on a pool of the same size), then the whole component (Beam's DirectRunner around the same), and
-the bare read. Each on a phantom of `--slices` and of 3x `--slices` a patient; the difference is the margin a long
-run sees. Per pair: CPU ms (user + system, every thread of the process), the system part of it, and the voluntary
-context switches (a thread that waits on another: the hand-offs between the decode, compressing and writing threads).
-The least CPU of `--repeat` runs counts.
+the records come deflated from the decode threads, anything else it would compress on a pool of the same size), then
+the whole component (Beam's DirectRunner around the same), and the bare read. Each on a phantom of `--slices` and of
+3x `--slices` a patient; the difference is the margin a long run sees. Per pair: CPU ms (user + system, every thread
+of the process), the system part of it, and the voluntary context switches (a thread that waits on another: the
+hand-offs between the decode, compressing and writing threads). The least CPU of `--repeat` runs counts.
 
     .venv/bin/python -m bench.ingest_threads [--patients 3] [--slices 30] [--size 512] [--image-size 256] [--repeat 3]
 """
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             (n1, cpu1, sys1, cs1), (n2, cpu2, sys2, cs2) = spent
             if (n1, n2) != (len(pairs_of(roots[0])), len(pairs_of(roots[1]))):
                 raise SystemExit(f"{name}: {n1} and {n2} slice pairs, not every pair of the phantoms")
-            margins[name] = {"pairs": (n1, n2), "cpu_ms": 1000 * (cpu2 - cpu1) / (n2 - n1), "sys_ms": 1000 * (sys2 - sys1) / (n2 - n1),
-                             "switches": (cs2 - cs1) / (n2 - n1)}
+            margins[name] = {"pairs": (n1, n2), "cpu_ms": 1000 * (cpu2 - cpu1) / (n2 - n1),
+                             "sys_ms": 1000 * (sys2 - sys1) / (n2 - n1), "switches": (cs2 - cs1) / (n2 - n1)}
             print(f"{name:48s} CPU {margins[name]['cpu_ms']:5.2f} ms a pair (system {margins[name]['sys_ms']:4.2f}), "
                   f"{margins[name]['switches']:5.1f} voluntary context switches a pair", flush=True)
     bare = next(iter(margins.values()))["cpu_ms"]

@@ -283,7 +283,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             results = (pipeline
                        | "Patients" >> beam.Create([(p, split_of[p.patient_id]) for p in patients])
                        | "SpreadPatients" >> beam.Reshuffle()
-                       | "Ingest" >> beam.FlatMap(lambda ref_split: ingest_patient(*ref_split, organ, size, deflate=True))
+                       | "Ingest" >> beam.FlatMap(lambda patient_split: ingest_patient(*patient_split, organ, size,
+                                                                                      deflate=True))
                        .with_outputs(_QUARANTINE, _SUMMARY, main=EXAMPLES_KEY))
             by_split = results[EXAMPLES_KEY] | "BySplit" >> beam.Partition(
                 lambda kv, _: splits.index(kv[0]), len(splits))

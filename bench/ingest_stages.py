@@ -12,7 +12,6 @@ folder: what the resize, the example and the deflate cost before any parse, agai
 from __future__ import annotations
 
 import argparse
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -50,12 +49,7 @@ def stage_times(root: Path, organ: str, image_size: int) -> tuple[int, dict[str,
                 pairs += 1
         for index, name in enumerate(sorted(decoded, key=lambda n: decoded[n][0].sort_key)):
             example = timed("example", executor._serialized_example, ref.patient_id, index, *decoded[name])
-
-            def framed(data=example):
-                length = struct.pack("<Q", len(data))
-                return (length + tfrecord_sink._masked_crc32c(length), data, tfrecord_sink._masked_crc32c(data))
-
-            timed("deflate", tfrecord_sink._deflated, timed("record CRC32C", framed))
+            timed("deflate", tfrecord_sink._deflated, timed("record CRC32C", tfrecord_sink.framed, example))
     return pairs, spent
 
 

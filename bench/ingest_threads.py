@@ -3,7 +3,7 @@
 `bench.ingest_stages` times each stage on one thread without Beam; `bench.ingest` times the whole component. This
 runs, on the same phantom folders, the executor's per-patient generator (`_ingest_patient`: decode, order, examples)
 driven directly on one decode thread and on one per core, without and with the sink's gzip file (its writer thread;
-the records come deflated from the decode threads, anything else it would compress on a pool of the same size), then
+the records come deflated from the decode threads, as the component makes them), then
 the whole component (Beam's DirectRunner around the same), and the bare read. Each on a phantom of `--slices` and of
 3x `--slices` a patient; the difference is the margin a long run sees. Per pair: CPU ms (user + system, every thread
 of the process), the system part of it, and the voluntary context switches (a thread that waits on another: the
@@ -29,16 +29,15 @@ def _usage() -> tuple[float, float, int]:
 
 
 def generator(root: Path, image_size: int, threads: int, out: Path | None) -> int:
-    """The executor's per-patient work on `threads` decode threads, its records into the sink's gzip file at `out`
-    (compressed on a pool of `threads`) or dropped when `out` is None; returns the records."""
+    """The executor's per-patient work on `threads` decode threads, its records deflated there and written through
+    the sink's gzip file at `out`, or dropped when `out` is None; returns the records."""
     from ctseg import ircad
     from ctseg.components.ingest import executor, tfrecord_sink
 
     records = 0
-    with concurrent.futures.ThreadPoolExecutor(threads) as decoding, \
-            concurrent.futures.ThreadPoolExecutor(threads) as compressing:
+    with concurrent.futures.ThreadPoolExecutor(threads) as decoding:
         sink = tfrecord_sink.GzipTFRecordSink(str(out)) if out else None
-        gzip_file = tfrecord_sink._BackgroundGzipFile(open(out, "wb"), compressing) if out else None
+        gzip_file = sink.open(str(out)) if sink else None
         for ref in ircad.find_patients(str(root)):
             for item in executor._ingest_patient(ref, "train", "liver", image_size, decoding,
                                                        deflate=out is not None):

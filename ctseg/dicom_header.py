@@ -133,10 +133,11 @@ def _dataset(view: memoryview, offset: int, explicit: bool) -> dict:
                 raise _Unexpected   # encapsulated (compressed) or truncated
             values["PixelData"] = view[offset:offset + length]
             return values
+        end = _after(view, offset, vr, length, explicit)
         wanted = _WANTED.get(tag)
-        if wanted is not None and length != _UNDEFINED and offset + length <= len(view):
-            values[wanted[0]] = _value(view[offset:offset + length], vr, *wanted[1:])
-        offset = _after(view, offset, vr, length, explicit)
+        if wanted is not None and length != _UNDEFINED:
+            values[wanted[0]] = _value(view[offset:end], vr, *wanted[1:])
+        offset = end
     return values
 
 

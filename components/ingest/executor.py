@@ -212,8 +212,10 @@ def _ingest_patient(ref: ircad.PatientRef, split: str, organ: str, size: int,
         return
     in_order = sorted(ordered, key=lambda n: ordered[n][0].sort_key)
     ranked = [(index, *ordered[name]) for index, name in enumerate(in_order) if ordered[name][1] is not None]
-    built = (lambda row: deflate_record(_serialized_example(pid, *row))) if deflate else (
-        lambda row: _serialized_example(pid, *row))
+    def built(row):
+        serialized = _serialized_example(pid, *row)
+        return deflate_record(serialized) if deflate else serialized
+
     for record in pool.map(built, ranked):
         yield split, record
     written, with_organ = len(ranked), sum(int(mask.mask.any()) for _, _, mask in ranked)

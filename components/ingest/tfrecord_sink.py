@@ -78,9 +78,8 @@ class _BackgroundGzipFile:
     of its own with the gzip header, CRC-32 and length; close() waits for it and raises what the threads met (a
     full disk, a lost object store) in the caller."""
 
-    def __init__(self, raw, compressing: concurrent.futures.Executor | None = None):
+    def __init__(self, raw):
         self._raw = raw
-        self._compressing = compressing  # the process's pool (`_compressing_pool`) when None
         self._crc, self._size = 0, 0
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUED_RECORDS)
         self._error: BaseException | None = None
@@ -106,7 +105,7 @@ class _BackgroundGzipFile:
     def write(self, *pieces: bytes) -> None:
         if self._error is not None:
             raise self._error
-        self._queue.put((pieces, (self._compressing or _compressing_pool()).submit(_deflated, pieces)))
+        self._queue.put((pieces, _compressing_pool().submit(_deflated, pieces)))
 
     def write_deflated(self, record: DeflatedRecord) -> None:
         if self._error is not None:

@@ -188,9 +188,8 @@ def _shading(hu, mask, max_shading_hu: float):
     rows, cols = _pixel_grid(hu)
     half = tf.maximum(rows[-1, 0], cols[0, -1]) / 2.0
     y, x = (rows - rows[-1, 0] / 2.0) / half, (cols - cols[0, -1] / 2.0) / half
-    ramp = (tf.reshape(tf.cos(angle), [-1, 1, 1]) * x + tf.reshape(tf.sin(angle), [-1, 1, 1]) * y) * tf.reshape(
-        amplitude, [-1, 1, 1])
-    return hu + ramp[..., None], mask
+    ramp = _per_slice(tf.cos(angle), hu) * x[..., None] + _per_slice(tf.sin(angle), hu) * y[..., None]
+    return hu + ramp * _per_slice(amplitude, hu), mask
 
 
 def augment_batch(hu, mask, config: UnetConfig):

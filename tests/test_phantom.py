@@ -424,6 +424,34 @@ def test_muscle_keeps_the_liver_off_the_bone():
     assert touching == 0, touching
 
 
+def test_the_lung_recess_lies_behind_the_upper_liver():
+    """The lung base is a dome: below its top, the posterior costophrenic recess holds a crescent of lung between
+    the chest wall and the liver's posterior surface, with the diaphragm (muscle) between lung and liver, and
+    the crescent thins the lower it reaches. On real CT this is what darkens the upper liver's posterior rim
+    (partial volume through the oblique diaphragm); before it the phantom's lung began above the liver's back."""
+    behind, touching, depths = 0, 0, []
+    for g in patient_geometries(3, 16, seed=7, protocols=("abdomen",)):
+        a = PatientPhantom(g, 128).anatomy
+        low, high = a.lung_full - a.recess, a.lung_full
+        for f in (-0.05, 0.3, 0.6, 0.9):
+            labels, masks = a.render(low + f * (high - low))
+            liver, lung = masks["liver"], labels == LABEL["lung"]
+            if f < 0:
+                assert not lung.any()
+                continue
+            rows = np.nonzero(liver)[0]
+            cols = np.flatnonzero(liver.any(axis=0))
+            back = lung[:, cols] & (np.arange(len(lung))[:, None] > rows.mean())
+            behind += int(back.any())
+            depths.append(int(back.sum()))
+            if low + f * (high - low) < a.lung_start:    # below the dome's top only the recess holds lung
+                ring = np.roll(liver, 1, 0) | np.roll(liver, -1, 0) | np.roll(liver, 1, 1) | np.roll(liver, -1, 1)
+                touching += int((ring & ~liver & lung).sum())
+    assert behind >= 7, behind
+    assert touching == 0, touching
+    assert np.mean(depths[0::3]) < np.mean(depths[2::3]), depths
+
+
 def test_arms_body_position_and_size_vary():
     gs = patient_geometries(40, 16, seed=0)
     assert 0.1 < np.mean([g.arms_down for g in gs]) < 0.6

@@ -236,6 +236,11 @@ class Anatomy:
         self.pelvis_top = kr - U(0.05, 0.15)      # iliac crest, about the level of the kidneys' lower poles
         self.bladder_top = self.pelvis_top - U(0.3, 0.45)
         self.arms = tuple(self._arm(rng, side) for side in (-1, 1)) if arms else ()
+        # The lung base is a dome, not a floor: the posterior costophrenic recess reaches two to three vertebrae
+        # (4-7 cm) below the dome's top (T11-T12 where the right dome is at T9), so the upper liver's posterior
+        # surface lies on the sloping posterior diaphragm with lung behind it. Drawn from a generator of its
+        # own, so every other draw of the patient stays as it was.
+        self.recess = float(rng.spawn(1)[0].uniform(0.16, 0.28))
 
     def _arm(self, rng, side: int) -> Shape:
         """An arm down beside the body (field-of-view units turned into body units); it may leave the FOV."""
@@ -369,8 +374,7 @@ class Anatomy:
 
         def beside_liver(organ: np.ndarray) -> np.ndarray:
             return organ if (organ & outline).sum() < 0.5 * organ.sum() else np.zeros_like(organ)
-        if t > self.lung_start:
-            self._chest(c, t, cavity)
+        recess = self._chest(c, t, cavity) if t > self.lung_full - self.recess else np.zeros_like(cavity)
         for tube in self.bowel:
             s = tube.at(t)
             if s is not None:
@@ -429,7 +433,12 @@ class Anatomy:
         room = cavity & ~neighbours
         if t > self.lo + 0.55 * (self.hi - self.lo):
             for shape in shapes:   # the diaphragm: a thin muscle band over the upper liver
-                c.paint("muscle", shape.scaled(1.0 + 0.03 / max(shape.rx, shape.ry)), within=room)
+                c.paint("muscle", shape.scaled(1.0 + 0.03 / max(shape.rx, shape.ry)), within=room & ~recess)
+        recess &= c.labels == LABEL["lung"]
+        if recess.any():   # the liver stops at the posterior diaphragm, the lung of the recess behind it
+            behind = ndimage.binary_dilation(recess, iterations=max(1, round(0.03 * self.body[2] * self.n / 2)))
+            c.paint_mask("muscle", behind & ~recess & outline & room)
+            room &= ~behind
         # Muscle lies between bone and liver (the diaphragm and intercostals inside the ribs, the crura in front
         # of the vertebrae): about 3 mm of it keeps the liver off the bone, as on real CT.
         if shapes:
@@ -488,12 +497,39 @@ class Anatomy:
             out |= c.paint("bowel_wall", s)
         return out
 
-    def _chest(self, c: Canvas, t: float, cavity: np.ndarray) -> None:
-        """Lung bases and lungs with their vessels, the heart in its pericardial fat, the mediastinum."""
-        grow = min(1.0, (t - self.lung_start) / 0.08)
+    @property
+    def lung_full(self) -> float:
+        """Height from which the lungs fill their whole outline."""
+        return self.lung_start + 0.08
+
+    def _chest(self, c: Canvas, t: float, cavity: np.ndarray) -> np.ndarray:
+        """Lung bases and lungs with their vessels, the heart in its pericardial fat, the mediastinum; returns
+        the lung of the posterior recesses, which the liver (painted later) does not cover."""
+        grow = min(1.0, max(0.0, (t - self.lung_start) / 0.08))
         lungs = np.zeros_like(cavity)
+        recess = np.zeros_like(cavity)
+        soft = cavity & ~np.isin(c.labels, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])
+        wall = self._cavity()
+        x = (c.axis[None, :] - c.ox) / c.bx / wall.rx
+        y = (c.axis[:, None] - c.oy) / c.by
+        rho = np.hypot(x, (y - wall.cy) / wall.ry)
+        reach = np.clip(((y - wall.cy) / wall.ry / np.maximum(rho, 1e-6) + 0.3) / 1.3, 0.0, 1.0)  # 1 at the back
+        floor = self.lung_full - self.recess * reach
+        crescent = 0.4 * (t - floor) / self.recess             # the lung's depth from the wall, cavity radii
+        behind_wall = 1 - rho < crescent
         for side in (-1, 1):
-            lungs |= c.paint("lung", Shape(side * 0.45, 0.12, 0.38 * grow + 0.05, 0.55 * grow + 0.05), within=cavity)
+            if grow > 0:
+                lungs |= c.paint("lung", Shape(side * 0.45, 0.12, 0.38 * grow + 0.05, 0.55 * grow + 0.05),
+                                 within=cavity)
+            # the costophrenic recess: the lung base falls away from the dome's top along the chest wall, deepest
+            # at the back, so below the dome a crescent of lung lies between the wall and the liver's posterior
+            # surface, thinner the lower it reaches (the diaphragm meets the wall obliquely)
+            behind = c.region_mask(Shape(side * 0.45, 0.12, 0.43, 0.6)) & soft & (reach > 0) & behind_wall
+            c.paint_mask("lung", behind)
+            lungs |= behind
+            recess |= behind
+        if grow <= 0:
+            return recess
         for tube in self.lung_vessels:
             s = tube.at(t)
             if s is not None:
@@ -512,6 +548,7 @@ class Anatomy:
             c.paint("blood_vein", Shape(-0.16, -0.3, 0.06, 0.06), within=cavity)             # superior vena cava
             c.paint("blood_right_heart", Shape(0.14, -0.5, 0.09, 0.08), within=cavity)       # pulmonary trunk
             c.paint("gas", Shape(0.0, 0.1, 0.06, 0.055), within=cavity)                      # trachea
+        return recess
 
     def _heart(self, c: Canvas, t: float, cavity: np.ndarray) -> None:
         """Myocardium, right and left heart blood pools, pericardial fat; above the abdominal organs, which

@@ -452,6 +452,26 @@ def test_the_lung_recess_lies_behind_the_upper_liver():
     assert np.mean(depths[0::3]) < np.mean(depths[2::3]), depths
 
 
+def test_the_left_lobe_is_a_thin_plate_in_some_and_deep_in_others():
+    """The left lobe's depth front to back varies between people as much as its reach across: a thin plate under
+    the anterior wall in some, in others (a large or hypertrophic left lobe, as on dcmqi's slices) deep enough to
+    reach back to the stomach. Every phantom left lobe was under 0.55 of the body's half-depth before, and models
+    trained on it stopped dcmqi-3's deep left lobe short, in homogeneous parenchyma."""
+    depths = []
+    for g in patient_geometries(12, 16, seed=11, protocols=("abdomen",)):
+        a = PatientPhantom(g, 128).anatomy
+        ox, _, bx, by = a.body
+        x = ((np.arange(128) + 0.5) / 64 - 1 - ox) / bx
+        deepest = 0.0
+        for s in (0.6, 0.7, 0.8, 0.9):
+            _, masks = a.render(a.lo + s * (a.hi - a.lo))
+            rows = np.flatnonzero(masks["liver"][:, x > 0.15].any(axis=1))   # the liver left of the midline
+            if len(rows):
+                deepest = max(deepest, (rows.max() - rows.min() + 1) / 64 / by)
+        depths.append(deepest)
+    assert max(depths) >= 0.65 and min(depths) <= 0.5, np.round(depths, 2)
+
+
 def test_arms_body_position_and_size_vary():
     gs = patient_geometries(40, 16, seed=0)
     assert 0.1 < np.mean([g.arms_down for g in gs]) < 0.6

@@ -240,7 +240,11 @@ class Anatomy:
         # (4-7 cm) below the dome's top (T11-T12 where the right dome is at T9), so the upper liver's posterior
         # surface lies on the sloping posterior diaphragm with lung behind it. Drawn from a generator of its
         # own, so every other draw of the patient stays as it was.
-        self.recess = float(rng.spawn(1)[0].uniform(0.16, 0.28))
+        extra = rng.spawn(1)[0]
+        self.recess = float(extra.uniform(0.16, 0.28))
+        # The left lobe's depth front to back varies as much as its reach across: thin in some, in others (a
+        # large or hypertrophic left lobe) deep enough to reach back to the stomach's lesser curvature.
+        self.left_depth = float(extra.uniform(0.9, 1.7))
 
     def _arm(self, rng, side: int) -> Shape:
         """An arm down beside the body (field-of-view units turned into body units); it may leave the FOV."""
@@ -338,8 +342,11 @@ class Anatomy:
             shapes = [lobe.scaled(k, 0.1 * (1 - width))]
         left = _bump(s, 0.4, 1.02, 0.7) * self.left_reach * self.liver_scale
         if left > 0:
-            shapes.append(dataclasses.replace(self.left_lobe, cx=self.left_lobe.cx - 0.3 + 0.45 * self.left_reach,
-                                              rx=self.left_lobe.rx * left, ry=self.left_lobe.ry * min(1.0, left + 0.2)))
+            lobe = self.left_lobe
+            ry = lobe.ry * min(1.0, left + 0.2)
+            shapes.append(dataclasses.replace(lobe, cx=lobe.cx - 0.3 + 0.45 * self.left_reach, rx=lobe.rx * left,
+                                              # deeper, its front staying under the anterior wall
+                                              cy=lobe.cy + (self.left_depth - 1) * ry, ry=ry * self.left_depth))
         medial = _bump(s, 0.35, 1.0, 0.6) * self.liver_scale
         if medial > 0:
             shapes.append(self.medial.scaled(medial))

@@ -443,14 +443,14 @@ class Anatomy:
                 c.paint("muscle", shape.scaled(1.0 + 0.03 / max(shape.rx, shape.ry)), within=room & ~recess)
         recess &= c.labels == LABEL["lung"]
         if recess.any():   # the liver stops at the posterior diaphragm, the lung of the recess behind it
-            behind = ndimage.binary_dilation(recess, iterations=max(1, round(0.03 * self.body[2] * self.n / 2)))
+            behind = ndimage.binary_dilation(recess, iterations=self._pixels(0.03))
             c.paint_mask("muscle", behind & ~recess & outline & room)
             room &= ~behind
         # Muscle lies between bone and liver (the diaphragm and intercostals inside the ribs, the crura in front
         # of the vertebrae): about 3 mm of it keeps the liver off the bone, as on real CT.
         if shapes:
             bone = np.isin(c.labels, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])
-            beside_bone = ndimage.binary_dilation(bone, iterations=max(1, round(0.02 * self.body[2] * self.n / 2)))
+            beside_bone = ndimage.binary_dilation(bone, iterations=self._pixels(0.02))
             for shape in shapes:
                 c.paint("muscle", shape, within=room & beside_bone)
             room &= ~beside_bone
@@ -504,6 +504,10 @@ class Anatomy:
             out |= c.paint("bowel_wall", s)
         return out
 
+    def _pixels(self, body_units: float) -> int:
+        """A distance across (body units) in pixels of the internal canvas, at least one."""
+        return max(1, round(body_units * self.body[2] * self.n / 2))
+
     @property
     def lung_full(self) -> float:
         """Height from which the lungs fill their whole outline."""
@@ -512,7 +516,7 @@ class Anatomy:
     def _chest(self, c: Canvas, t: float, cavity: np.ndarray) -> np.ndarray:
         """Lung bases and lungs with their vessels, the heart in its pericardial fat, the mediastinum; returns
         the lung of the posterior recesses, which the liver (painted later) does not cover."""
-        grow = min(1.0, max(0.0, (t - self.lung_start) / 0.08))
+        grow = min(1.0, max(0.0, (t - self.lung_start) / (self.lung_full - self.lung_start)))
         lungs = np.zeros_like(cavity)
         recess = np.zeros_like(cavity)
         soft = cavity & ~np.isin(c.labels, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])

@@ -176,6 +176,18 @@ class Anatomy:
         self.body = (U(-shift, shift), U(-0.12, min(0.05, 0.9 - by)), bx, by)
         self.subcut = U(0.04, 0.16)                # subcutaneous fat thickness (body units)
         self.wall = U(0.07, 0.11)                  # abdominal wall muscle: about 9-16 mm, as beside real livers
+        # The lung base is a dome, not a floor: the posterior costophrenic recess reaches two to three vertebrae
+        # (4-7 cm) below the dome's top (T11-T12 where the right dome is at T9), so the upper liver's posterior
+        # surface lies on the sloping posterior diaphragm with lung behind it. Drawn, with the two
+        # below, from a generator of its own, so every other draw of the patient stays as it was.
+        extra = rng.spawn(1)[0]
+        self.recess = float(extra.uniform(0.16, 0.28))
+        # The left lobe's depth front to back varies as much as its reach across: thin in some, in others (a
+        # large or hypertrophic left lobe) deep enough to reach back to the stomach's lesser curvature.
+        self.left_depth = float(extra.uniform(0.9, 1.7))
+        # In front of the liver lie the anterior diaphragm, the rectus and transversus muscles and, higher up, the
+        # costal cartilages: 12-25 mm before the first fat on real CT, about twice the flanks' muscle alone.
+        self.front = float(extra.uniform(0.04, 0.16))
         self.lo, self.hi = U(0.10, 0.32), U(0.80, 0.90)
         lo, hi = self.lo, self.hi
         span = hi - lo
@@ -236,15 +248,6 @@ class Anatomy:
         self.pelvis_top = kr - U(0.05, 0.15)      # iliac crest, about the level of the kidneys' lower poles
         self.bladder_top = self.pelvis_top - U(0.3, 0.45)
         self.arms = tuple(self._arm(rng, side) for side in (-1, 1)) if arms else ()
-        # The lung base is a dome, not a floor: the posterior costophrenic recess reaches two to three vertebrae
-        # (4-7 cm) below the dome's top (T11-T12 where the right dome is at T9), so the upper liver's posterior
-        # surface lies on the sloping posterior diaphragm with lung behind it. Drawn from a generator of its
-        # own, so every other draw of the patient stays as it was.
-        extra = rng.spawn(1)[0]
-        self.recess = float(extra.uniform(0.16, 0.28))
-        # The left lobe's depth front to back varies as much as its reach across: thin in some, in others (a
-        # large or hypertrophic left lobe) deep enough to reach back to the stomach's lesser curvature.
-        self.left_depth = float(extra.uniform(0.9, 1.7))
 
     def _arm(self, rng, side: int) -> Shape:
         """An arm down beside the body (field-of-view units turned into body units); it may leave the FOV."""
@@ -321,7 +324,8 @@ class Anatomy:
     def _cavity(self) -> Shape:
         """The abdominal cavity inside the wall muscle (body units), which `render` fills with visceral fat."""
         inner = Shape(0.0, 0.0, 1.0, 1.0).scaled(1 - self.subcut)
-        return dataclasses.replace(inner, rx=inner.rx - self.wall, ry=inner.ry - self.wall - 0.02, cy=-0.01)
+        return dataclasses.replace(inner, rx=inner.rx - self.wall, ry=inner.ry - self.wall - 0.02 - self.front / 2,
+                                   cy=-0.01 + self.front / 2)
 
     def _beside_wall(self, y: float, radius: float) -> float:
         """|x| of a tube of `radius` at depth y whose side touches the cavity's edge (`_cavity`, not rotated)."""
@@ -626,7 +630,10 @@ class Anatomy:
             return
         inner = 1 - self.subcut - self.wall * 0.5
         for a in self.ribs:
-            x, y = inner * np.cos(a), inner * np.sin(a) * 0.97
+            # The ribs and costal cartilages keep their place against the cavity (`_cavity`), whose front the
+            # anterior wall's extra thickness pushes back: under the costal margin only the diaphragm and transversus
+            # thoracis lie between cartilage and liver, the rectus lies in front of the cartilages.
+            x, y = inner * np.cos(a), inner * np.sin(a) * 0.97 + self.front / 2 * (1 - np.sin(a))
             if y > 0.75 or abs(x) < 0.25 and y < 0:
                 continue
             rib = Shape(x, y, 0.045, 0.03, a + np.pi / 2)

@@ -11,7 +11,7 @@ from ctseg.dicom import hu_from_dataset, mask_from_dataset, read_dataset
 from ctseg.phantom import ORGAN_MASKS, PatientPhantom, patient_geometries, write_phantom
 from ctseg.phantom.dicom_io import SLICES_PER_JOB
 from ctseg.phantom.render import MIXED
-from ctseg.phantom.tissues import LABEL, PHASES, TABLE
+from ctseg.phantom.tissues import BONE, LABEL, PHASES, TABLE
 
 
 def _series(patient_dir, rel):
@@ -247,7 +247,7 @@ def test_scan_protocols_cover_what_real_liver_ct_covers(protocol, liver_share):
             assert np.mean(heart) > 0.2
         if protocol == "abdomen_pelvis":
             assert lung[0] == 0 and not with_liver[0]
-            assert np.mean(np.isin(bottom, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])) > 0.01
+            assert np.mean(np.isin(bottom, BONE)) > 0.01
         assert top.any() and bottom.any()
     assert liver_share[0] <= np.mean(shares) <= liver_share[1], shares
 
@@ -415,12 +415,11 @@ def test_the_kidneys_indent_the_liver_instead_of_lying_under_it():
 def test_muscle_keeps_the_liver_off_the_bone():
     """On real CT the diaphragm and intercostal muscles lie between the ribs and the liver, and the crura in
     front of the vertebrae: no liver pixel touches bone (736 pixels did on these slices before)."""
-    bone = [LABEL["bone_cortical"], LABEL["bone_trabecular"]]
     touching = 0
     for labels, masks in _liver_slices(3):
         liver = masks["liver"]
         ring = np.roll(liver, 1, 0) | np.roll(liver, -1, 0) | np.roll(liver, 1, 1) | np.roll(liver, -1, 1)
-        touching += int((ring & ~liver & np.isin(labels, bone)).sum())
+        touching += int((ring & ~liver & np.isin(labels, BONE)).sum())
     assert touching == 0, touching
 
 
@@ -549,8 +548,7 @@ def test_the_costal_cartilages_lie_against_the_liver_under_the_thick_front():
     rectus lies in front of the cartilages. With the anterior wall thick (`Anatomy.front`), the ribs that cross
     the front of the liver (columns through its middle half) stay a few millimetres from it: a median 4.6 mm,
     where they lay 11.6 mm off in the middle of the thickened muscle, and 7.8 mm before the wall was thickened."""
-    bone = [LABEL["bone_cortical"], LABEL["bone_trabecular"]]
     gaps_mm = [(len(above) - ribs.max()) * mm_per_pixel for above, mm_per_pixel in _above_the_liver((0.6, 0.8))
-               if len(ribs := np.flatnonzero(np.isin(above, bone)))]
+               if len(ribs := np.flatnonzero(np.isin(above, BONE)))]
     assert len(gaps_mm) > 50, len(gaps_mm)
     assert np.median(gaps_mm) <= 6, np.percentile(gaps_mm, [10, 50, 90])

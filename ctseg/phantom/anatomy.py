@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from ctseg.phantom.tissues import LABEL
+from ctseg.phantom.tissues import BONE, LABEL
 
 T_BOTTOM, T_TOP = -0.8, 1.9   # the anatomy's extent: pubic symphysis to above the carina
 
@@ -453,7 +453,7 @@ class Anatomy:
         # Muscle lies between bone and liver (the diaphragm and intercostals inside the ribs, the crura in front
         # of the vertebrae): about 3 mm of it keeps the liver off the bone, as on real CT.
         if shapes:
-            bone = np.isin(c.labels, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])
+            bone = np.isin(c.labels, BONE)
             beside_bone = ndimage.binary_dilation(bone, iterations=self._pixels(0.02))
             for shape in shapes:
                 c.paint("muscle", shape, within=room & beside_bone)
@@ -523,7 +523,7 @@ class Anatomy:
         grow = min(1.0, max(0.0, (t - self.lung_start) / (self.lung_full - self.lung_start)))
         lungs = np.zeros_like(cavity)
         recess = np.zeros_like(cavity)
-        soft = cavity & ~np.isin(c.labels, [LABEL["bone_cortical"], LABEL["bone_trabecular"]])
+        soft = cavity & ~np.isin(c.labels, BONE)
         wall = self._cavity()
         x = (c.axis[None, :] - c.ox) / c.bx / wall.rx
         y = (c.axis[:, None] - c.oy) / c.by

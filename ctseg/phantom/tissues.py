@@ -99,3 +99,4 @@ TABLE: tuple[Tissue, ...] = (
     _t("urine", (0, 15), texture_hu=2, source="mortele2001"),
 )
 LABEL = {t.name: i for i, t in enumerate(TABLE)}
+BONE = (LABEL["bone_cortical"], LABEL["bone_trabecular"])  # the labels of bone, cortex and marrow

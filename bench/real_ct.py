@@ -39,13 +39,20 @@ Where the error goes, per case (volumes in ml by predict's own `volume_ml`):
   wide. TotalSegmentator labels no fat, abdominal wall or diaphragm, so "no label" is mostly those.
   dcmqi's case has no label map: its total only.
 * Misses (reference liver not predicted), each voxel in the first place that holds it: "dome", the most
-  superior 15% of the slices holding reference liver (at least one); "border", within 3 mm of the
+  superior 15% of the slices holding reference liver (at least one); "piece", in a piece of a slice's
+  reference (in-plane, 8-connected) that the prediction does not touch at all (a cross-section missed
+  whole: on ts-112 the anterior edge of segments III/IV hanging apart below the hilum, and the right lobe's
+  tip beside the kidney, 2026-12-07); "border", within 3 mm of the
   outside of the reference liver in-plane (the distance from its pixel centre to the nearest pixel
   centre outside the liver, the image's edge counting as outside; with 3 mm pixels, the outer ring);
   "hypodense", more than 20 HU below the median HU of the reference liver (lesions and their rims:
   TotalSegmentator's "total" task has no lesion label); "other". Where the liver reaches the scan's top
   slice (`dome_in_scan` false: every case here) the "dome" is the top of the scan, not the anatomical
   dome.
+* The outline by side (`outline_by_side`): each slice's directions from the reference liver's centroid in four
+  quarters (anterior, posterior, patient right, patient left, in the radiological facing), and per quarter the
+  false positives and misses in ml and the mean signed in-plane distance of the predicted outline from the
+  reference's (+ outside it): which side is drawn too wide and which stops short.
 * The reference's outline: the median HU of the reference liver in rings by in-plane depth under its outline
   (0-1.5, 1.5-3, 3-6, 6-10 mm, deeper). On an outline drawn on the liver's edge the outer ring is liver with
   partial volume; on one drawn outside it, fat: dcmqi-3's SEG is drawn 2-4 mm outside the parenchyma, so its
@@ -84,7 +91,10 @@ STRUCTURES = (  # where a false positive falls: (name, TotalSegmentator "total" 
     ("kidneys", (2, 3, 23, 24)), ("spleen", (1,)), ("colon", (20,)), ("duodenum", (19,)), ("gallbladder", (4,)),
     ("small bowel", (18,)), ("lungs", (10, 11, 12, 13, 14)))
 OTHER_LABELLED, OUTSIDE_LABELS = "other labelled", "outside any label"
-MISS_PLACES = ("dome", "border", "hypodense", "other")
+MISS_PLACES = ("dome", "piece", "border", "hypodense", "other")
+MISS_LABELS = {"dome": "at dome", "piece": "in pieces it never touched", "border": "at border",
+               "hypodense": "at hypodense", "other": "other"}
+SIDES = ("anterior", "posterior", "patient right", "patient left")
 DOME_FRACTION = 0.15
 BORDER_MM = 3.0
 HYPODENSE_BELOW_MEDIAN_HU = 20.0
@@ -305,21 +315,69 @@ def rim_voxels(reference: np.ndarray, pixel_mm: tuple[float, float], rim_mm: flo
     return rim
 
 
+def untouched_pieces(predicted: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Reference liver voxels in a piece of a slice's reference (in-plane, 8-connected) that the prediction does
+    not touch at all: a cross-section missed whole, such as the anterior edge of segments III/IV hanging apart
+    below the hilum, or the right lobe's tip beside the kidney."""
+    from scipy import ndimage
+
+    pieces = np.zeros(reference.shape, bool)
+    for k in np.flatnonzero(reference.any(axis=(1, 2))):
+        parts, _ = ndimage.label(reference[k] > 0, structure=np.ones((3, 3)))
+        touched = np.unique(parts[(predicted[k] > 0) & (parts > 0)])
+        pieces[k] = (parts > 0) & ~np.isin(parts, touched)
+    return pieces
+
+
 def misses_by_place(predicted: np.ndarray, reference: np.ndarray, hu: np.ndarray, z_mm: np.ndarray,
                     pixel_mm: tuple[float, float], ml_per_voxel: float) -> dict[str, float]:
     """ml of reference liver not predicted, each voxel in the first of MISS_PLACES that holds it: the dome
-    slices, the border, hypodense (HYPODENSE_BELOW_MEDIAN_HU under the reference liver's median HU), other."""
+    slices, a piece of a slice's reference the prediction never touches (`untouched_pieces`), the border,
+    hypodense (HYPODENSE_BELOW_MEDIAN_HU under the reference liver's median HU), other."""
     liver = reference > 0
     left = liver & (predicted == 0)
     median_hu = float(np.median(hu[liver])) if liver.any() else 0.0
-    places = (dome_slices(reference, z_mm)[:, None, None], border_voxels(reference, pixel_mm),
-              hu < median_hu - HYPODENSE_BELOW_MEDIAN_HU)
+    places = (dome_slices(reference, z_mm)[:, None, None], untouched_pieces(predicted, reference),
+              border_voxels(reference, pixel_mm), hu < median_hu - HYPODENSE_BELOW_MEDIAN_HU)
     ml = {}
     for name, where in zip(MISS_PLACES, places):
         ml[name] = ml_of(left & where, ml_per_voxel)
         left &= ~where
     ml[MISS_PLACES[-1]] = ml_of(left, ml_per_voxel)
     return ml
+
+
+def outline_by_side(predicted: np.ndarray, reference: np.ndarray, pixel_mm: tuple[float, float],
+                    ml_per_voxel: float, flip_axes: tuple[int, ...] = ()) -> dict[str, dict]:
+    """Per side of the liver (SIDES: the quarter of directions, in-plane and in mm, from each slice's reference
+    centroid; `flip_axes` turns the arrays to the radiological facing, `Series.flip_axes`): the false positives
+    and misses in ml, and the mean signed in-plane distance in mm of the predicted outline from the reference's
+    (+ outside it, 0 on the reference's own outermost pixels): which side is drawn too wide or stops short."""
+    from scipy import ndimage
+
+    predicted, reference = (np.flip(a > 0, flip_axes) if flip_axes else a > 0 for a in (predicted, reference))
+    step = min(pixel_mm)
+    sums = {side: {"false_positive_ml": 0.0, "missed_ml": 0.0} for side in SIDES}
+    distances: dict[str, list] = {side: [] for side in SIDES}
+    for k in np.flatnonzero(reference.any(axis=(1, 2))):
+        ref, pred = reference[k], predicted[k]
+        rows, cols = np.indices(ref.shape)
+        cy, cx = ndimage.center_of_mass(ref)
+        dy, dx = (rows - cy) * pixel_mm[0], (cols - cx) * pixel_mm[1]
+        side = np.where(np.abs(dy) >= np.abs(dx), np.where(dy < 0, 0, 1), np.where(dx < 0, 2, 3))
+        signed = np.where(ref, step - ndimage.distance_transform_edt(ref, sampling=pixel_mm),
+                          ndimage.distance_transform_edt(~ref, sampling=pixel_mm))
+        outline = pred & ~ndimage.binary_erosion(pred)
+        for i, name in enumerate(SIDES):
+            here = side == i
+            sums[name]["false_positive_ml"] += ml_of(pred & ~ref & here, ml_per_voxel)
+            sums[name]["missed_ml"] += ml_of(ref & ~pred & here, ml_per_voxel)
+            distances[name].append(signed[outline & here])
+    out = {}
+    for name in SIDES:
+        d = np.concatenate(distances[name]) if distances[name] else np.zeros(0)
+        out[name] = {**rounded(sums[name]), "mean_distance_mm": round(float(d.mean()), 2) if d.size else None}
+    return out
 
 
 def heart_labelled_liver_ml(predicted: np.ndarray, labels: np.ndarray, ml_per_voxel: float) -> float | None:
@@ -355,7 +413,8 @@ def where_the_error_goes(predicted: np.ndarray, reference: np.ndarray, labels: n
            "heart_in_scan": None, "heart_labelled_liver_ml": None,
            "missed_ml": round(sum(missed.values()), 1), "dome_in_scan": not bool(reference[np.argmax(z_mm)].any()),
            "missed_by_place_ml": rounded(missed), "missed_by_place_pct": percentages(missed),
-           "reference_rings_hu": reference_rings_hu(reference, hu, pixel_mm)}
+           "reference_rings_hu": reference_rings_hu(reference, hu, pixel_mm),
+           "outline_by_side": outline_by_side(predicted, reference, pixel_mm, ml_per_voxel, series.flip_axes)}
     if labels is not None:
         by_structure = false_positives_by_structure(predicted, reference, labels, ml_per_voxel)
         heart = heart_labelled_liver_ml(predicted, labels, ml_per_voxel)
@@ -484,9 +543,15 @@ def table(rows: list[dict], probes: list[dict]) -> str:
         f"{r['false_positive_rim_ml']:.1f} ({100 * r['false_positive_rim_ml'] / r['false_positive_ml']:.0f}%)"
         if r["false_positive_ml"] else "0.0" for r in rows]))
     lines.append(line("**missed, ml**", [f"**{r['missed_ml']:.1f}**" for r in rows]))
-    lines += [line(f"at {place}" if place != MISS_PLACES[-1] else place,
-                   [_cell(r["missed_by_place_ml"], r["missed_by_place_pct"], place) for r in rows])
+    lines += [line(MISS_LABELS[place], [_cell(r["missed_by_place_ml"], r["missed_by_place_pct"], place) for r in rows])
               for place in MISS_PLACES]
+    by_side = " / ".join(SIDES)
+    lines.append(line(f"outline's mean distance from the reference's, mm (+ outside): {by_side}", [
+        " / ".join("-" if r["outline_by_side"][s]["mean_distance_mm"] is None
+                   else f"{r['outline_by_side'][s]['mean_distance_mm']:+.1f}" for s in SIDES) for r in rows]))
+    for key, what in (("false_positive_ml", "false positives"), ("missed_ml", "missed")):
+        lines.append(line(f"{what} by side, ml: {by_side}", [
+            " / ".join(f"{r['outline_by_side'][s][key]:.1f}" for s in SIDES) for r in rows]))
     lines.append(line("liver's top inside the scan (the dome is the dome)",
                       ["yes" if r["dome_in_scan"] else "no" for r in rows]))
     lines.append(line("reference's median HU by depth under its outline: " + " / ".join(RING_NAMES), [

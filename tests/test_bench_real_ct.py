@@ -216,9 +216,38 @@ def test_misses_go_to_the_first_place_that_holds_them():
     hu[5, 7:9, 7:10] = 70
     predicted[6, 8, 8] = 0           # 1 interior voxel 10 HU below the median: other
     hu[6, 8, 8] = 90
+    reference[3, 15, 0:3] = 1        # a piece of its own on slice 3, 3 voxels on the image's edge, never touched:
+    hu[3, 15, 0:3] = 100             # piece comes before border
+    reference[7, 15, 4:8] = 1        # another, one of its 4 voxels predicted: border, not piece
+    hu[7, 15, 4:8] = 100
+    predicted[7, 15, 4] = 1
     ml = misses_by_place(predicted, reference, hu, z_mm, (1.0, 1.0), ml_per_voxel=0.25)
     assert list(ml) == list(MISS_PLACES)
-    assert ml == {"dome": 1.0, "border": 1.5, "hypodense": 1.5, "other": 0.25}
+    assert ml == {"dome": 1.0, "piece": 0.75, "border": 2.25, "hypodense": 1.5, "other": 0.25}
+
+
+def test_outline_by_side_finds_the_side_drawn_too_wide_and_the_side_that_stops_short():
+    """A prediction moved 2 pixels (4 mm) towards the front: about 4 mm outside at the front (less where the
+    quarter takes in the corners), about 4 mm short at the back, level at the sides; the false positives in front
+    and the misses behind; in the facing the flips give."""
+    from bench.real_ct import SIDES, outline_by_side
+
+    reference = np.zeros((3, 40, 40), np.uint8)
+    reference[:, 10:30, 10:30] = 1
+    predicted = np.roll(reference, -2, axis=1)          # rows grow to the back: two rows towards the front
+    sides = outline_by_side(predicted, reference, (2.0, 2.0), ml_per_voxel=0.5)
+    assert list(sides) == list(SIDES)
+    assert 3.0 < sides["anterior"]["mean_distance_mm"] <= 4.0 and -4.0 <= sides["posterior"]["mean_distance_mm"] < -3.0
+    assert sides["anterior"]["false_positive_ml"] == 3 * 2 * 20 * 0.5 and sides["anterior"]["missed_ml"] == 0
+    assert 55.0 <= sides["posterior"]["missed_ml"] <= 60.0 and sides["posterior"]["false_positive_ml"] == 0
+    assert all(abs(sides[side]["mean_distance_mm"]) < 0.5 for side in ("patient right", "patient left"))
+    assert outline_by_side(reference, reference, (2.0, 2.0), 0.5)["posterior"]["mean_distance_mm"] == 0.0
+    flipped = outline_by_side(predicted[:, ::-1], reference[:, ::-1], (2.0, 2.0), 0.5, flip_axes=(1,))
+    assert flipped == sides
+    wider = np.zeros_like(reference)
+    wider[:, 10:30, 10:33] = 1                          # columns grow to the patient's left: 3 pixels too wide there
+    left = outline_by_side(wider, reference, (2.0, 2.0), 0.5)["patient left"]
+    assert 5.0 < left["mean_distance_mm"] <= 6.0 and left["false_positive_ml"] == 3 * 3 * 20 * 0.5
 
 
 def test_where_the_error_goes_reads_voxel_size_and_height_from_the_headers():
@@ -254,6 +283,8 @@ def test_where_the_error_goes_reads_voxel_size_and_height_from_the_headers():
     markdown = table([{"short": "c", "dice": 0.9, "volume_ml": 2.0, "reference_volume_ml": 2.0, **no_map},
                       {"short": "d", "dice": 0.8, "volume_ml": 3.0, "reference_volume_ml": 2.0, **row}], [])
     assert "| in heart | n/a | 0.6 (100%) |" in markdown and "| heart labelled liver, ml | n/a | 0.6 |" in markdown
+    assert "| outline's mean distance from the reference's, mm (+ outside): anterior / posterior" in markdown
+    assert row["outline_by_side"]["anterior"]["false_positive_ml"] == 0.6  # the heart lies in front of the liver
 
 
 def test_a_probe_is_padded_to_a_scanner_field_of_view_without_moving_its_anatomy(tmp_path):

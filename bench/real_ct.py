@@ -52,7 +52,8 @@ Where the error goes, per case (volumes in ml by predict's own `volume_ml`):
 * The outline by side (`outline_by_side`): each slice's directions from the reference liver's centroid in four
   quarters (anterior, posterior, patient right, patient left, in the radiological facing), and per quarter the
   false positives and misses in ml and the mean signed in-plane distance of the predicted outline from the
-  reference's (+ outside it): which side is drawn too wide and which stops short.
+  reference's (+ outside it): which side is drawn too wide and which stops short. False positives on slices
+  without reference liver belong to no side.
 * The reference's outline: the median HU of the reference liver in rings by in-plane depth under its outline
   (0-1.5, 1.5-3, 3-6, 6-10 mm, deeper). On an outline drawn on the liver's edge the outer ring is liver with
   partial volume; on one drawn outside it, fat: dcmqi-3's SEG is drawn 2-4 mm outside the parenchyma, so its
@@ -352,7 +353,8 @@ def outline_by_side(predicted: np.ndarray, reference: np.ndarray, pixel_mm: tupl
     """Per side of the liver (SIDES: the quarter of directions, in-plane and in mm, from each slice's reference
     centroid; `flip_axes` turns the arrays to the radiological facing, `Series.flip_axes`): the false positives
     and misses in ml, and the mean signed in-plane distance in mm of the predicted outline from the reference's
-    (+ outside it, 0 on the reference's own outermost pixels): which side is drawn too wide or stops short."""
+    (+ outside it, 0 on the reference's own outermost pixels): which side is drawn too wide or stops short. Slices
+    without reference liver have no centroid, so their false positives (the table's total has them) are left out."""
     from scipy import ndimage
 
     predicted, reference = (np.flip(a > 0, flip_axes) if flip_axes else a > 0 for a in (predicted, reference))

@@ -32,7 +32,7 @@ def heart_scores(model, geometry, size: int) -> dict:
                       for i in range(geometry.num_slices)])
     small = np.asarray(model.at_model_size(hu))  # as predict reads it
     gated = gate_probabilities(model.series_probabilities(small), small)
-    predicted = clean_volume(source_mask(gated, hu.shape[1:])).astype(bool)
+    predicted = clean_volume(source_mask(gated, hu.shape[1:]), hu_at_model_size=small).astype(bool)
     voxel_ml = (geometry.spacing_mm * 512 / size) ** 2 * geometry.thickness_mm / 1000   # written at 512 px
     return {"patient": geometry.patient_id, "phase": geometry.phase, "slices": geometry.num_slices,
             "dice": round(dice(predicted, liver), 4),

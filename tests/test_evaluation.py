@@ -314,7 +314,7 @@ def test_good_model_is_blessed_and_pushed(history):
     assert source["mean_patient_dice"] == pytest.approx(custom(evaluation, "source_mean_patient_dice"))
     assert source["mean_patient_assd_mm"] > 0 and source["patients_without_assd"] == 0
     assert all(p["source_dice"] > 0.3 and p["assd_mm"] > 0 for p in result["patients"])
-    assert result["cleanup"] == "parenchyma_hu,largest_component,fill_holes"
+    assert result["cleanup"] == "parenchyma_hu,largest_component,foreign_ends,fill_holes"
     assert result["slices"] == sum(p["slices"] for p in result["patients"])
     assert result["baseline"] is None
 

@@ -177,5 +177,5 @@ def test_predict_masks_are_the_masks_the_evaluator_scored(workdir, data_root):
         prediction = predict_series(series, model)
         masks = data_root / row["patient_id"] / "MASKS_DICOM" / "liver"
         truth = np.stack([mask_from_dataset(read_dataset(masks / name)) for name in mask_names(series)])
-        assert prediction.cleanup == evaluation["cleanup"] == "parenchyma_hu,largest_component,fill_holes"
+        assert prediction.cleanup == evaluation["cleanup"] == "parenchyma_hu,largest_component,foreign_ends,fill_holes"
         assert M.dice(prediction.mask, truth) == pytest.approx(row["source_dice"], abs=0.01), row

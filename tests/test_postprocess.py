@@ -84,7 +84,7 @@ def test_clean_volume_steps_and_parsing():
     assert cleaned[0, 0, 0] == 0 and cleaned[4, 16, 16] == 1
     only_fill = postprocess.Cleanup.parse("fill_holes")
     assert (only_fill.parenchyma_hu, only_fill.largest_component, only_fill.fill_holes) == (False, False, True)
-    assert str(postprocess.Cleanup.parse("on")) == "parenchyma_hu,largest_component,fill_holes"
+    assert str(postprocess.Cleanup.parse("on")) == "parenchyma_hu,largest_component,foreign_ends,fill_holes"
     assert str(postprocess.Cleanup.parse("off")) == "off"
     assert str(postprocess.Cleanup.parse("largest_component, parenchyma_hu")) == "parenchyma_hu,largest_component"
     with pytest.raises(ValueError, match="largest_component"):
@@ -194,7 +194,7 @@ def test_score_patient_cleans_up_and_scores_at_the_source_resolution():
     row = summary["patients"][0]
     assert row["source_dice"] == pytest.approx(summary["source_resolution"]["mean_patient_dice"])
     assert row["dice"] > row["dice_before_cleanup"]
-    assert summary["cleanup"] == "parenchyma_hu,largest_component,fill_holes"
+    assert summary["cleanup"] == "parenchyma_hu,largest_component,foreign_ends,fill_holes"
 
 
 def test_examples_without_a_source_mask_still_score_at_model_size():
@@ -205,3 +205,38 @@ def test_examples_without_a_source_mask_still_score_at_model_size():
     score = scoring.score_patient("p", slices, probabilities, postprocess.Cleanup())
     assert score.source is None and score.assd_mm is None
     assert scoring.summarize([score], postprocess.Cleanup())["source_resolution"] is None
+
+
+def _liver_with_colon_below(colon_hu=10.0):
+    """16 slices of 8x8: liver (60 HU) on slices 4-15 and, joined to its lowest slice, a colon (colon_hu) on 0-3;
+    the HU at half the mask's size, as the model reads them."""
+    mask = np.zeros((16, 8, 8), np.uint8)
+    mask[:, 2:6, 2:6] = 1
+    hu = np.full((16, 4, 4), -100.0, np.float32)
+    hu[4:, 1:3, 1:3] = 60.0
+    hu[:4, 1:3, 1:3] = colon_hu
+    return mask, hu
+
+
+def test_end_slices_of_another_tissue_are_trimmed_and_the_organs_own_are_kept():
+    """The colon that the largest component runs on into below the liver's tip reads 31-39 HU below the liver on
+    ts-112; the liver's own slices keep within 14 HU of its median (docs/BENCHMARKS.md, "Foreign ends")."""
+    mask, hu = _liver_with_colon_below()
+    organ, medians = postprocess.slice_hu_medians(mask, hu)
+    assert organ == 60.0 and medians[0] == 10.0 and medians[-1] == 60.0
+    trimmed = postprocess.trim_foreign_ends(mask.copy(), hu)
+    assert not trimmed[:4].any() and (trimmed[4:] == mask[4:]).all()
+    near_mask, near_hu = _liver_with_colon_below(colon_hu=60.0 - postprocess.ORGAN_SLICE_HU_TOLERANCE + 1)
+    assert (postprocess.trim_foreign_ends(near_mask.copy(), near_hu) == near_mask).all()
+    # the same at the top (a heart above the dome in the portal phase), and through clean_volume
+    flipped = postprocess.clean_volume(mask[::-1].copy(), hu_at_model_size=hu[::-1].copy())
+    assert not flipped[-4:].any() and (flipped[:-4] == mask[::-1][:-4]).all()
+    assert postprocess.clean_volume(mask.copy()).sum() == mask.sum()   # without the HU the step is skipped
+
+
+def test_a_hypodense_lesion_inside_the_liver_never_ends_the_mask():
+    mask, hu = _liver_with_colon_below(colon_hu=60.0)
+    hu[7:10, 1:3, 1:3] = 0.0   # three slices through a cyst in the middle of the liver
+    assert (postprocess.trim_foreign_ends(mask.copy(), hu) == mask).all()
+    assert postprocess.Cleanup.parse("foreign_ends") == postprocess.Cleanup(
+        parenchyma_hu=False, largest_component=False, foreign_ends=True, fill_holes=False)

@@ -124,8 +124,8 @@ def test_cleanup_is_the_evaluators_and_can_be_turned_off(phantom, tiny_model, tm
     series, model = P.load_series(phantom / TEST_PATIENT), P.load_model(tiny_model)
     raw = P.predict_series(series, model, cleanup=postprocess.Cleanup.off())
     cleaned = P.predict_series(series, model)
-    assert (raw.cleanup, cleaned.cleanup) == ("off", "parenchyma_hu,largest_component,fill_holes")
-    in_3d = P.predict_series(series, model, cleanup=postprocess.Cleanup(parenchyma_hu=False))
+    assert (raw.cleanup, cleaned.cleanup) == ("off", "parenchyma_hu,largest_component,foreign_ends,fill_holes")
+    in_3d = P.predict_series(series, model, cleanup=postprocess.Cleanup(parenchyma_hu=False, foreign_ends=False))
     assert np.array_equal(in_3d.mask, postprocess.clean_volume(raw.mask))
     assert cleaned.mask.sum() <= in_3d.mask.sum()
     assert cli_main(["predict", str(phantom / TEST_PATIENT), "--model", str(tiny_model), "--out", str(tmp_path),

@@ -65,8 +65,8 @@ def test_streamed_masks_are_those_of_one_call_over_the_series(series, model_2_5d
     small = _small_hu(series, model_2_5d)
     whole = model_2_5d.series_probabilities(small, CHUNK)
     gated = postprocess.gate_probabilities(whole, small, cleanup)
-    expected = np.flip(postprocess.clean_volume(postprocess.source_mask(gated, series.shape), cleanup),
-                       series.flip_axes)
+    expected = np.flip(postprocess.clean_volume(postprocess.source_mask(gated, series.shape), cleanup,
+                                                hu_at_model_size=small), series.flip_axes)
     streamed = P.predict_series(series, model_2_5d, batch_size=CHUNK, cleanup=cleanup)
     assert streamed.mask.dtype == np.uint8 and streamed.mask.shape == (len(series.slices), *series.shape)
     assert expected.any() and not expected.all()

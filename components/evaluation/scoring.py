@@ -69,15 +69,16 @@ def score_patient(patient_id: str, slices: PatientSlices, probabilities: np.ndar
     probabilities = np.asarray(probabilities, np.float32)
     truth = np.stack(slices.ordered(slices.mask))
     raw = postprocess.binarize(probabilities)
-    gated = postprocess.gate_probabilities(probabilities, slices.hu_volume(), cleanup)
-    cleaned = postprocess.clean_volume(postprocess.binarize(gated), cleanup)
+    hu = slices.hu_volume()
+    gated = postprocess.gate_probabilities(probabilities, hu, cleanup)
+    cleaned = postprocess.clean_volume(postprocess.binarize(gated), cleanup, hu_at_model_size=hu)
     source = assd = None
     shapes = set(slices.source_shape)
     packed = slices.ordered(slices.source_mask)
     if all(packed) and len(shapes) == 1:
         shape = shapes.pop()
         source_truth = np.stack([features.unpack_mask(p, shape) for p in packed])
-        predicted = postprocess.clean_volume(postprocess.source_mask(gated, shape), cleanup)
+        predicted = postprocess.clean_volume(postprocess.source_mask(gated, shape), cleanup, hu_at_model_size=hu)
         source = _counts(predicted, source_truth)
         spacing = (float(np.median(slices.thickness_mm)), float(np.median(slices.spacing_mm)),
                    float(np.median(slices.spacing_mm)))

@@ -50,7 +50,7 @@ def add_pipeline_options(parser, *, preset: str, schema_file: str, schema_help: 
                    help="judge each model on --dice-threshold alone, not against the model serving")
     g.add_argument("--cleanup", default="on",
                    help="the evaluator's 3D clean-up of predictions: on (default), off, "
-                        "or largest_component,fill_holes")
+                        "or a comma list such as largest_component,fill_holes")
     g.add_argument("--schema-file", default=schema_file, help=schema_help)
     g.add_argument("--no-cache", action="store_true", help="run every step even if a cached result exists")
 

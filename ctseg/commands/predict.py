@@ -35,8 +35,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="slices per model call (default 16)")
     p.add_argument("--cleanup", default="on",
                    help="clean-up of the mask, as the evaluator scores it: 'on' (default: no liver where the HU "
-                        "cannot be liver tissue, keep the largest connected component, fill holes), 'off', or a "
-                        "comma list of parenchyma_hu,largest_component,fill_holes")
+                        "cannot be liver tissue, keep the largest connected component, drop end slices of another "
+                        "tissue, fill holes), 'off', or a comma list of "
+                        "parenchyma_hu,largest_component,foreign_ends,fill_holes")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier prediction in --out (a folder holding only what predict writes, its "
                         "summary.json among them); any other non-empty folder is refused")

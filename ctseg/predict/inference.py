@@ -77,8 +77,8 @@ def predict_series(series: Series, model: ServedModel, batch_size: int = 16, pro
         at_model_size[start:start + len(probabilities)] = postprocess.binarize(probabilities)
         gated = postprocess.gate_probabilities(probabilities, small[start:start + len(probabilities)], cleanup)
         mask[start:start + len(probabilities)] = postprocess.source_mask(gated, series.shape)
-    del small
     components = count_components(at_model_size)
-    mask = np.flip(postprocess.clean_volume(mask, cleanup, in_place=True), series.flip_axes)
+    mask = np.flip(postprocess.clean_volume(mask, cleanup, in_place=True, hu_at_model_size=small), series.flip_axes)
+    del small
     return Prediction(series, model, mask, windowed_slices(series, tile_indices(mask)), [READERS[c] for c in codes],
                       str(cleanup), components)

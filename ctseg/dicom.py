@@ -213,7 +213,8 @@ def resize_hu(hu: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resamples a mask to (size, size) by nearest neighbour (half-pixel centres), so its values stay as they were."""
-    rows = np.minimum(((np.arange(size) + 0.5) * mask.shape[0] / size).astype(np.intp), mask.shape[0] - 1)
-    cols = np.minimum(((np.arange(size) + 0.5) * mask.shape[1] / size).astype(np.intp), mask.shape[1] - 1)
-    return mask.take(rows, 0).take(cols, 1)
+    """Resamples a mask (..., rows, cols) to (..., size, size) by nearest neighbour (half-pixel centres), so its
+    values stay as they were; a stack of slices is resampled slice by slice."""
+    rows = np.minimum(((np.arange(size) + 0.5) * mask.shape[-2] / size).astype(np.intp), mask.shape[-2] - 1)
+    cols = np.minimum(((np.arange(size) + 0.5) * mask.shape[-1] / size).astype(np.intp), mask.shape[-1] - 1)
+    return mask.take(rows, -2).take(cols, -1)

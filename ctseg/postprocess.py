@@ -175,21 +175,16 @@ def fill_holes_in_place(volume: np.ndarray, chunk_slices: int = CHUNK_SLICES) ->
 
 def slice_hu_medians(volume: np.ndarray, hu_at_model_size: np.ndarray) -> tuple[float, list]:
     """The median HU of a mask's pixels over the whole volume and per slice (None where a slice has no pixel), read
-    at the model's size: `volume` (slices, rows, cols) is sampled by nearest neighbour onto the (slices, h, w) grid
-    of `hu_at_model_size`, as `ctseg.dicom.resize_mask` samples a mask."""
+    at the model's size: `volume` (slices, rows, cols) is sampled onto the square (slices, h, h) grid of
+    `hu_at_model_size` as ingest samples a mask (`ctseg.dicom.resize_mask`)."""
+    from ctseg.dicom import resize_mask
+
     hu = np.asarray(hu_at_model_size)
-    (count, rows, cols), (h, w) = volume.shape, hu.shape[1:]
-    if len(hu) != count:
-        raise ValueError(f"HU of {len(hu)} slices for a mask of {count}")
-    at_rows = np.minimum(((np.arange(h) + 0.5) * rows / h).astype(np.intp), rows - 1)
-    at_cols = np.minimum(((np.arange(w) + 0.5) * cols / w).astype(np.intp), cols - 1)
-    per_slice, values = [], []
-    for z in range(count):
-        pixels = hu[z][volume[z][np.ix_(at_rows, at_cols)] != 0]
-        per_slice.append(float(np.median(pixels)) if pixels.size else None)
-        values.append(pixels)
-    everything = np.concatenate(values)
-    return (float(np.median(everything)) if everything.size else float("nan")), per_slice
+    if len(hu) != len(volume) or hu.shape[1] != hu.shape[2]:
+        raise ValueError(f"HU of shape {hu.shape} for a mask of {len(volume)} slices: need one square slice each")
+    inside = resize_mask(volume, hu.shape[1]) != 0
+    per_slice = [float(np.median(h[m])) if m.any() else None for h, m in zip(hu, inside)]
+    return (float(np.median(hu[inside])) if inside.any() else float("nan")), per_slice
 
 
 def trim_foreign_ends(volume: np.ndarray, hu_at_model_size: np.ndarray,

@@ -17,7 +17,7 @@ from ctseg.serving import is_organ
 # How far the median HU of one slice of the organ may stray from the organ's own median. On the 17 livers measured
 # (three real scans, the default phantom's 14 patients) no slice's median strayed by more than 14 HU, end slices
 # included; the colon that models take below ts-112's liver tip reads 31-39 HU below that liver (docs/BENCHMARKS.md,
-# "Foreign ends").
+# "A sixteenth session").
 ORGAN_SLICE_HU_TOLERANCE = 20.0
 
 # Liver parenchyma's HU in any phase and condition: above fat, which even a severely fatty liver stays

@@ -220,7 +220,7 @@ def _liver_with_colon_below(colon_hu=10.0):
 
 def test_end_slices_of_another_tissue_are_trimmed_and_the_organs_own_are_kept():
     """The colon that the largest component runs on into below the liver's tip reads 31-39 HU below the liver on
-    ts-112; the liver's own slices keep within 14 HU of its median (docs/BENCHMARKS.md, "Foreign ends")."""
+    ts-112; the liver's own slices keep within 14 HU of its median (docs/BENCHMARKS.md, "A sixteenth session")."""
     mask, hu = _liver_with_colon_below()
     organ, medians = postprocess.slice_hu_medians(mask, hu)
     assert organ == 60.0 and medians[0] == 10.0 and medians[-1] == 60.0

@@ -23,7 +23,9 @@ we have no internet), so this bench reads it from public repositories fetched be
     .venv/bin/python -m bench.real_ct --model out/serving [--totalsegmentator DIR] [--dcmqi DIR] [--out DIR]
         [--picture PNG] [--json OUT]
 
-Each case goes through `load_series` → `predict_series` (the 3D clean-up included) → `write_outputs`,
+Each case goes through `load_series` → `predict_series` (the 3D clean-up included, and `ctseg predict`'s
+out-of-distribution check against the model's training profile: the features it finds, per case and probe)
+→ `write_outputs`,
 and the mask is scored against the reference resampled onto the slices' own pixel grid through patient
 coordinates (nearest neighbour). Prints a JSON row per case, then the whole result and a markdown table
 (`--json` saves the result); the figures go in docs/BENCHMARKS.md.
@@ -527,6 +529,12 @@ def _cell(ml: dict | None, pct: dict | None, key: str) -> str:
     return f"{ml[key]:.1f} ({pct[key]:.0f}%)" if pct else f"{ml[key]:.1f}"
 
 
+def findings_cell(row: dict) -> str:
+    """The features `ctseg predict` finds out of distribution, "none", or "no profile" for a model without one."""
+    found = row.get("out_of_distribution")
+    return "no profile" if found is None else ", ".join(found) or "none"
+
+
 def table(rows: list[dict], probes: list[dict]) -> str:
     """Markdown tables: a column per case (Dice, volume ratio, false positives by structure, misses by
     place, heart), then the heart probes."""
@@ -562,11 +570,12 @@ def table(rows: list[dict], probes: list[dict]) -> str:
     lines.append(line("heart labelled liver, ml", [
         "n/a" if r["heart_in_scan"] is None else "no heart in scan" if not r["heart_in_scan"]
         else f"{r['heart_labelled_liver_ml']:.1f}" for r in rows]))
+    lines.append(line("`ctseg predict`'s out-of-distribution findings", [findings_cell(r) for r in rows]))
     if probes:
-        lines += ["", "| heart probe | slices | heart, ml | predicted liver, ml | heart labelled liver, ml |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += ["", "| heart probe | slices | heart, ml | predicted liver, ml | heart labelled liver, ml | "
+                      "out-of-distribution findings |", "|---|---:|---:|---:|---:|---|"]
         lines += [f"| {p['short']} | {p['slices']} | {p['heart_ml']:.1f} | {p['predicted_liver_ml']:.1f} | "
-                  f"{p['heart_labelled_liver_ml']:.1f} |" for p in probes]
+                  f"{p['heart_labelled_liver_ml']:.1f} | {findings_cell(p)} |" for p in probes]
     return "\n".join(lines)
 
 
@@ -582,25 +591,35 @@ def main(argv=None):
     if not (args.totalsegmentator or args.dcmqi):
         ap.error("give --totalsegmentator and/or --dcmqi")
 
+    from ctseg.commands.predict import in_distribution_check
     from ctseg.predict import load_model, load_series, predict_series, write_outputs
 
     served = load_model(args.model)
+
+    def predicted(series):
+        """`ctseg predict`'s prediction and the names of its out-of-distribution findings (None: no profile)."""
+        check = in_distribution_check(args.model, None, False)
+        before = check.before_model([s.header for s in series.slices]) if check else None
+        prediction = predict_series(series, served, before_model=before)
+        return prediction, [f.feature for f in check.after_model(prediction)] if check else None
     rows, probes, drawn = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         for i, case in enumerate(cases(args.totalsegmentator, args.dcmqi, scratch)):
             series = load_series(case.source)
-            prediction = predict_series(series, served)
+            prediction, findings = predicted(series)
             if args.out:
                 write_outputs(prediction, args.out / f"case{i}")
             truth = case.reference(series)
             errors = where_the_error_goes(prediction.mask, truth, case.labels(series), series_hu(series), series)
-            rows.append({"case": case.name, "short": case.short, **score(prediction.mask, truth, series), **errors})
+            rows.append({"case": case.name, "short": case.short, **score(prediction.mask, truth, series), **errors,
+                         "out_of_distribution": findings})
             drawn.append((case.name, prediction, truth))
             print(json.dumps(rows[-1]), flush=True)
         for case in heart_probes(args.totalsegmentator, scratch):
             series = load_series(case.source)
-            probes.append(probe_row(case, predict_series(series, served).mask, series))
+            prediction, findings = predicted(series)
+            probes.append({**probe_row(case, prediction.mask, series), "out_of_distribution": findings})
             print(json.dumps(probes[-1]), flush=True)
     if args.picture:
         print(f"picture: {picture(drawn, args.picture)}")

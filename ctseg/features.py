@@ -23,6 +23,8 @@ SPACING_KEY = "spacing_mm"      # in-plane pixel spacing of the source DICOM, mm
 THICKNESS_KEY = "thickness_mm"  # the series' slice depth, mm: ctseg.geometry.slice_depth_mm
 SOURCE_ROWS_KEY = "source_rows"
 SOURCE_COLUMNS_KEY = "source_columns"
+# Not stored in the example: source columns x their spacing, the width the model sees at its size (ctseg.profile)
+FIELD_OF_VIEW_KEY = "field_of_view_mm"
 SOURCE_MASK_KEY = "source_mask"  # bytes: the 0/1 mask at source_rows x source_columns, np.packbits row-major
 LIVER_FRACTION_KEY = "liver_fraction"        # fraction of mask pixels that are organ
 MASK_VALUES_KEY = "mask_distinct_values"     # distinct stored values in the mask DICOM: 1 or 2 for a binary mask

@@ -6,7 +6,7 @@ colleague all carry it:
 
 - `training_statistics.pb`: TFDV statistics (a DatasetFeatureStatisticsList) of the per-slice
   features of the training examples that `ctseg predict` can compute for any series as well
-  (`SERIES_FEATURES`: pixel spacing, slice thickness, HU min/max/mean/std at the trained size) and
+  (`SERIES_FEATURES`: field of view, slice thickness, HU min/max/mean/std at the trained size) and
   the HU of a grid of pixels of each slice (`HU_SAMPLE_KEY`), whose histogram is the HU histogram;
 - `training_profile.json`: per training patient the organ volume (ml), the fraction of slices with
   organ, thickness and spacing; per eval patient what the trained model predicts there (its volume
@@ -31,7 +31,9 @@ from ctseg.errors import CtsegError
 PROFILE_DIR = "assets.extra"
 PROFILE_FILE = "training_profile.json"
 STATISTICS_FILE = "training_statistics.pb"
-SERIES_FEATURES = (features.SPACING_KEY, features.THICKNESS_KEY, *features.HU_STATS_KEYS)
+# The field of view, not the pixel spacing: the model resizes the whole slice to its size, so the field of view sets
+# how big an organ is on its input, and 3 mm pixels of a 366 mm field read as well as 0.98 mm ones of 500 mm.
+SERIES_FEATURES = (features.FIELD_OF_VIEW_KEY, features.THICKNESS_KEY, *features.HU_STATS_KEYS)
 HU_SAMPLE_KEY = "hu_sample"  # the HU of a regular grid of pixels of each slice: the series' HU histogram
 HU_SAMPLE_GRID = 32          # pixels per side of that grid (1024 per slice)
 HISTOGRAM_BUCKETS = 40       # of TFDV's standard histograms, which its Jensen-Shannon divergence compares
@@ -64,13 +66,21 @@ def hu_sample(hu: np.ndarray) -> np.ndarray:
     return np.asarray(hu, np.float32)[::step, ::step].ravel()
 
 
+def field_of_view_mm(column_spacing_mm: float, columns: int) -> float:
+    """The width of the slice in mm, which the model sees at its own size whatever the pixels."""
+    return float(column_spacing_mm) * int(columns)
+
+
 def slice_feature_rows(examples: Iterable[bytes]) -> list[dict]:
     """Each serialized slice example's patient, index, SERIES_FEATURES, HU sample and organ pixels at the
     source size."""
     rows = []
     for serialized in examples:
         ex = features.decode_example(serialized)
-        rows.append({**{k: ex[k] for k in (features.PATIENT_KEY, features.SLICE_KEY, *SERIES_FEATURES)},
+        rows.append({**{k: ex[k] for k in (features.PATIENT_KEY, features.SLICE_KEY, features.SPACING_KEY,
+                                           features.THICKNESS_KEY, *features.HU_STATS_KEYS)},
+                     features.FIELD_OF_VIEW_KEY: field_of_view_mm(ex[features.SPACING_KEY],
+                                                                  ex[features.SOURCE_COLUMNS_KEY]),
                      HU_SAMPLE_KEY: hu_sample(ex[features.IMAGE_KEY]),
                      "organ_pixels": int(np.count_nonzero(ex[features.SOURCE_MASK_KEY]))})
     return rows

@@ -280,9 +280,12 @@ def test_where_the_error_goes_reads_voxel_size_and_height_from_the_headers():
     assert no_map["false_positive_by_structure_ml"] is None and no_map["heart_in_scan"] is None
     assert no_map["false_positive_ml"] == 0.6
     assert percentages({"a": 0.0}) is None
-    markdown = table([{"short": "c", "dice": 0.9, "volume_ml": 2.0, "reference_volume_ml": 2.0, **no_map},
-                      {"short": "d", "dice": 0.8, "volume_ml": 3.0, "reference_volume_ml": 2.0, **row}], [])
+    markdown = table([{"short": "c", "dice": 0.9, "volume_ml": 2.0, "reference_volume_ml": 2.0, **no_map,
+                       "out_of_distribution": None},
+                      {"short": "d", "dice": 0.8, "volume_ml": 3.0, "reference_volume_ml": 2.0, **row,
+                       "out_of_distribution": ["field_of_view_mm", "hu_sample"]}], [])
     assert "| in heart | n/a | 0.6 (100%) |" in markdown and "| heart labelled liver, ml | n/a | 0.6 |" in markdown
+    assert "| `ctseg predict`'s out-of-distribution findings | no profile | field_of_view_mm, hu_sample |" in markdown
     assert "| outline's mean distance from the reference's, mm (+ outside): anterior / posterior" in markdown
     assert row["outline_by_side"]["anterior"]["false_positive_ml"] == 0.6  # the heart lies in front of the liver
 

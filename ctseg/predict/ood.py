@@ -1,11 +1,11 @@
 """Is this series like what the model was trained on? Findings in words a radiologist reads.
 
 Before the model runs (`check_input`), the series' slices become the per-slice features ingest
-writes (`ctseg.features`: pixel spacing, slice thickness, HU min/max/mean/std at the trained size);
+writes (`ctseg.features`: field of view, slice thickness, HU min/max/mean/std at the trained size);
 TFDV computes their statistics and `tfdv.validate_statistics` compares them with the training
 statistics the model carries (`ctseg.profile`), with the comparators and ranges of
 `schemas/in_distribution.pbtxt` (Jensen-Shannon drift on the HU features, the curated schema's HU
-ranges, the training range of spacing and thickness). After it runs (`check_prediction`), the
+ranges, the training range of field of view and thickness). After it runs (`check_prediction`), the
 predicted organ volume, fraction of slices with organ and 3D components before the clean-up are
 compared with the profile's patients. Each finding is one `Finding`; none means in distribution.
 """
@@ -20,10 +20,17 @@ from ctseg import features
 from ctseg.profile import HU_SAMPLE_KEY, SERIES_FEATURES, Profile, hu_sample
 
 MARGIN_TAG = "training_range_margin="
+# The training range divided by 1 + Z and by 1 - Z: what the model saw of a feature its zoom augmentation (UnetConfig's
+# max_scale) rescales, such as the field of view.
+ZOOM_TAG = "training_range_zoom="
+# "above" or "below": only values on that side of the range are findings.
+SIDE_TAG = "one_sided="
+# The upper bound is at least this value, measured on real CT, where the phantom's range is narrower than real data's.
+UP_TO_TAG = "allowed_up_to="
 SCHEMA_RANGE_TAG = "schema_range"
 # What each feature is, for a person reading the finding.
 WORDS = {
-    "thickness_mm": "slice thickness", "spacing_mm": "pixel spacing", "hu_min": "darkest pixel per slice",
+    "thickness_mm": "slice thickness", "field_of_view_mm": "field of view", "hu_min": "darkest pixel per slice",
     "hu_max": "brightest pixel per slice", "hu_mean": "mean HU per slice", "hu_std": "HU spread per slice",
     HU_SAMPLE_KEY: "HU",
     "volume_ml": "predicted volume", "organ_slice_fraction": "slices with organ",
@@ -64,9 +71,35 @@ def _schema_features(schema) -> dict:
     return {f.name: f for f in schema.feature}
 
 
+def _tag(feature, prefix: str) -> Optional[str]:
+    tags = [t for t in feature.annotation.tag if t.startswith(prefix)]
+    return tags[0][len(prefix):] if tags else None
+
+
 def margin(feature) -> Optional[float]:
-    tags = [t for t in feature.annotation.tag if t.startswith(MARGIN_TAG)]
-    return float(tags[0][len(MARGIN_TAG):]) if tags else None
+    value = _tag(feature, MARGIN_TAG)
+    return float(value) if value is not None else None
+
+
+def allowed_range(feature, lo: float, hi: float) -> Optional[tuple[float, float]]:
+    """The range a curated feature allows around the training range [lo, hi]: divided by the zoom, widened by the
+    margin, raised to the allowed upper bound, open on one side; None for a feature without a training range."""
+    zoom = _tag(feature, ZOOM_TAG)
+    if zoom is None and margin(feature) is None:
+        return None
+    if zoom is not None:
+        lo, hi = lo / (1 + float(zoom)), hi / (1 - float(zoom))
+    if margin(feature) is not None:
+        lo, hi = widened(lo, hi, margin(feature))
+    up_to = _tag(feature, UP_TO_TAG)
+    if up_to is not None:
+        hi = max(hi, float(up_to))
+    side = _tag(feature, SIDE_TAG)
+    if side == "above":
+        lo = min(lo, 0.0)   # every feature with a side is a count, a fraction or a length
+    elif side == "below":
+        hi = float("inf")
+    return lo, hi
 
 
 def hint(feature) -> str:
@@ -90,7 +123,7 @@ def training_range(statistics, name: str) -> Optional[tuple[float, float]]:
 
 def check_schema(profile: Profile):
     """The schema a series is validated with: the curated comparators, the curated schema's HU ranges,
-    and spacing and thickness within the profile's training range (widened by the curated margin)."""
+    and field of view and thickness within the range the curated schema allows around the training range."""
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
 
@@ -107,10 +140,10 @@ def check_schema(profile: Profile):
         feature.ClearField("annotation")
         if SCHEMA_RANGE_TAG in curated.annotation.tag:
             feature.float_domain.CopyFrom(slice_schema[curated.name].float_domain)
-        allowed = margin(curated)
         trained = training_range(profile.statistics, curated.name)
-        if allowed is not None and trained is not None:
-            feature.float_domain.min, feature.float_domain.max = widened(*trained, allowed)
+        allowed = allowed_range(curated, *trained) if trained is not None else None
+        if allowed is not None:
+            feature.float_domain.min, feature.float_domain.max = allowed
     return schema
 
 
@@ -118,11 +151,13 @@ def series_feature_rows(headers: Sequence, hu_at_model_size: np.ndarray) -> list
     """The per-slice features ingest writes for a series (headers in position order, HU resized to the
     model's size as ingest resizes them), as rows of SERIES_FEATURES."""
     from ctseg.dicom import spacing_mm, thickness_mm
+    from ctseg.profile import field_of_view_mm
 
     rows = []
     for header, hu in zip(headers, hu_at_model_size):
         hu = np.clip(np.rint(hu), -32768, 32767)
-        rows.append({features.SPACING_KEY: spacing_mm(header)[0], features.THICKNESS_KEY: thickness_mm(header),
+        rows.append({features.FIELD_OF_VIEW_KEY: field_of_view_mm(spacing_mm(header)[1], header.Columns),
+                     features.THICKNESS_KEY: thickness_mm(header),
                      **features.hu_statistics(hu), HU_SAMPLE_KEY: hu_sample(hu)})
     return rows
 
@@ -146,16 +181,18 @@ def _range_finding(name: str, values: np.ndarray, trained, allowed, curated, fro
     if not len(outside):
         return None
     worst = float(outside.max() if outside.max() > hi_ok else outside.min())
-    if name in (features.THICKNESS_KEY, features.SPACING_KEY):
-        decimals = 1 if name == features.THICKNESS_KEY else 2
-        what = "slices are {} thick" if name == features.THICKNESS_KEY else "pixels are {} wide"
-        message = f"{what.format(_span(values.min(), values.max(), ' mm', decimals))}; " \
-                  f"the model was trained on {_span(*trained, ' mm', decimals)}"
+    if name == features.THICKNESS_KEY:
+        message = f"slices are {_span(values.min(), values.max(), ' mm', 1)} thick; " \
+                  f"the model was trained on {_span(*trained, ' mm', 1)}"
+    elif name == features.FIELD_OF_VIEW_KEY:
+        message = f"the field of view is {_span(values.min(), values.max(), ' mm', 0)} wide; the model was " \
+                  f"trained on {_span(*trained, ' mm', 0)}, seen as {_span(lo_ok, hi_ok, ' mm', 0)} through its zoom " \
+                  "augmentation"
     else:
         expected = _span(lo_ok, hi_ok, " HU", 0) if from_schema else f"{_span(*trained, ' HU', 0)} in training"
         message = f"{WORDS.get(name, name)} {_number(worst, ' HU', 0)} on {len(outside)} of {len(values)} slices " \
                   f"(expected {expected})"
-    if hint(curated) and name not in (features.THICKNESS_KEY, features.SPACING_KEY):
+    if hint(curated) and name != features.THICKNESS_KEY:
         message += f": {hint(curated)}"
     return Finding("input", name, worst, message, trained, (lo_ok, hi_ok))
 
@@ -205,17 +242,16 @@ def check_input(headers: Sequence, hu_at_model_size: np.ndarray, profile: Profil
 
 
 def _patient_finding(name: str, value: float, rows: list[dict], curated, what: str, unit: str, whose: str,
-                     scale: float = 1.0, only_above: bool = False, step: float = 0.0) -> Optional[Finding]:
-    """A finding when `value` lies outside the training range widened by the curated margin and by `step`,
-    the smallest change the value can show (a fraction of a series' slices moves in steps of one slice)."""
+                     scale: float = 1.0, step: float = 0.0) -> Optional[Finding]:
+    """A finding when `value` lies outside the range the curated feature allows around the training range
+    (`allowed_range`), widened by `step`, the smallest change the value can show (a fraction of a series' slices
+    moves in steps of one slice)."""
     values = [r[name] for r in rows if r.get(name) is not None]
-    if not values or margin(curated) is None:
+    allowed = allowed_range(curated, min(values), max(values)) if values else None
+    if allowed is None:
         return None
     lo, hi = min(values), max(values)
-    allowed = widened(lo, hi, margin(curated))
     allowed = (allowed[0] - step, allowed[1] + step)
-    if only_above:
-        allowed = (0.0, allowed[1])
     if allowed[0] <= value <= allowed[1]:
         return None
     above = value > allowed[1]
@@ -247,7 +283,7 @@ def check_prediction(volume_ml: float, organ_slice_fraction: float, components_b
         found.append(_patient_finding("components_before_cleanup", float(components_before_cleanup),
                                       profile.eval_predictions, curated["components_before_cleanup"],
                                       f"{organ} predicted in", " separate pieces",
-                                      "eval patient of the model", only_above=True))
+                                      "eval patient of the model"))
     return [f for f in found if f is not None]
 
 

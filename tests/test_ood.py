@@ -235,6 +235,9 @@ def test_slices_with_organ_allow_one_slice_of_the_series_below_and_any_share_abo
     assert names(4 / 14, 14) == ["organ_slice_fraction"]
     assert names(5 / 14, 0) == ["organ_slice_fraction"]       # without the series' length: the margin alone
     assert names(1.0, 14) == [] and names(0.6 + 4 / 14, 14) == []
+    below = check_prediction(1500.0, 4 / 14, None, profile, 14)[0].to_json()
+    assert below["allowed_range"][1] is None                  # open above: null, as JSON has no infinity
+    json.dumps(below, allow_nan=False)
 
 
 def test_field_of_view_is_judged_through_the_zoom_and_thin_slices_are_no_finding():
@@ -308,6 +311,11 @@ def test_chest_only_series(data, trained_model, tmp_path):
     result = predict(chest.parent, trained_model, tmp_path / "out", in_distribution=_profile_check(trained_model))
     found = {f["feature"] for f in result["out_of_distribution"]}
     assert found & {"volume_ml", "organ_slice_fraction", P.HU_SAMPLE_KEY}, result["out_of_distribution"]
+
+    def no_constants(name):
+        raise AssertionError(f"summary.json holds {name}, which is not JSON")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=no_constants)
+    assert summary["out_of_distribution"] == result["out_of_distribution"]
 
 
 @component

@@ -51,8 +51,9 @@ class Finding:
     threshold: Optional[float] = None
 
     def to_json(self) -> dict:
+        """JSON values, an open side of a range (one-sided features) as null: JSON has no infinity."""
         def plain(v):
-            return [round(float(x), 4) for x in v] if isinstance(v, tuple) else v
+            return [round(float(x), 4) if np.isfinite(x) else None for x in v] if isinstance(v, tuple) else v
         return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
 

@@ -595,10 +595,11 @@ def main(argv=None):
     from ctseg.predict import load_model, load_series, predict_series, write_outputs
 
     served = load_model(args.model)
+    model_check = in_distribution_check(args.model, None, False)   # the profile, read once
 
     def predicted(series):
         """`ctseg predict`'s prediction and the names of its out-of-distribution findings (None: no profile)."""
-        check = in_distribution_check(args.model, None, False)
+        check = dataclasses.replace(model_check, findings=[]) if model_check else None
         before = check.before_model([s.header for s in series.slices]) if check else None
         prediction = predict_series(series, served, before_model=before)
         return prediction, [f.feature for f in check.after_model(prediction)] if check else None

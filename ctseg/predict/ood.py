@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ctseg import features
-from ctseg.profile import HU_SAMPLE_KEY, SERIES_FEATURES, Profile, hu_sample
+from ctseg.profile import HU_SAMPLE_KEY, SERIES_FEATURES, Profile, field_of_view_mm, hu_sample
 
 MARGIN_TAG = "training_range_margin="
 # The training range divided by 1 + Z and by 1 - Z: what the model saw of a feature its zoom augmentation (UnetConfig's
@@ -85,13 +85,13 @@ def margin(feature) -> Optional[float]:
 def allowed_range(feature, lo: float, hi: float) -> Optional[tuple[float, float]]:
     """The range a curated feature allows around the training range [lo, hi]: divided by the zoom, widened by the
     margin, raised to the allowed upper bound, open on one side; None for a feature without a training range."""
-    zoom = _tag(feature, ZOOM_TAG)
-    if zoom is None and margin(feature) is None:
+    zoom, fraction = _tag(feature, ZOOM_TAG), margin(feature)
+    if zoom is None and fraction is None:
         return None
     if zoom is not None:
         lo, hi = lo / (1 + float(zoom)), hi / (1 - float(zoom))
-    if margin(feature) is not None:
-        lo, hi = widened(lo, hi, margin(feature))
+    if fraction is not None:
+        lo, hi = widened(lo, hi, fraction)
     up_to = _tag(feature, UP_TO_TAG)
     if up_to is not None:
         hi = max(hi, float(up_to))
@@ -152,7 +152,6 @@ def series_feature_rows(headers: Sequence, hu_at_model_size: np.ndarray) -> list
     """The per-slice features ingest writes for a series (headers in position order, HU resized to the
     model's size as ingest resizes them), as rows of SERIES_FEATURES."""
     from ctseg.dicom import spacing_mm, thickness_mm
-    from ctseg.profile import field_of_view_mm
 
     rows = []
     for header, hu in zip(headers, hu_at_model_size):
@@ -248,10 +247,12 @@ def _patient_finding(name: str, value: float, rows: list[dict], curated, what: s
     (`allowed_range`), widened by `step`, the smallest change the value can show (a fraction of a series' slices
     moves in steps of one slice)."""
     values = [r[name] for r in rows if r.get(name) is not None]
-    allowed = allowed_range(curated, min(values), max(values)) if values else None
-    if allowed is None:
+    if not values:
         return None
     lo, hi = min(values), max(values)
+    allowed = allowed_range(curated, lo, hi)
+    if allowed is None:
+        return None
     allowed = (allowed[0] - step, allowed[1] + step)
     if allowed[0] <= value <= allowed[1]:
         return None
